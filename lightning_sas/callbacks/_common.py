@@ -1,0 +1,109 @@
+"""Small pieces shared by the callbacks: loss extraction, step indexing, run directory, import paths."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import warnings
+from typing import Any, Callable
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "SASWarning",
+    "extract_loss",
+    "stream_index",
+    "run_directory",
+    "resolve_callable",
+    "warn_once",
+    "is_global_zero",
+]
+
+
+class SASWarning(UserWarning):
+    """Warnings issued by lightning-sas (one per cause)."""
+
+
+_WARNED: set[tuple[int, str]] = set()
+
+
+def warn_once(owner: object, key: str, message: str) -> None:
+    """Issue ``message`` once per ``owner`` and ``key``."""
+    token = (id(owner), key)
+    if token in _WARNED:
+        return
+    _WARNED.add(token)
+    warnings.warn(message, SASWarning, stacklevel=3)
+
+
+def extract_loss(outputs: Any) -> Tensor | None:
+    """The loss tensor in what ``training_step`` returned (tensor or dict with ``"loss"``)."""
+    if isinstance(outputs, Tensor):
+        loss = outputs
+    elif isinstance(outputs, dict):
+        loss = outputs.get("loss")
+    else:
+        return None
+    if not isinstance(loss, Tensor) or loss.numel() != 1:
+        return None
+    return loss.detach().reshape(())
+
+
+def stream_index(trainer: Any, pl_module: Any, batches_seen: int) -> int:
+    """Index of the current stream entry (DESIGN 9): optimizer step in automatic optimization,
+    batch count in manual optimization."""
+    if pl_module.automatic_optimization:
+        return int(trainer.global_step)
+    return int(batches_seen)
+
+
+def is_global_zero(trainer: Any) -> bool:
+    return bool(getattr(trainer, "is_global_zero", True))
+
+
+def run_directory(trainer: Any) -> str:
+    """Where the run's streams go: ``<logger.log_dir>/sas`` (``default_root_dir/sas`` without logger)."""
+    base = None
+    for logger in getattr(trainer, "loggers", []) or []:
+        base = getattr(logger, "log_dir", None)
+        if base:
+            break
+    if not base:
+        base = getattr(trainer, "log_dir", None) or trainer.default_root_dir
+    return os.path.join(str(base), "sas")
+
+
+def resolve_callable(value: str | Callable | None, argument: str) -> Callable | None:
+    """``value`` itself, or the object named by an import path ``"package.module.name"``
+    (so LightningCLI YAML can name a function)."""
+    if value is None or callable(value):
+        return value
+    if isinstance(value, str) and "." in value:
+        module_name, _, attr = value.rpartition(".")
+        try:
+            obj = getattr(importlib.import_module(module_name), attr)
+        except (ImportError, AttributeError) as err:
+            raise ValueError(f"{argument}={value!r} could not be imported ({err}); pass a callable or an import path 'package.module.function'") from err
+        if callable(obj):
+            return obj
+    raise ValueError(f"{argument} must be a callable or an import path 'package.module.function', got {value!r}")
+
+
+def learning_rate(trainer: Any) -> float | Tensor:
+    """Learning rate of the first parameter group of the first optimizer (NaN when none)."""
+    optimizers = getattr(trainer, "optimizers", None) or []
+    if not optimizers:
+        return float("nan")
+    groups = getattr(optimizers[0], "param_groups", None) or []
+    if not groups:
+        return float("nan")
+    lr = groups[0].get("lr", float("nan"))
+    if isinstance(lr, Tensor):
+        return lr.detach().reshape(())
+    return float(lr)
+
+
+def device_float_dtype(device: torch.device) -> torch.dtype:
+    """float64 where the device has it (not on MPS)."""
+    return torch.float32 if device.type == "mps" else torch.float64

@@ -1,0 +1,277 @@
+"""``SASMonitor``: the one callback most users add."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytorch_lightning as pl
+from pytorch_lightning.callbacks import Callback
+
+from lightning_sas.callbacks._common import is_global_zero, run_directory, warn_once
+from lightning_sas.callbacks.base import FlushContext
+from lightning_sas.callbacks.loss_stream import LossStream
+from lightning_sas.callbacks.probe_losses import ProbeLosses
+from lightning_sas.losses import PerSampleLoss
+from lightning_sas.callbacks.weight_snapshots import WeightSnapshots
+from lightning_sas.diagnostics import LOSS_KEYS, PROBE_KEYS, WEIGHT_KEYS
+
+__all__ = ["SASMonitor"]
+
+
+class SASMonitor(Callback):
+    """Late-phase training diagnostics for any LightningModule, unchanged.
+
+    Composes :class:`LossStream` (the loss of every step), :class:`WeightSnapshots` (norms,
+    distances, sketch) and :class:`ProbeLosses` (per-sample probe losses, ergodic gap), flushes
+    them together every ``flush_every`` stream entries (one host copy and one collective per
+    flush, nothing per step), logs the diagnostics to every Lightning logger (TensorBoard also gets
+    histograms, figures every ``figure_every`` flushes and a custom-scalars layout), writes the
+    streams to ``<log_dir>/sas`` (read them with ``lightning-sas report`` or
+    :func:`lightning_sas.store.read_run`) and returns the latest figures from :meth:`summary`.
+
+    Example::
+
+        trainer = pl.Trainer(callbacks=[SASMonitor()], logger=TensorBoardLogger("runs"))
+        trainer.fit(model, datamodule)
+        print(trainer.callbacks[0].summary()["iat"])
+
+    Args:
+        flush_every: stream entries (optimizer steps; batches in manual optimization) per flush.
+        window: raw loss values kept for the ACF, IAT, periodogram and Geweke z.
+        max_blocks: blocks of the bounded loss summary (MSER, time average, batch means).
+        late_phase_start: fixed late-phase start; None finds it with MSER at each flush.
+        snapshot_every, sketch_every, sketch_dim, max_layers, layer_filter, track_init,
+        track_ergodic_mean: see :class:`WeightSnapshots`.
+        probe_every, num_train_probes, num_test_probes, probe_batch_size, loss_fn: see
+        :class:`ProbeLosses` (``num_train_probes=0`` switches probes off).
+        figure_every: flushes between TensorBoard figures (0: never).
+        histograms: log histograms of time-averaged probe losses and per-layer update sizes.
+        store: write the streams to the run directory.
+        seed: the one seed of all randomness (probe choice, sketch).
+    """
+
+    def __init__(
+        self,
+        flush_every: int = 200,
+        window: int = 4096,
+        max_blocks: int = 256,
+        late_phase_start: int | None = None,
+        snapshot_every: int = 25,
+        sketch_every: int = 100,
+        sketch_dim: int = 32,
+        max_layers: int = 16,
+        layer_filter: str | None = None,
+        track_init: bool = True,
+        track_ergodic_mean: bool = True,
+        probe_every: int = 50,
+        num_train_probes: int = 256,
+        num_test_probes: int = 256,
+        probe_batch_size: int = 256,
+        loss_fn: PerSampleLoss | str | None = None,
+        figure_every: int = 5,
+        histograms: bool = True,
+        store: bool = True,
+        seed: int = 0,
+    ) -> None:
+        if not isinstance(figure_every, int) or figure_every < 0:
+            raise ValueError(f"figure_every must be a non-negative integer (0 disables figures), got {figure_every!r}")
+        self.loss_stream = LossStream(
+            flush_every=flush_every, window=window, max_blocks=max_blocks, late_phase_start=late_phase_start
+        )
+        self.weights = WeightSnapshots(
+            snapshot_every=snapshot_every,
+            sketch_every=sketch_every,
+            sketch_dim=sketch_dim,
+            flush_every=flush_every,
+            track_init=track_init,
+            track_ergodic_mean=track_ergodic_mean,
+            max_layers=max_layers,
+            layer_filter=layer_filter,
+            seed=seed,
+        )
+        self.probes = ProbeLosses(
+            probe_every=probe_every,
+            num_train_probes=num_train_probes,
+            num_test_probes=num_test_probes,
+            probe_batch_size=probe_batch_size,
+            loss_fn=loss_fn,
+            flush_every=flush_every,
+            seed=seed,
+        )
+        for part in self.parts:
+            part.owned = True
+        self.flush_every = flush_every
+        self.figure_every = figure_every
+        self.histograms = histograms
+        self.store = store
+        self.seed = seed
+        self._writer: Any = None
+        self._flushes = 0
+        self._summary: dict[str, Any] = dict.fromkeys(LOSS_KEYS + WEIGHT_KEYS + PROBE_KEYS)
+        self._restored_step: int | None = None
+        self._layout_written = False
+        self._hparams_hooked: set[int] = set()
+
+    @property
+    def parts(self) -> tuple[Any, ...]:
+        return (self.loss_stream, self.weights, self.probes)
+
+    @property
+    def state_key(self) -> str:
+        return "SASMonitor"
+
+    def config(self) -> dict[str, Any]:
+        """Every setting that shapes the statistics (stored in the run's meta and as hparams)."""
+        cfg: dict[str, Any] = {}
+        for part in self.parts:
+            cfg.update(part.config())
+        cfg.update({"figure_every": self.figure_every, "seed": self.seed})
+        return cfg
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def setup(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:
+        if stage != "fit":
+            return
+        self._hook_hparams(trainer)
+
+    def _hook_hparams(self, trainer: "pl.Trainer") -> None:
+        """Merge our settings into the single hparams call Lightning makes after ``setup``
+        (TensorBoard keeps only the first hparams session of a run)."""
+        ours = {f"sas/{k}": v for k, v in self.config().items() if isinstance(v, (int, float, str, bool))}
+        for logger in getattr(trainer, "loggers", []) or []:
+            if id(logger) in self._hparams_hooked or not hasattr(logger, "log_hyperparams"):
+                continue
+            original = logger.log_hyperparams
+
+            def merged(params: Any, *args: Any, _original: Any = original, **kwargs: Any) -> Any:
+                try:
+                    from lightning_fabric.utilities.logger import _convert_params
+
+                    params = dict(_convert_params(params) or {})
+                except Exception:
+                    params = dict(params or {})
+                return _original({**params, **ours}, *args, **kwargs)
+
+            logger.log_hyperparams = merged  # type: ignore[method-assign]
+            self._hparams_hooked.add(id(logger))
+
+    def on_train_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        self.weights.attach(pl_module)
+        if self.probes.num_train_probes > 0:
+            self.probes.attach(trainer, pl_module)
+        else:
+            self.probes.enabled = False
+        if is_global_zero(trainer):
+            if self.store and self._writer is None:
+                from lightning_sas.store import RunWriter
+
+                self._writer = RunWriter(run_directory(trainer), config=self.config())
+                self._writer.update_meta(
+                    probe_num_train=int(len(self.probes.train_indices)),
+                    probe_num_test=int(len(self.probes.test_indices)),
+                    probe_train_indices=[int(i) for i in self.probes.train_indices],
+                    probe_test_indices=[int(i) for i in self.probes.test_indices],
+                    ergodic_gap_source=self.probes.ergodic_gap_source,
+                    automatic_optimization=bool(pl_module.automatic_optimization),
+                )
+                if self._restored_step is not None:
+                    self._writer.truncate_after(self._restored_step)
+            if not self._layout_written:
+                from lightning_sas.loggers.export import write_layout
+
+                write_layout(trainer)
+                self._layout_written = True
+
+    def on_train_batch_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", batch: Any, batch_idx: int) -> None:
+        for part in self.parts:
+            part.on_train_batch_start(trainer, pl_module, batch, batch_idx)
+
+    def on_before_optimizer_step(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", optimizer: Any) -> None:
+        self.weights.on_before_optimizer_step(trainer, pl_module, optimizer)
+
+    def on_train_batch_end(
+        self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        completed = self.loss_stream.record(trainer, pl_module, outputs, batch_idx)
+        self.weights.record(trainer, pl_module)
+        self.probes.record(trainer, pl_module)
+        index = self.loss_stream.last_index
+        if completed and index is not None and self.should_flush(index):
+            self.flush(trainer, pl_module)
+
+    def on_train_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        self.flush(trainer, pl_module)
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+    def should_flush(self, index: int) -> bool:
+        """Flush after stream entry ``index``? Default: every ``flush_every`` entries."""
+        return (index + 1) % self.flush_every == 0
+
+    # -- flush ----------------------------------------------------------------------------
+    def flush(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> dict[str, Any]:
+        """Reduce, summarise, log and store everything recorded since the last flush.
+
+        Runs on every rank (it may use collectives); only rank 0 logs and writes.
+        """
+        ctx = FlushContext(trainer, pl_module, int(trainer.global_step), self._writer)
+        self.loss_stream.flush(ctx)
+        self.weights.flush(ctx)
+        self.probes.flush(ctx)
+        self._flushes += 1
+        self._summary = {**dict.fromkeys(LOSS_KEYS + WEIGHT_KEYS + PROBE_KEYS), **ctx.summary}
+        if is_global_zero(trainer):
+            if not self.histograms:
+                ctx.histograms = {}
+            from lightning_sas.loggers.export import export_flush
+
+            figures = self.figure_every > 0 and (self._flushes % self.figure_every == 1 or self.figure_every == 1)
+            export_flush(trainer, ctx, figures=figures)
+            if self._writer is not None:
+                self._writer.write_summary(self._json_summary())
+        return self.summary()
+
+    def _json_summary(self) -> dict[str, Any]:
+        return {k: v for k, v in self._summary.items() if isinstance(v, (int, float, str, bool, dict)) or v is None}
+
+    def summary(self) -> dict[str, Any]:
+        """The diagnostics as of the last flush, as plain host values (None where not computable).
+
+        Keys: ``late_phase_start``, ``late_phase_found``, ``loss_mean``, ``loss_se``, ``loss_std``,
+        ``iat``, ``ess``, ``dominant_period``, ``power_fraction``, ``geweke_z``, ``stationary``,
+        ``lr``, ``lr_constant_in_late_phase``, ``nonfinite_losses``, ``steps``, ``weight_norm``,
+        ``update_size``, ``distance_from_init``, ``distance_to_ergodic_mean``,
+        ``ergodic_mean_start``, ``grad_norm``, ``ergodic_gap``, ``ergodic_gap_se``,
+        ``ergodic_gap_source``, ``probe_train_loss``, ``probe_test_loss``,
+        ``nonfinite_probe_losses`` and ``layers`` (per-layer norms).
+        """
+        return dict(self._summary)
+
+    # -- state ----------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "format": 1,
+            "flushes": self._flushes,
+            "loss_stream": self.loss_stream.state_dict(),
+            "weights": self.weights.state_dict(),
+            "probes": self.probes.state_dict(),
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._flushes = int(state_dict.get("flushes", 0))
+        self.loss_stream.load_state_dict(state_dict["loss_stream"])
+        self.weights.load_state_dict(state_dict["weights"])
+        self.probes.load_state_dict(state_dict["probes"])
+        steps = state_dict["loss_stream"]["window_steps"]
+        self._restored_step = int(steps[-1]) if len(steps) else -1
+
+    def on_load_checkpoint(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", checkpoint: dict[str, Any]) -> None:
+        states = checkpoint.get("callbacks") or {}
+        if self.state_key not in states:
+            warn_once(
+                self,
+                "nostate",
+                "SASMonitor: the checkpoint has no SASMonitor state (saved without it or by an older version); "
+                "the diagnostics restart from this step.",
+            )

@@ -1,0 +1,314 @@
+"""``ProbeLosses``: per-sample losses on fixed probe sets, time-averaged over the late phase."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Callable
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, IterableDataset
+
+from lightning_sas.callbacks._common import device_float_dtype, resolve_callable, stream_index, warn_once
+from lightning_sas.callbacks.base import FlushContext, StreamCallback
+from lightning_sas.losses import PerSampleLoss, per_sample_loss
+from lightning_sas.metrics import ErgodicGap, TimeAverage
+
+__all__ = ["ProbeLosses"]
+
+def _is_map_style(dataset: Any) -> bool:
+    return (
+        dataset is not None
+        and not isinstance(dataset, IterableDataset)
+        and hasattr(dataset, "__getitem__")
+        and hasattr(dataset, "__len__")
+    )
+
+
+def _first_loader(loaders: Any) -> DataLoader | None:
+    if isinstance(loaders, DataLoader):
+        return loaders
+    if isinstance(loaders, Mapping):
+        loaders = list(loaders.values())
+    if isinstance(loaders, Sequence) and loaders and isinstance(loaders[0], DataLoader):
+        return loaders[0]
+    combined = getattr(loaders, "flattened", None)
+    if combined:
+        return _first_loader(list(combined))
+    return None
+
+
+class ProbeLosses(StreamCallback):
+    r"""Per-sample losses on fixed probe sets every ``probe_every`` stream entries.
+
+    Probe sets (seeded, chosen once at ``on_train_start``): ``num_train_probes`` samples of the
+    training set ``P_train`` and ``num_test_probes`` samples of the validation set ``P_test``.
+    Their losses are computed in eval mode under ``no_grad`` (the module's train/eval modes are
+    restored, the CPU RNG is forked) with, in order of preference, the module's
+    ``sas_per_sample_loss(batch)``, the ``loss_fn(module, batch)`` argument (a callable or an import
+    path), or :func:`infer_per_sample_loss` for ``(x, y)`` batches. They feed a
+    :class:`~lightning_sas.metrics.ErgodicGap` metric, which gives the late-phase time average per
+    probe point and the ergodic generalization gap
+
+    .. math:: \mathrm{gap} = \langle l \rangle_{P_\mathrm{test}} - \langle l \rangle_{P_\mathrm{train}} .
+
+    Without replicas ``P_test`` comes from the validation set (``ergodic_gap_source`` says so);
+    without a validation set only training probes are kept and the gap is None. Under DDP every
+    rank evaluates every ``world_size``-th probe point and the metric states are summed at flush.
+    """
+
+    def __init__(
+        self,
+        probe_every: int = 50,
+        num_train_probes: int = 256,
+        num_test_probes: int = 256,
+        probe_batch_size: int = 256,
+        loss_fn: PerSampleLoss | str | None = None,
+        flush_every: int = 200,
+        max_blocks: int = 128,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(flush_every=flush_every)
+        for name, value in (("probe_every", probe_every), ("probe_batch_size", probe_batch_size)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        for name, value in (("num_train_probes", num_train_probes), ("num_test_probes", num_test_probes)):
+            if not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+        self.probe_every = probe_every
+        self.num_train_probes = num_train_probes
+        self.num_test_probes = num_test_probes
+        self.probe_batch_size = probe_batch_size
+        self.loss_fn = resolve_callable(loss_fn, "loss_fn")
+        self.max_blocks = max_blocks
+        self.seed = seed
+        self._reset_state()
+
+    def _reset_state(self) -> None:
+        self.enabled = True
+        self.metric: TimeAverage | None = None
+        self.train_indices = np.zeros(0, dtype=np.int64)
+        self.test_indices = np.zeros(0, dtype=np.int64)
+        self._batches: list[Any] = []
+        self._owned_mask: Tensor | None = None
+        self._rows: Tensor | None = None
+        self._row_steps: list[int] = []
+        self._batches_seen = 0
+        self._index = 0
+        self._last: dict[str, Any] = {}
+        self._restored: dict[str, Any] | None = None
+        self.ergodic_gap_source: str | None = None
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "probe_every": self.probe_every,
+            "num_train_probes": self.num_train_probes,
+            "num_test_probes": self.num_test_probes,
+            "probe_max_blocks": self.max_blocks,
+            "seed": self.seed,
+        }
+
+    def should_probe(self, index: int) -> bool:
+        """Evaluate the probes at stream entry ``index``? Default: every ``probe_every``."""
+        return index % self.probe_every == 0
+
+    # -- setup ----------------------------------------------------------------------------
+    def on_train_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        self.attach(trainer, pl_module)
+
+    def attach(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        """Choose the probe sets, collate them once on the training device, and dry-run the loss."""
+        train_loader = _first_loader(trainer.train_dataloader)
+        train_ds = getattr(train_loader, "dataset", None)
+        if not _is_map_style(train_ds) or self.num_train_probes == 0:
+            self._disable("the training data is not a map-style dataset (no __len__/__getitem__)")
+            return
+        val_loader = _first_loader(getattr(trainer, "val_dataloaders", None))
+        val_ds = getattr(val_loader, "dataset", None)
+        rng = np.random.default_rng(self.seed)
+        self.train_indices = np.sort(rng.choice(len(train_ds), size=min(self.num_train_probes, len(train_ds)), replace=False))
+        if _is_map_style(val_ds) and self.num_test_probes > 0:
+            self.test_indices = np.sort(rng.choice(len(val_ds), size=min(self.num_test_probes, len(val_ds)), replace=False))
+            self.ergodic_gap_source = "validation"
+        else:
+            self.test_indices = np.zeros(0, dtype=np.int64)
+        collate = getattr(train_loader, "collate_fn", None) or torch.utils.data.default_collate
+        samples = [train_ds[int(i)] for i in self.train_indices] + [val_ds[int(i)] for i in self.test_indices]
+        self.set_probes(trainer, pl_module, samples, collate, len(self.train_indices), len(self.test_indices))
+
+    def set_probes(
+        self,
+        trainer: "pl.Trainer",
+        pl_module: "pl.LightningModule",
+        samples: list[Any],
+        collate: Callable[[list[Any]], Any],
+        num_train: int,
+        num_test: int,
+    ) -> None:
+        """Use ``samples`` (``num_train`` training then ``num_test`` held-out) as the probe set."""
+        device = pl_module.device
+        from pytorch_lightning.utilities import move_data_to_device
+
+        self._batches = [
+            move_data_to_device(collate(samples[i : i + self.probe_batch_size]), device)
+            for i in range(0, len(samples), self.probe_batch_size)
+        ]
+        try:
+            first = self._per_sample(pl_module, self._batches[0])
+        except Exception as err:  # a probe that cannot run is skipped, training goes on
+            self._disable(f"the per-sample loss failed on a probe batch ({type(err).__name__}: {err})")
+            return
+        expected = min(self.probe_batch_size, len(samples))
+        if first.ndim != 1 or first.shape[0] != expected:
+            self._disable(f"the per-sample loss returned shape {tuple(first.shape)}, expected ({expected},)")
+            return
+        total = num_train + num_test
+        self.metric = (ErgodicGap(num_train, num_test, max_blocks=self.max_blocks) if num_test else
+                       TimeAverage(total, max_blocks=self.max_blocks)).to(device)
+        self.metric.num_train = num_train  # type: ignore[attr-defined]
+        world, rank = int(getattr(trainer, "world_size", 1)), int(getattr(trainer, "global_rank", 0))
+        owned = torch.zeros(total, dtype=torch.bool)
+        owned[rank::world] = True
+        self._owned_mask = owned.to(device)
+        self._owned_idx = torch.nonzero(owned).flatten().tolist()  # sync-ok: setup, CPU tensor
+        rows = self.flush_every // self.probe_every + 2
+        self._rows = torch.zeros((rows, total), dtype=device_float_dtype(device), device=device)
+        if self._restored is not None:
+            self._apply_restored(self._restored)
+            self._restored = None
+
+    def _disable(self, reason: str) -> None:
+        self.enabled = False
+        warn_once(self, "disabled", f"ProbeLosses: {reason}; probe losses and the ergodic gap are skipped, the rest keeps working.")
+
+    def _per_sample(self, pl_module: "pl.LightningModule", batch: Any) -> Tensor:
+        return per_sample_loss(pl_module, batch, self.loss_fn)
+
+    def evaluate(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> Tensor:
+        """Per-sample losses of the whole probe vector (NaN for points another rank owns)."""
+        modes = [m.training for m in pl_module.modules()]
+        pl_module.eval()
+        try:
+            with torch.random.fork_rng(devices=[]), torch.no_grad(), trainer.precision_plugin.forward_context():
+                parts = [self._per_sample(pl_module, b).detach().to(torch.float64) for b in self._batches]
+        finally:
+            for m, mode in zip(pl_module.modules(), modes):
+                m.training = mode
+        return torch.cat(parts)
+
+    # -- hot path (only at probe steps) ---------------------------------------------------
+    def on_train_batch_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", batch: Any, batch_idx: int) -> None:
+        self._index = stream_index(trainer, pl_module, self._batches_seen)
+
+    def on_train_batch_end(
+        self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        self.record(trainer, pl_module)
+        if not self.owned and self._row_steps and self.should_flush(self._index):
+            self._standalone_flush(trainer, pl_module, trainer.global_step)
+
+    def record(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        self._batches_seen += 1
+        if not self.enabled or self.metric is None:
+            return
+        stepped = (not pl_module.automatic_optimization) or trainer.global_step > self._index
+        if not stepped or not self.should_probe(self._index):
+            return
+        try:
+            values = self.evaluate(trainer, pl_module)
+        except Exception as err:
+            self._disable(f"the per-sample loss failed during training ({type(err).__name__}: {err})")
+            return
+        self.metric.update(values, self._index, weight=self._owned_mask)
+        assert self._rows is not None
+        slot = len(self._row_steps)
+        if slot >= self._rows.shape[0]:
+            self._rows = torch.cat([self._rows, torch.zeros_like(self._rows)])
+        self._rows[slot].copy_(values)
+        self._row_steps.append(self._index)
+
+    # -- flush ----------------------------------------------------------------------------
+    def flush(self, ctx: FlushContext) -> None:
+        if not self.enabled or self.metric is None:
+            return
+        metric = self.metric
+        n = len(self._row_steps)
+        world = int(getattr(ctx.trainer, "world_size", 1))
+        if n and self._rows is not None:
+            rows = self._rows[:n]
+            if world > 1:  # each rank holds its own points, zero elsewhere: sum them
+                masked = torch.where(self._owned_mask, rows, torch.zeros((), dtype=rows.dtype, device=rows.device))
+                rows = ctx.trainer.strategy.reduce(masked, reduce_op="sum")
+            host = rows.cpu().numpy().astype(np.float64)  # sync-ok: once per flush
+            if ctx.writer is not None:
+                ctx.writer.append("probes", {"step": np.asarray(self._row_steps, dtype=np.int64), "losses": host})
+            self._row_steps = []
+        metric.start_step = ctx.late_phase_start if ctx.late_phase_found else None
+        with metric.synced():
+            nonfinite = int(metric.nonfinite.sum())  # sync-ok: flush time
+            per_point = metric.per_point_average().cpu().numpy()  # sync-ok
+            if isinstance(metric, ErgodicGap):
+                gap = metric.gap_with_se()
+            else:
+                gap = None
+        num_train = int(getattr(metric, "num_train", metric.num_points))
+        self._last = {
+            "nonfinite_probe_losses": nonfinite,
+            "probe_train_loss": float(per_point[:num_train].mean()) if num_train else None,
+        }
+        if gap is not None:
+            self._last.update(
+                {
+                    "ergodic_gap": gap["gap"],
+                    "ergodic_gap_se": gap["gap_se"],
+                    "probe_train_loss": gap["train_loss"],
+                    "probe_test_loss": gap["test_loss"],
+                    "ergodic_gap_source": self.ergodic_gap_source,
+                }
+            )
+            ctx.histograms["probes/time_avg_loss_test"] = per_point[num_train:]
+        ctx.histograms["probes/time_avg_loss_train"] = per_point[:num_train]
+        ctx.summary.update(self._last)
+
+    @property
+    def diagnostics(self) -> dict[str, Any]:
+        return dict(self._last)
+
+    # -- state ----------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        state: dict[str, Any] = {
+            "config": self.config(),
+            "batches_seen": self._batches_seen,
+            "train_indices": torch.from_numpy(self.train_indices.astype(np.int64)),
+            "test_indices": torch.from_numpy(self.test_indices.astype(np.int64)),
+        }
+        if self.metric is not None:
+            state["metric"] = {k: v.detach().cpu().clone() for k, v in self.metric.metric_state.items()}  # sync-ok
+            state["metric_extra"] = self.metric.extra_state()
+            n = len(self._row_steps)
+            if n and self._rows is not None:
+                state["pending_rows"] = self._rows[:n].detach().cpu().clone()  # sync-ok
+                state["pending_steps"] = list(self._row_steps)
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._reset_state()
+        self._batches_seen = int(state_dict["batches_seen"])
+        self._restored = dict(state_dict)
+
+    def _apply_restored(self, state: dict[str, Any]) -> None:
+        assert self.metric is not None and self._rows is not None
+        if "metric" in state:
+            for name, value in state["metric"].items():
+                current = getattr(self.metric, name)
+                if current.shape != value.shape:
+                    warn_once(self, "shape", "ProbeLosses: the checkpoint's probe set differs in size; probe statistics restart.")
+                    return
+                setattr(self.metric, name, value.to(current.device))
+            self.metric.load_extra_state(state["metric_extra"])
+        if "pending_rows" in state:
+            n = len(state["pending_steps"])
+            self._rows[:n].copy_(state["pending_rows"].to(self._rows.device))
+            self._row_steps = [int(s) for s in state["pending_steps"]]

@@ -1,0 +1,177 @@
+"""Fast replicas: all replicas' parameters stacked, one vmapped gradient and one optimizer step."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, grad, vmap
+
+from lightning_sas.losses import PerSampleLoss, per_sample_loss
+from lightning_sas.replicas.generic import ClipConfig, _silence_logging
+from lightning_sas.replicas.optim import ELEMENTWISE_OPTIMIZERS, OptimizerSet, parse_optimizers
+
+__all__ = ["StackedReplicas", "stacked_unsupported_reason", "stack_batches"]
+
+
+class _PerSampleLossModule(nn.Module):
+    """``forward(batch) = per-sample loss of batch under template`` so ``functional_call`` can
+    swap in one replica's parameters."""
+
+    def __init__(self, template: nn.Module, loss_fn: PerSampleLoss | None) -> None:
+        super().__init__()
+        self.template = template
+        self.loss_fn = loss_fn
+
+    def forward(self, batch: Any) -> Tensor:
+        return per_sample_loss(self.template, batch, self.loss_fn)
+
+
+def stack_batches(batches: Sequence[Any]) -> Any:
+    """Stack ``R`` batches of the same structure leaf-wise along a new leading dimension."""
+    first = batches[0]
+    if isinstance(first, Tensor):
+        return torch.stack(list(batches))
+    if isinstance(first, Mapping):
+        return type(first)({k: stack_batches([b[k] for b in batches]) for k in first})  # type: ignore[call-arg]
+    if isinstance(first, (list, tuple)):
+        items = [stack_batches([b[i] for b in batches]) for i in range(len(first))]
+        return type(first)(items) if not hasattr(first, "_fields") else type(first)(*items)
+    raise TypeError(f"cannot stack batch elements of type {type(first).__name__} for the fast path")
+
+
+def stacked_unsupported_reason(template: nn.Module, loss_fn: PerSampleLoss | None) -> str | None:
+    """Why the stacked (vmap) path cannot run this module, or None when it can."""
+    if loss_fn is None and not callable(getattr(template, "sas_per_sample_loss", None)):
+        return "no loss_fn (a training_step that calls self.log cannot be vmapped)"
+    for module in template.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.track_running_stats and module.training:
+            return f"{type(module).__name__} updates running statistics in training mode"
+    return None
+
+
+class StackedReplicas:
+    """``n`` replicas as stacked parameters ``(n, *shape)``: the gradient of every replica's mean
+    per-sample loss comes from one ``vmap(grad(...))`` call (``randomness="different"`` for
+    dropout), and one optimizer built by the module's own ``configure_optimizers`` on a copy
+    whose parameters are the stacked tensors (so groups and schedulers are kept) updates all
+    replicas at once. Valid for elementwise optimizers only; gradients are clipped per replica.
+    """
+
+    path = "fast"
+
+    def __init__(self, template: Any, n: int, loss_fn: PerSampleLoss | None, clip: ClipConfig = None,
+                 optimizer_state: list[dict[str, Any]] | None = None) -> None:
+        self.n = n
+        self.clip = clip
+        trainer_ref = getattr(template, "_trainer", None)
+        try:
+            template._trainer = None
+            functional_template = copy.deepcopy(template)
+            holder = copy.deepcopy(template)
+        finally:
+            template._trainer = trainer_ref
+        _silence_logging(functional_template)
+        _silence_logging(holder)
+        self.wrapper = _PerSampleLossModule(functional_template, loss_fn)
+        self.wrapper.train(template.training)
+        for name, param in list(holder.named_parameters()):
+            owner_name, _, attr = name.rpartition(".")
+            owner = holder.get_submodule(owner_name) if owner_name else holder
+            stacked = param.detach().unsqueeze(0).repeat(n, *([1] * param.ndim)).clone()
+            setattr(owner, attr, nn.Parameter(stacked, requires_grad=param.requires_grad))
+        self.params: dict[str, nn.Parameter] = dict(holder.named_parameters())
+        self.buffers = {f"template.{k}": v for k, v in functional_template.named_buffers()}
+        self.optim: OptimizerSet = parse_optimizers(holder.configure_optimizers())
+        for opt in self.optim.optimizers:
+            if not isinstance(opt, ELEMENTWISE_OPTIMIZERS):
+                raise TypeError(f"{type(opt).__name__} is not an elementwise optimizer")
+        if optimizer_state is not None:
+            for opt, st in zip(self.optim.optimizers, optimizer_state):
+                opt.load_state_dict(_stack_optimizer_state(st, n))
+        self._holder = holder
+
+    def _named(self, params: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        return {f"template.{k}": v for k, v in params.items()}
+
+    def step(self, batches: Sequence[Any], batch_idx: int, step_index: int) -> None:
+        """One optimizer step of every replica, replica ``r`` on ``batches[r]``."""
+        shared = all(b is batches[0] for b in batches)
+        batch = batches[0] if shared else stack_batches(batches)
+        trainable = {k: p.detach() for k, p in self.params.items() if p.requires_grad}
+        frozen = {k: p.detach() for k, p in self.params.items() if not p.requires_grad}
+
+        def mean_loss(params: dict[str, Tensor], fixed: dict[str, Tensor], b: Any) -> Tensor:
+            merged = {**self._named(params), **self._named(fixed), **self.buffers}
+            return functional_call(self.wrapper, merged, (b,)).mean()
+
+        grads = vmap(grad(mean_loss), in_dims=(0, 0, None if shared else 0), randomness="different")(
+            trainable, frozen, batch
+        )
+        self._clip(grads)
+        for name, g in grads.items():
+            self.params[name].grad = g
+        self.optim.step(step_index)
+        self.optim.zero_grad()
+
+    def _clip(self, grads: dict[str, Tensor]) -> None:
+        if self.clip is None:
+            return
+        value, algorithm = self.clip
+        if algorithm == "value":
+            for g in grads.values():
+                g.clamp_(-value, value)
+            return
+        squares = torch.stack([g.reshape(self.n, -1).pow(2).sum(1) for g in grads.values()]).sum(0)
+        coef = (value / (squares.sqrt() + 1e-6)).clamp(max=1.0)
+        for g in grads.values():
+            g.mul_(coef.view(-1, *([1] * (g.ndim - 1))).to(g.dtype))
+
+    def epoch_end(self, epoch: int) -> None:
+        self.optim.epoch_end(epoch)
+
+    @torch.no_grad()
+    def per_sample_losses(self, probe_batches: Sequence[Any]) -> Tensor:
+        """``(n, P)`` losses of every replica on the probe batches, in eval mode."""
+        modes = [m.training for m in self.wrapper.modules()]
+        self.wrapper.eval()
+        params = {k: p.detach() for k, p in self.params.items()}
+
+        def losses(p: dict[str, Tensor], b: Any) -> Tensor:
+            return functional_call(self.wrapper, {**self._named(p), **self.buffers}, (b,))
+
+        try:
+            out = torch.cat([vmap(losses, in_dims=(0, None))(params, b).to(torch.float64) for b in probe_batches], dim=1)
+        finally:
+            for m, mode in zip(self.wrapper.modules(), modes):
+                m.training = mode
+        return out
+
+    def parameters_of(self, r: int) -> dict[str, Tensor]:
+        return {k: v.detach()[r] for k, v in self.params.items()}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "params": {k: v.detach().cpu().clone() for k, v in self.params.items()},  # sync-ok
+            "optim": self.optim.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        with torch.no_grad():
+            for k, v in state["params"].items():
+                self.params[k].copy_(v.to(self.params[k].device))
+        self.optim.load_state_dict(state["optim"])
+
+
+def _stack_optimizer_state(state: dict[str, Any], n: int) -> dict[str, Any]:
+    """The main optimizer's state repeated for ``n`` stacked replicas (tensor states gain a
+    leading dimension; scalar ones like Adam's ``step`` are shared)."""
+    state = copy.deepcopy(state)
+    for per_param in state.get("state", {}).values():
+        for key, value in list(per_param.items()):
+            if isinstance(value, Tensor) and value.ndim > 0:
+                per_param[key] = value.unsqueeze(0).repeat(n, *([1] * value.ndim))
+    return state

@@ -1,0 +1,88 @@
+"""Shared test fixtures: a tiny (x, y) classifier on synthetic data and Trainer defaults."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from typing import Any
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+os.environ.setdefault("PL_DISABLE_FORK", "1")
+warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+warnings.filterwarnings("ignore", message=".*litlogger.*")
+
+
+def make_classification(n: int = 512, d: int = 10, classes: int = 3, seed: int = 0) -> TensorDataset:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=g)
+    w = torch.randn(d, classes, generator=g)
+    y = (x @ w + 0.5 * torch.randn(n, classes, generator=g)).argmax(1)
+    return TensorDataset(x, y)
+
+
+class TinyClassifier(pl.LightningModule):
+    """An MLP on (x, y) batches; ``return_dict`` makes training_step return a dict."""
+
+    def __init__(self, d: int = 10, classes: int = 3, lr: float = 0.1, return_dict: bool = False,
+                 nan_at: tuple[int, ...] = ()) -> None:
+        super().__init__()
+        self.net = torch.nn.Sequential(torch.nn.Linear(d, 32), torch.nn.ReLU(), torch.nn.Linear(32, classes))
+        self.lr = lr
+        self.return_dict = return_dict
+        self.nan_at = set(nan_at)
+        self.seen_losses: list[float] = []
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def training_step(self, batch: Any, batch_idx: int) -> Any:
+        x, y = batch
+        loss = torch.nn.functional.cross_entropy(self(x), y)
+        self.seen_losses.append(float(loss.detach()))
+        if self.calls in self.nan_at:
+            loss = loss * 0.0 + float("nan")  # NaN value, zero (finite) gradient
+        self.calls += 1
+        return {"loss": loss, "extra": loss.detach()} if self.return_dict else loss
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        pass
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=self.lr)
+
+
+def loaders(n: int = 512, batch_size: int = 32, shuffle: bool = True, seed: int = 0) -> tuple[DataLoader, DataLoader]:
+    train = make_classification(n, seed=seed)
+    val = make_classification(128, seed=seed + 1)
+    g = torch.Generator().manual_seed(seed)
+    return (
+        DataLoader(train, batch_size=batch_size, shuffle=shuffle, generator=g),
+        DataLoader(val, batch_size=64),
+    )
+
+
+def trainer_kwargs(tmp_path: Any, **overrides: Any) -> dict[str, Any]:
+    kwargs: dict[str, Any] = dict(
+        default_root_dir=str(tmp_path),
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        logger=False,
+        accelerator="cpu",
+        devices=1,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+    )
+    kwargs.update(overrides)
+    return kwargs
+
+
+@pytest.fixture
+def tiny_loaders() -> tuple[DataLoader, DataLoader]:
+    return loaders()
