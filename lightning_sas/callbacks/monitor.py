@@ -11,6 +11,7 @@ from lightning_sas.callbacks._common import is_global_zero, run_directory, warn_
 from lightning_sas.callbacks.base import FlushContext
 from lightning_sas.callbacks.loss_stream import LossStream
 from lightning_sas.callbacks.probe_losses import ProbeLosses
+from lightning_sas.callbacks.sas_replicas import SAS_KEYS, SASReplicas
 from lightning_sas.losses import PerSampleLoss
 from lightning_sas.callbacks.weight_snapshots import WeightSnapshots
 from lightning_sas.diagnostics import LOSS_KEYS, PROBE_KEYS, WEIGHT_KEYS
@@ -47,7 +48,10 @@ class SASMonitor(Callback):
         figure_every: flushes between TensorBoard figures (0: never).
         histograms: log histograms of time-averaged probe losses and per-layer update sizes.
         store: write the streams to the run directory.
-        seed: the one seed of all randomness (probe choice, sketch).
+        replicas: ``K`` perturbed replicas for the in-run SAS estimate (0: off), or a configured
+            :class:`SASReplicas`; ``fork_at``, ``replica_sampler``, ``holdout_fraction``,
+            ``replica_path`` (and ``loss_fn``) are passed to it.
+        seed: the one seed of all randomness (probe choice, sketch, split, replacements, sampler).
     """
 
     def __init__(
@@ -71,6 +75,11 @@ class SASMonitor(Callback):
         figure_every: int = 5,
         histograms: bool = True,
         store: bool = True,
+        replicas: "int | SASReplicas" = 0,
+        fork_at: str | int = "start",
+        replica_sampler: str = "common",
+        holdout_fraction: float = 0.1,
+        replica_path: str = "auto",
         seed: int = 0,
     ) -> None:
         if not isinstance(figure_every, int) or figure_every < 0:
@@ -98,6 +107,23 @@ class SASMonitor(Callback):
             flush_every=flush_every,
             seed=seed,
         )
+        if isinstance(replicas, SASReplicas):
+            self.replicas: SASReplicas | None = replicas
+        elif isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 0:
+            raise ValueError(f"replicas must be 0 (off), an integer K >= 1 or a SASReplicas, got {replicas!r}")
+        elif replicas > 0:
+            self.replicas = SASReplicas(
+                replicas=replicas,
+                fork_at=fork_at,
+                sampler=replica_sampler,
+                holdout_fraction=holdout_fraction,
+                loss_fn=loss_fn,
+                path=replica_path,
+                flush_every=flush_every,
+                seed=seed,
+            )
+        else:
+            self.replicas = None
         for part in self.parts:
             part.owned = True
         self.flush_every = flush_every
@@ -107,14 +133,15 @@ class SASMonitor(Callback):
         self.seed = seed
         self._writer: Any = None
         self._flushes = 0
-        self._summary: dict[str, Any] = dict.fromkeys(LOSS_KEYS + WEIGHT_KEYS + PROBE_KEYS)
+        self._summary: dict[str, Any] = dict.fromkeys(self._keys())
         self._restored_step: int | None = None
         self._layout_written = False
         self._hparams_hooked: set[int] = set()
 
     @property
     def parts(self) -> tuple[Any, ...]:
-        return (self.loss_stream, self.weights, self.probes)
+        parts: tuple[Any, ...] = (self.loss_stream, self.weights, self.probes)
+        return parts + ((self.replicas,) if self.replicas is not None else ())
 
     @property
     def state_key(self) -> str:
@@ -161,6 +188,8 @@ class SASMonitor(Callback):
             self.probes.attach(trainer, pl_module)
         else:
             self.probes.enabled = False
+        if self.replicas is not None:
+            self.replicas.attach(trainer, pl_module)
         if is_global_zero(trainer):
             if self.store and self._writer is None:
                 from lightning_sas.store import RunWriter
@@ -195,6 +224,8 @@ class SASMonitor(Callback):
         completed = self.loss_stream.record(trainer, pl_module, outputs, batch_idx)
         self.weights.record(trainer, pl_module)
         self.probes.record(trainer, pl_module)
+        if self.replicas is not None:
+            self.replicas.record(trainer, pl_module, batch_idx)
         index = self.loss_stream.last_index
         if completed and index is not None and self.should_flush(index):
             self.flush(trainer, pl_module)
@@ -219,8 +250,10 @@ class SASMonitor(Callback):
         self.loss_stream.flush(ctx)
         self.weights.flush(ctx)
         self.probes.flush(ctx)
+        if self.replicas is not None:
+            self.replicas.flush(ctx)
         self._flushes += 1
-        self._summary = {**dict.fromkeys(LOSS_KEYS + WEIGHT_KEYS + PROBE_KEYS), **ctx.summary}
+        self._summary = {**dict.fromkeys(self._keys()), **ctx.summary}
         if is_global_zero(trainer):
             if not self.histograms:
                 ctx.histograms = {}
@@ -231,6 +264,14 @@ class SASMonitor(Callback):
             if self._writer is not None:
                 self._writer.write_summary(self._json_summary())
         return self.summary()
+
+    def _keys(self) -> tuple[str, ...]:
+        keys = LOSS_KEYS + WEIGHT_KEYS + PROBE_KEYS
+        return keys + (SAS_KEYS if self.replicas is not None else ())
+
+    def on_train_epoch_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        if self.replicas is not None:
+            self.replicas.on_train_epoch_end(trainer, pl_module)
 
     def _json_summary(self) -> dict[str, Any]:
         return {k: v for k, v in self._summary.items() if isinstance(v, (int, float, str, bool, dict)) or v is None}
@@ -244,7 +285,11 @@ class SASMonitor(Callback):
         ``update_size``, ``distance_from_init``, ``distance_to_ergodic_mean``,
         ``ergodic_mean_start``, ``grad_norm``, ``ergodic_gap``, ``ergodic_gap_se``,
         ``ergodic_gap_source``, ``probe_train_loss``, ``probe_test_loss``,
-        ``nonfinite_probe_losses`` and ``layers`` (per-layer norms).
+        ``nonfinite_probe_losses`` and ``layers`` (per-layer norms). With replicas also the SAS
+        keys (``sas_max``, ``sas_mean``, ``sas_replaced``, ``stability_gap``, each with ``_se``,
+        ``_null`` and ``_resolved``; ``sas_resolved``, ``sas_converged``, ``paper_coefficient``,
+        ...; see :class:`SASReplicas`), and ``ergodic_gap`` then comes from the control replica
+        on the held-out split (``ergodic_gap_validation`` keeps the validation-set figure).
         """
         return dict(self._summary)
 
@@ -256,6 +301,7 @@ class SASMonitor(Callback):
             "loss_stream": self.loss_stream.state_dict(),
             "weights": self.weights.state_dict(),
             "probes": self.probes.state_dict(),
+            "replicas": None if self.replicas is None else self.replicas.state_dict(),
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -263,6 +309,8 @@ class SASMonitor(Callback):
         self.loss_stream.load_state_dict(state_dict["loss_stream"])
         self.weights.load_state_dict(state_dict["weights"])
         self.probes.load_state_dict(state_dict["probes"])
+        if self.replicas is not None and state_dict.get("replicas") is not None:
+            self.replicas.load_state_dict(state_dict["replicas"])
         steps = state_dict["loss_stream"]["window_steps"]
         self._restored_step = int(steps[-1]) if len(steps) else -1
 

@@ -1,0 +1,465 @@
+"""``SASReplicas``: the in-run estimate of statistical algorithmic stability (SAS)."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.utilities import move_data_to_device
+from pytorch_lightning.utilities.rank_zero import rank_zero_info
+
+from lightning_sas.callbacks._common import device_float_dtype, resolve_callable, stream_index, warn_once
+from lightning_sas.callbacks.base import FlushContext, StreamCallback
+from lightning_sas.callbacks.probe_losses import _first_loader, _is_map_style
+from lightning_sas.data import choose_replacements, make_probe_set, split_holdout
+from lightning_sas.losses import PerSampleLoss
+from lightning_sas.metrics.sas_estimate import SASEstimate
+from lightning_sas.replicas.generic import GenericReplicas
+from lightning_sas.replicas.rng import PrivateRNG
+from lightning_sas.replicas.sampler import ReplicaSampler
+from lightning_sas.replicas.stacked import StackedReplicas, stacked_unsupported_reason
+
+__all__ = ["SASReplicas", "SAS_KEYS"]
+
+#: summary keys added by the replicas
+SAS_KEYS = (
+    "sas_max", "sas_max_se", "sas_mean", "sas_mean_se", "sas_replaced", "sas_replaced_se",
+    "stability_gap", "stability_gap_se", "sas_max_null", "sas_mean_null", "sas_replaced_null",
+    "sas_max_resolved", "sas_mean_resolved", "sas_replaced_resolved", "stability_gap_resolved",
+    "sas_resolved", "sas_converged", "paper_coefficient", "paper_coefficient_se",
+    "mean_pairwise_abs_difference", "mean_pairwise_abs_difference_se", "replicas", "replica_path",
+    "replica_sampler", "fork_step", "steps_since_fork", "replica_checkpoint_bytes",
+)
+
+
+class SASReplicas(StreamCallback):
+    r"""Estimate SAS while the model trains, with ``K`` perturbed replicas and one control.
+
+    At ``fork_at`` (default ``"start"``: the main model's initial weights at ``on_train_start``)
+    the callback forks a **control** replica, trained on ``S`` (the training data minus a seeded
+    held-out split of ``holdout_fraction``), and ``K`` **perturbed** replicas, replica ``k``
+    trained on ``S^(k)``: ``S`` with sample ``i_k`` replaced by held-out sample ``z'_k``. Every
+    main optimizer step, every replica takes one step on a batch from one seeded sampler
+    (``sampler="common"``: common random numbers) or from its own (``"independent"``: the
+    paper's protocol). Every ``probe_every`` steps all replicas evaluate per-sample losses on the
+    probe set ``{i_k} ∪ P_train ∪ {z'_k} ∪ P_test`` (``P_test`` from the held-out split, disjoint
+    from the replacements); a :class:`~lightning_sas.metrics.SASEstimate` metric keeps their
+    late-phase time averages. With :math:`d_k(z) = \langle l_k(z)\rangle - \langle l_0(z)\rangle`
+    (Chandramoorthy et al., NeurIPS 2022, arXiv 2208.07951):
+
+    * ``sas_max`` = mean_k max over ``{i_k, z'_k} ∪ P_test`` of ``|d_k(z)|`` (the definition's sup,
+      averaged over the random replaced pairs: the average case, not the worst case);
+    * ``sas_mean`` = mean over k and ``P_test`` of ``|d_k(z)|`` (held-out sensitivity);
+    * ``sas_replaced`` = mean_k ``|d_k(i_k)|``; ``stability_gap`` = mean_k ``d_k(i_k)``, the
+      replace-one estimate of the generalization gap, next to ``ergodic_gap`` measured directly on
+      the control replica (``P_test`` minus ``P_train``) against the same held-out split;
+    * each with a standard error (spread over replicas combined with batch means over time), a
+      null level and a ``*_resolved`` flag; ``sas_converged`` compares the last two doublings of
+      the averaging window; ``paper_coefficient`` is the authors' statistic over the neighbouring
+      pairs (control, k).
+
+    Paths: ``"fast"`` stacks the replicas' parameters (``torch.func``) and needs ``loss_fn`` (or
+    the module's ``sas_per_sample_loss``) and an elementwise optimizer; ``"generic"`` deep-copies
+    the LightningModule and calls its own ``training_step``; ``"auto"`` tries fast, then generic,
+    and logs why.
+
+    Args:
+        replicas: ``K >= 1`` perturbed replicas.
+        fork_at: ``"start"``, ``"late_phase"`` (first stable late-phase start) or a step.
+        sampler: ``"common"`` or ``"independent"``.
+        holdout_fraction: share of the training data held out for replacements and ``P_test``.
+        num_train_probes, num_heldout_probes: sizes of ``P_train`` (plus every ``i_k``) and ``P_test``.
+        probe_every: steps between probe evaluations of all replicas.
+        loss_fn: per-sample loss ``(module, batch) -> Tensor[B]`` or its import path.
+        path: ``"auto"``, ``"fast"`` or ``"generic"``.
+        batch_size: replica batch size (default: the training loader's).
+        holdout_excluded: set when the main run trains without the held-out split (see
+            :meth:`holdout_indices`); required for late forks, which are otherwise contaminated.
+        checkpoint_replicas: save the replicas in checkpoints (exact resume; the growth is
+            reported as ``replica_checkpoint_bytes``).
+        seed: seed of the split, the replacements, the probes, the sampler and the replicas' RNG.
+    """
+
+    def __init__(
+        self,
+        replicas: int = 4,
+        fork_at: str | int = "start",
+        sampler: str = "common",
+        holdout_fraction: float = 0.1,
+        num_train_probes: int = 200,
+        num_heldout_probes: int = 200,
+        probe_every: int = 10,
+        loss_fn: PerSampleLoss | str | None = None,
+        path: str = "auto",
+        batch_size: int | None = None,
+        holdout_excluded: bool = False,
+        checkpoint_replicas: bool = True,
+        flush_every: int = 200,
+        max_blocks: int = 128,
+        probe_batch_size: int = 512,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(flush_every=flush_every)
+        if isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 1:
+            raise ValueError(f"replicas must be an integer K >= 1 (perturbed replicas), got {replicas!r}")
+        if not (fork_at in ("start", "late_phase") or (isinstance(fork_at, int) and fork_at >= 0)):
+            raise ValueError(f"fork_at must be 'start', 'late_phase' or a non-negative step, got {fork_at!r}")
+        if sampler not in ("common", "independent"):
+            raise ValueError(f"sampler must be 'common' or 'independent', got {sampler!r}")
+        if path not in ("auto", "fast", "generic"):
+            raise ValueError(f"path must be 'auto', 'fast' or 'generic', got {path!r}")
+        if not (0.0 < holdout_fraction < 1.0):
+            raise ValueError(f"holdout_fraction must be in (0, 1), got {holdout_fraction!r}")
+        for name, value in (("probe_every", probe_every), ("num_heldout_probes", num_heldout_probes)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if not isinstance(num_train_probes, int) or num_train_probes < 0:
+            raise ValueError(f"num_train_probes must be a non-negative integer, got {num_train_probes!r}")
+        if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+            raise ValueError(f"batch_size must be None or a positive integer, got {batch_size!r}")
+        self.replicas = replicas
+        self.fork_at = fork_at
+        self.sampler_mode = sampler
+        self.holdout_fraction = holdout_fraction
+        self.num_train_probes = num_train_probes
+        self.num_heldout_probes = num_heldout_probes
+        self.probe_every = probe_every
+        self.loss_fn = resolve_callable(loss_fn, "loss_fn")
+        self.path = path
+        self.batch_size = batch_size
+        self.holdout_excluded = holdout_excluded
+        self.checkpoint_replicas = checkpoint_replicas
+        self.max_blocks = max_blocks
+        self.probe_batch_size = probe_batch_size
+        self.seed = seed
+        self._reset_state()
+
+    def _reset_state(self) -> None:
+        self.engine: GenericReplicas | StackedReplicas | None = None
+        self.metric: SASEstimate | None = None
+        self.enabled = True
+        self.fork_step: int | None = None
+        self.fallback_reason: str | None = None
+        self._dataset: Any = None
+        self._collate: Any = None
+        self._s_indices = np.zeros(0, dtype=np.int64)
+        self._pairs: list[tuple[int, int]] = []
+        self._probe_batches: list[Any] = []
+        self._sampler: ReplicaSampler | None = None
+        self._rng = PrivateRNG(self.seed + 1)
+        self._batches_seen = 0
+        self._index = 0
+        self._steps_taken = 0
+        self._last: dict[str, Any] = {}
+        self._restored: dict[str, Any] | None = None
+        self._checkpoint_bytes = 0
+        self._epoch = 0
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "replicas": self.replicas,
+            "fork_at": str(self.fork_at),
+            "replica_sampler": self.sampler_mode,
+            "holdout_fraction": self.holdout_fraction,
+            "replica_num_train_probes": self.num_train_probes,
+            "replica_num_heldout_probes": self.num_heldout_probes,
+            "replica_probe_every": self.probe_every,
+            "replica_path": self.path,
+            "seed": self.seed,
+        }
+
+    # -- the split, for users who exclude it from the main run ----------------------------
+    def holdout_indices(self, n: int) -> np.ndarray:
+        """Indices of the held-out split of a training set of size ``n`` (exclude them from the
+        main run, e.g. with ``torch.utils.data.Subset``, to allow late forks)."""
+        return split_holdout(n, self.holdout_fraction, self.seed)[1]
+
+    def should_probe(self, index: int) -> bool:
+        """Evaluate the replicas' probes at stream entry ``index``? Default: every ``probe_every``."""
+        return index % self.probe_every == 0
+
+    # -- setup: data checks and fork ------------------------------------------------------
+    def on_train_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        self.attach(trainer, pl_module)
+
+    def attach(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        """Check the data and the module, choose the split, replacements and probes; fork now
+        when ``fork_at="start"``. Raises one clear error for unsupported setups."""
+        loader = _first_loader(trainer.train_dataloader)
+        dataset = getattr(loader, "dataset", None)
+        if not _is_map_style(dataset):
+            raise ValueError(
+                "SASReplicas needs map-style training data (a Dataset with __len__ and __getitem__) to build "
+                "neighbouring datasets; got "
+                f"{type(dataset).__name__}. Use a map-style dataset or run the multi-run protocol (lightning-sas perturb)."
+            )
+        has_loss = self.loss_fn is not None or callable(getattr(pl_module, "sas_per_sample_loss", None))
+        if not pl_module.automatic_optimization and not has_loss:
+            raise ValueError(
+                "SASReplicas with manual optimization needs loss_fn=(module, batch) -> per-sample losses (or a "
+                "`sas_per_sample_loss` method): a replica cannot call self.optimizers() or manual_backward without a trainer."
+            )
+        if self.fork_at != "start" and not self.holdout_excluded:
+            raise ValueError(
+                f"fork_at={self.fork_at!r}: the main model trains on the held-out split, so replicas forked from it "
+                "have already seen the replacements (contaminated). Exclude SASReplicas.holdout_indices(len(dataset)) "
+                "from the main run and pass holdout_excluded=True, or use fork_at='start'."
+            )
+        n = len(dataset)
+        s_idx, holdout = split_holdout(n, self.holdout_fraction, self.seed)
+        batch_size = self.batch_size or getattr(loader, "batch_size", None) or 32
+        if len(s_idx) < batch_size or len(holdout) < self.replicas + 1:
+            raise ValueError(
+                f"SASReplicas: the training set ({n} samples) is too small for batch_size={batch_size}, "
+                f"holdout_fraction={self.holdout_fraction} and replicas={self.replicas}"
+            )
+        self._pairs = choose_replacements(s_idx, holdout, self.replicas, self.seed)
+        probes = make_probe_set(s_idx, holdout, self._pairs, self.num_train_probes, self.num_heldout_probes, self.seed)
+        self.probe_set = probes
+        self._dataset = dataset
+        self._collate = getattr(loader, "collate_fn", None) or torch.utils.data.default_collate
+        self._s_indices = s_idx
+        self._sampler = ReplicaSampler(len(s_idx), batch_size, self.replicas + 1, self.sampler_mode, self.seed)
+        order = probes.order
+        samples = [dataset[int(i)] for i in order]
+        device = pl_module.device
+        self._probe_batches = [
+            move_data_to_device(self._collate(samples[i : i + self.probe_batch_size]), device)
+            for i in range(0, len(samples), self.probe_batch_size)
+        ]
+        self._cols = {
+            "replaced": probes.replaced_columns,
+            "replacement": probes.replacement_columns,
+            "heldout": probes.heldout_columns,
+            "train": probes.train_columns,
+        }
+        self.metric = SASEstimate(self.replicas + 1, len(order), max_blocks=self.max_blocks).to(device)
+        self._restored_engine = None
+        if self._restored is not None and self._restored.get("engine") is not None:
+            self._fork(trainer, pl_module, self._restored.get("fork_step", 0))
+            self._apply_restored(self._restored)
+        elif self._restored is not None:
+            self._apply_restored(self._restored)
+        elif self.fork_at == "start":
+            self._fork(trainer, pl_module, 0)
+        self._restored = None
+
+    def _clip(self, trainer: "pl.Trainer") -> tuple[float, str] | None:
+        value = getattr(trainer, "gradient_clip_val", None)
+        if not value:
+            return None
+        algorithm = getattr(trainer, "gradient_clip_algorithm", None) or "norm"
+        return float(value), str(getattr(algorithm, "value", algorithm))
+
+    def _fork(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", step: int) -> None:
+        """Fork ``K + 1`` replicas from the main model's weights and optimizer state now."""
+        clip = self._clip(trainer)
+        opt_state = [copy.deepcopy(o.state_dict()) for o in trainer.optimizers] if step > 0 else None
+        use_step = pl_module.automatic_optimization and self.loss_fn is None and not callable(
+            getattr(pl_module, "sas_per_sample_loss", None)
+        )
+        reason = stacked_unsupported_reason(pl_module, self.loss_fn)
+        engine: Any = None
+        if self.path in ("auto", "fast") and reason is None:
+            try:
+                engine = StackedReplicas(pl_module, self.replicas + 1, self.loss_fn, clip, opt_state)
+                self._dry_run(engine)
+                engine = StackedReplicas(pl_module, self.replicas + 1, self.loss_fn, clip, opt_state)
+            except Exception as err:
+                reason = f"{type(err).__name__}: {err}"
+                engine = None
+        if engine is None:
+            if self.path == "fast":
+                raise ValueError(f"SASReplicas(path='fast') cannot run this module: {reason}. Use path='auto' or 'generic'.")
+            try:
+                probe = GenericReplicas(pl_module, 1, self.loss_fn, use_step, clip, opt_state)
+                self._dry_run(probe)
+            except Exception as err:
+                raise RuntimeError(
+                    f"SASReplicas: a replica step failed ({type(err).__name__}: {err}). Replicas are deep copies "
+                    "without a trainer: a training_step or configure_optimizers that uses self.trainer cannot run "
+                    "on them; pass loss_fn=(module, batch) -> per-sample losses to train replicas without training_step."
+                ) from err
+            engine = GenericReplicas(pl_module, self.replicas + 1, self.loss_fn, use_step, clip, opt_state)
+            self.fallback_reason = reason
+            if self.path == "auto" and reason:
+                rank_zero_info(f"lightning-sas: replicas use the generic path because {reason}.")
+        self.engine = engine
+        self.fork_step = int(step)
+
+    def _dry_run(self, engine: Any) -> None:
+        assert self._sampler is not None
+        positions = ReplicaSampler(len(self._s_indices), self._sampler.batch_size, engine.n, "common", self.seed).next()
+        batches = self._batches(positions[: engine.n], device=self._probe_device())
+        saved = self._rng.state_dict()
+        try:
+            with self._rng.active(self._probe_device()):
+                engine.step(batches, 0, 0)
+                engine.per_sample_losses(self._probe_batches[:1])
+        finally:
+            self._rng.load_state_dict(saved)
+
+    def _probe_device(self) -> torch.device:
+        leaf = self._probe_batches[0]
+        while isinstance(leaf, (list, tuple)):
+            leaf = leaf[0]
+        if isinstance(leaf, dict):
+            leaf = next(iter(leaf.values()))
+        return leaf.device if isinstance(leaf, torch.Tensor) else torch.device("cpu")
+
+    def _batches(self, positions: list[np.ndarray], device: torch.device) -> list[Any]:
+        """Collated batches, replica ``r`` from ``S^(r)`` (the control ``r = 0`` from ``S``)."""
+        cache: dict[int, Any] = {}
+        out: list[Any] = []
+        for r, pos in enumerate(positions):
+            indices = self._s_indices[pos]
+            if r > 0:
+                replaced, replacement = self._pairs[r - 1]
+                hit = indices == replaced
+                if hit.any():
+                    indices = np.where(hit, replacement, indices)
+                    out.append(move_data_to_device(self._collate([self._dataset[int(i)] for i in indices]), device))
+                    continue
+            key = id(pos)
+            if key not in cache:
+                cache[key] = move_data_to_device(self._collate([self._dataset[int(i)] for i in indices]), device)
+            out.append(cache[key])
+        return out
+
+    # -- hot path -------------------------------------------------------------------------
+    def on_train_batch_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", batch: Any, batch_idx: int) -> None:
+        self._index = stream_index(trainer, pl_module, self._batches_seen)
+
+    def on_train_batch_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", outputs: Any, batch: Any, batch_idx: int) -> None:
+        self.record(trainer, pl_module, batch_idx)
+
+    def on_train_epoch_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        if self.engine is not None and self.enabled:
+            self.engine.epoch_end(trainer.current_epoch)
+
+    def maybe_fork_late(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", ctx: FlushContext) -> None:
+        """Late forks: at the first flush where the late phase is stable (``"late_phase"``)."""
+        if self.engine is None and self.enabled and self.fork_at == "late_phase" and ctx.late_phase_stable:
+            self._fork(trainer, pl_module, self._index)
+
+    def record(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", batch_idx: int) -> None:
+        """One step of every replica (and their probes when due) after a main optimizer step."""
+        self._batches_seen += 1
+        if not self.enabled or self.metric is None:
+            return
+        stepped = (not pl_module.automatic_optimization) or trainer.global_step > self._index
+        if not stepped:
+            return
+        if self.engine is None and isinstance(self.fork_at, int) and self._index + 1 >= self.fork_at:
+            self._fork(trainer, pl_module, self._index + 1)
+            return
+        if self.engine is None:
+            return
+        assert self._sampler is not None
+        device = self._probe_device()
+        try:
+            with self._rng.active(device):
+                batches = self._batches(self._sampler.next(), device)
+                self.engine.step(batches, batch_idx, self._steps_taken)
+                self._steps_taken += 1
+                if self.should_probe(self._index):
+                    values = self.engine.per_sample_losses(self._probe_batches)
+                    self.metric.update(values, self._index)
+        except Exception as err:  # a replica failing mid-run is switched off; training goes on
+            self.enabled = False
+            warn_once(self, "failed", f"SASReplicas: a replica step failed mid-run ({type(err).__name__}: {err}); "
+                      "the SAS estimate is switched off, training goes on.")
+
+    # -- flush ----------------------------------------------------------------------------
+    def flush(self, ctx: FlushContext) -> None:
+        self.maybe_fork_late(ctx.trainer, ctx.pl_module, ctx)
+        if self.metric is None or self.engine is None:
+            ctx.summary.update(self._last)
+            return
+        start = ctx.late_phase_start if ctx.late_phase_found else None
+        if self.fork_step is not None and (start is None or start < self.fork_step):
+            start = self.fork_step if start is not None else None
+        with self.metric.synced():
+            estimate = self.metric.estimate(self._cols, from_step=start, fork_step=self.fork_step or 0)
+        estimate.update(
+            {
+                "replicas": self.replicas,
+                "replica_path": self.engine.path,
+                "replica_sampler": self.sampler_mode,
+                "fork_step": self.fork_step,
+                "steps_since_fork": self._steps_taken,
+                "replica_checkpoint_bytes": self._checkpoint_bytes or None,
+                "ergodic_gap_source": "holdout (control replica)",
+            }
+        )
+        histograms = estimate.pop("abs_d", None)
+        if histograms is not None:
+            ctx.histograms["sas/abs_d"] = np.asarray(histograms).ravel()
+        ctx.figure_data["sas_windows"] = estimate.pop("windows", None)
+        ctx.figure_data["sas_forgetting"] = estimate.pop("forgetting", None)
+        self._last = estimate
+        if "ergodic_gap" in ctx.summary and ctx.summary.get("ergodic_gap_source") == "validation":
+            ctx.summary["ergodic_gap_validation"] = ctx.summary.get("ergodic_gap")
+            ctx.summary["ergodic_gap_validation_se"] = ctx.summary.get("ergodic_gap_se")
+        ctx.summary.update(self._last)
+        if ctx.writer is not None and self.metric is not None:
+            ctx.writer.update_meta(sas_columns={k: [int(x) for x in v] for k, v in self._cols.items()},
+                                   sas_pairs=[[int(a), int(b)] for a, b in self._pairs])
+
+    @property
+    def diagnostics(self) -> dict[str, Any]:
+        return dict(self._last)
+
+    # -- state ----------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        state: dict[str, Any] = {
+            "config": self.config(),
+            "batches_seen": self._batches_seen,
+            "steps_taken": self._steps_taken,
+            "fork_step": self.fork_step,
+            "enabled": self.enabled,
+            "rng": self._rng.state_dict(),
+            "sampler": None if self._sampler is None else self._sampler.state_dict(),
+            "engine": None,
+        }
+        if self.metric is not None:
+            state["metric"] = {k: v.detach().cpu().clone() for k, v in self.metric.metric_state.items()}  # sync-ok
+            state["metric_extra"] = self.metric.extra_state()
+        if self.engine is not None and self.checkpoint_replicas:
+            state["engine"] = self.engine.state_dict()
+            self._checkpoint_bytes = _tensor_bytes(state["engine"])
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._reset_state()
+        self._batches_seen = int(state_dict["batches_seen"])
+        self._restored = dict(state_dict)
+
+    def _apply_restored(self, state: dict[str, Any]) -> None:
+        self._steps_taken = int(state.get("steps_taken", 0))
+        self.enabled = bool(state.get("enabled", True))
+        self._rng.load_state_dict(state["rng"])
+        if state.get("sampler") is not None and self._sampler is not None:
+            self._sampler.load_state_dict(state["sampler"])
+        if self.metric is not None and "metric" in state:
+            for name, value in state["metric"].items():
+                setattr(self.metric, name, value.to(getattr(self.metric, name).device))
+            self.metric.load_extra_state(state["metric_extra"])
+        if state.get("engine") is not None and self.engine is not None:
+            self.engine.load_state_dict(state["engine"])
+        elif self.engine is not None and state.get("engine") is None and state.get("fork_step") is not None:
+            warn_once(self, "noreplicas", "SASReplicas: the checkpoint has no replica weights (checkpoint_replicas=False); "
+                      "the replicas restart from the current weights.")
+
+
+def _tensor_bytes(obj: Any) -> int:
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in obj)
+    return 0

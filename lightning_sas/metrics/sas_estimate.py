@@ -1,0 +1,95 @@
+"""Per-replica, per-probe-point time averages and the SAS statistics computed from them."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import numpy as np
+from torch import Tensor
+
+from lightning_sas.metrics.time_average import TimeAverage
+from lightning_sas.stats.batch_means import batch_means_se_from_blocks
+from lightning_sas.stats.sas import (
+    estimate_by_window,
+    forgetting_curve,
+    mean_pairwise_abs_difference,
+    paper_coefficient,
+    sas_statistics,
+)
+
+__all__ = ["SASEstimate"]
+
+
+class SASEstimate(TimeAverage):
+    r"""Late-phase time averages :math:`\langle l_r(z)\rangle` of ``num_replicas`` replicas on
+    ``num_points`` probe points (replica 0 = control), usable on its own.
+
+    ``update(losses, step)`` takes a ``(num_replicas, num_points)`` tensor; states are the block
+    summaries of :class:`TimeAverage` over the flattened ``R * P`` series (summed across ranks).
+    :meth:`estimate` returns the SAS statistics of :func:`lightning_sas.stats.sas.sas_statistics`
+    (Chandramoorthy et al., NeurIPS 2022) plus the control replica's ergodic gap, the authors'
+    ``paper_coefficient`` over the neighbouring pairs (control, k) and the per-point
+    ``mean_pairwise_abs_difference``.
+    """
+
+    def __init__(self, num_replicas: int, num_points: int, max_blocks: int = 128, **kwargs: Any) -> None:
+        if num_replicas < 2:
+            raise ValueError(f"num_replicas must be >= 2 (a control and at least one perturbed replica), got {num_replicas}")
+        super().__init__(num_points=num_replicas * num_points, max_blocks=max_blocks, **kwargs)
+        self.num_replicas = num_replicas
+        self.points_per_replica = num_points
+
+    def update(self, values: Tensor, step: int, weight: Tensor | None = None) -> None:  # type: ignore[override]
+        """Append one ``(num_replicas, num_points)`` observation at ``step``."""
+        if tuple(values.shape) != (self.num_replicas, self.points_per_replica):
+            raise ValueError(f"expected losses of shape {(self.num_replicas, self.points_per_replica)}, got {tuple(values.shape)}")
+        super().update(values.reshape(-1), step, weight)
+
+    def replica_block_means(self, from_step: int | None = None) -> dict[str, np.ndarray]:
+        """Host ``means`` of shape ``(R, n_blocks, P)``, ``counts`` ``(n_blocks,)``, ``starts``."""
+        arrays = self.block_arrays(from_step)
+        n = arrays["means"].shape[0]
+        means = arrays["means"].reshape(n, self.num_replicas, self.points_per_replica).transpose(1, 0, 2)
+        counts = arrays["counts"].reshape(n, self.num_replicas, self.points_per_replica).max(axis=(1, 2)) if n else np.zeros(0)
+        return {"means": means, "counts": counts, "starts": arrays["starts"]}
+
+    def estimate(self, columns: Mapping[str, np.ndarray], from_step: int | None = None, fork_step: int = 0) -> dict[str, Any]:
+        """All SAS figures over the blocks from ``from_step`` (host values; flush time only).
+
+        ``columns`` gives probe columns ``replaced`` (``i_k``), ``replacement`` (``z'_k``),
+        ``heldout`` (``P_test``) and ``train`` (``P_train``, includes the ``i_k``).
+        """
+        data = self.replica_block_means(from_step)
+        means, counts, starts = data["means"], data["counts"], data["starts"]
+        replaced = np.asarray(columns["replaced"])
+        replacement = np.asarray(columns["replacement"])
+        heldout = np.asarray(columns["heldout"])
+        train = np.asarray(columns["train"])
+        out: dict[str, Any] = {}
+        if means.shape[1] == 0 or counts.sum() == 0:
+            out["sas_resolved"] = False
+            out["sas_converged"] = False
+            return out
+        stats = sas_statistics(means, counts, replaced, replacement, heldout)
+        out.update(stats)
+        windows = estimate_by_window(means, counts, replaced, replacement, heldout, starts, fork_step)
+        out["sas_converged"] = bool(windows.get("converged", False))
+        out["windows"] = windows
+        out["forgetting"] = forgetting_curve(means, starts, replaced, fork_step)
+        weights = counts[None, :, None]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            averages = np.nansum(means * weights, axis=1) / np.maximum(np.sum(np.where(np.isfinite(means), weights, 0), axis=1), 1)
+        pairs = [(0, k) for k in range(1, self.num_replicas)]
+        coef, coef_se = paper_coefficient(averages[:, heldout].mean(axis=1), pairs)
+        out["paper_coefficient"], out["paper_coefficient_se"] = coef, coef_se
+        mpd, mpd_se = mean_pairwise_abs_difference(averages[:, heldout], pairs)
+        out["mean_pairwise_abs_difference"], out["mean_pairwise_abs_difference_se"] = mpd, mpd_se
+        # ergodic gap on the control replica against the held-out split
+        control = averages[0]
+        out["ergodic_gap"] = float(control[heldout].mean() - control[train].mean())
+        block_gap = np.nanmean(means[0][:, heldout], axis=1) - np.nanmean(means[0][:, train], axis=1)
+        ok = np.isfinite(block_gap)
+        out["ergodic_gap_se"] = batch_means_se_from_blocks(counts[ok], block_gap[ok] * counts[ok])
+        out["probe_train_loss"] = float(control[train].mean())
+        out["probe_test_loss"] = float(control[heldout].mean())
+        return out
