@@ -198,9 +198,13 @@ def summarize_run(run: Any) -> dict[str, Any]:
         for key in WEIGHT_KEYS:
             if key in weights and len(weights[key]):
                 summary[key] = _finite(weights[key][-1])
+        start = weights.get("ergodic_mean_start")
+        if start is not None and len(start):
+            summary["ergodic_mean_start"] = int(start[-1]) if start[-1] >= 0 else None
     probes = _stream(run, "probes")
-    num_train = cfg.get("probe_num_train")
-    num_test = cfg.get("probe_num_test")
+    meta = run.meta or {}
+    num_train = meta.get("probe_num_train")
+    num_test = meta.get("probe_num_test")
     if probes is not None and num_train and num_test:
         metric = ErgodicGap(int(num_train), int(num_test), max_blocks=int(cfg.get("probe_max_blocks", 128)))
         for step, row in zip(probes["step"], probes["losses"]):

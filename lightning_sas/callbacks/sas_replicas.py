@@ -10,6 +10,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities import move_data_to_device
 from pytorch_lightning.utilities.rank_zero import rank_zero_info
+from torch.utils.data import TensorDataset, default_collate
 
 from lightning_sas.callbacks._common import device_float_dtype, resolve_callable, stream_index, warn_once
 from lightning_sas.callbacks.base import FlushContext, StreamCallback
@@ -220,7 +221,7 @@ class SASReplicas(StreamCallback):
         probes = make_probe_set(s_idx, holdout, self._pairs, self.num_train_probes, self.num_heldout_probes, self.seed)
         self.probe_set = probes
         self._dataset = dataset
-        self._collate = getattr(loader, "collate_fn", None) or torch.utils.data.default_collate
+        self._collate = getattr(loader, "collate_fn", None) or default_collate
         self._s_indices = s_idx
         self._sampler = ReplicaSampler(len(s_idx), batch_size, self.replicas + 1, self.sampler_mode, self.seed)
         order = probes.order
@@ -310,8 +311,17 @@ class SASReplicas(StreamCallback):
             leaf = next(iter(leaf.values()))
         return leaf.device if isinstance(leaf, torch.Tensor) else torch.device("cpu")
 
+    def _fetch(self, indices: np.ndarray, device: torch.device) -> Any:
+        """Collate ``dataset[i]`` for ``indices``; a ``TensorDataset`` with the default collate is
+        indexed in one call per tensor (same result, no per-sample Python)."""
+        if isinstance(self._dataset, TensorDataset) and self._collate is default_collate:
+            index = torch.from_numpy(np.ascontiguousarray(indices, dtype=np.int64))
+            return move_data_to_device([t[index] for t in self._dataset.tensors], device)
+        return move_data_to_device(self._collate([self._dataset[int(i)] for i in indices]), device)
+
     def _batches(self, positions: list[np.ndarray], device: torch.device) -> list[Any]:
-        """Collated batches, replica ``r`` from ``S^(r)`` (the control ``r = 0`` from ``S``)."""
+        """Batches, replica ``r`` from ``S^(r)`` (the control ``r = 0`` from ``S``); replicas
+        that draw the same positions and miss their replaced sample share one batch object."""
         cache: dict[int, Any] = {}
         out: list[Any] = []
         for r, pos in enumerate(positions):
@@ -320,12 +330,11 @@ class SASReplicas(StreamCallback):
                 replaced, replacement = self._pairs[r - 1]
                 hit = indices == replaced
                 if hit.any():
-                    indices = np.where(hit, replacement, indices)
-                    out.append(move_data_to_device(self._collate([self._dataset[int(i)] for i in indices]), device))
+                    out.append(self._fetch(np.where(hit, replacement, indices), device))
                     continue
             key = id(pos)
             if key not in cache:
-                cache[key] = move_data_to_device(self._collate([self._dataset[int(i)] for i in indices]), device)
+                cache[key] = self._fetch(indices, device)
             out.append(cache[key])
         return out
 

@@ -268,6 +268,7 @@ class WeightSnapshots(StreamCallback):
             for i, name in enumerate(QUANTITIES):
                 columns[name] = rows[:, i]
             columns["layer_norms"] = layers
+            columns["ergodic_mean_start"] = np.full(n, -1 if self._frozen_start is None else self._frozen_start, dtype=np.int64)
             ns = len(self._sketch_steps)
             if ctx.writer is not None:
                 ctx.writer.append("weights", columns)

@@ -55,7 +55,12 @@ def _figures(ctx: Any) -> dict[str, Any]:
         out["sas/figures/sketch_trajectory"] = figures.sketch_trajectory_figure(
             sketch[0], sketch[1], summary.get("late_phase_start")
         )
-    out.update(ctx.figure_data.get("extra_figures", {}))
+    windows = ctx.figure_data.get("sas_windows")
+    if windows:
+        out["sas/figures/sas_vs_window"] = figures.sas_window_figure(windows, summary.get("ergodic_gap"))
+    forgetting = ctx.figure_data.get("sas_forgetting")
+    if forgetting and forgetting.get("steps_since_fork"):
+        out["sas/figures/forgetting"] = figures.forgetting_figure(forgetting)
     return out
 
 

@@ -36,12 +36,34 @@ SCALAR_TAGS: dict[str, tuple[str, str]] = {
     "probe_train_loss": ("SAS", "sas/probes/train_loss"),
     "probe_test_loss": ("SAS", "sas/probes/test_loss"),
     "nonfinite_probe_losses": ("SAS", "sas/probes/nonfinite_count"),
+    "ergodic_gap_validation": ("SAS", "sas/sas/ergodic_gap_validation"),
+    "sas_max": ("SAS", "sas/sas/sas_max"),
+    "sas_max_se": ("SAS", "sas/sas/sas_max_se"),
+    "sas_max_null": ("SAS", "sas/sas/sas_max_null"),
+    "sas_mean": ("SAS", "sas/sas/sas_mean"),
+    "sas_mean_se": ("SAS", "sas/sas/sas_mean_se"),
+    "sas_replaced": ("SAS", "sas/sas/sas_replaced"),
+    "sas_replaced_se": ("SAS", "sas/sas/sas_replaced_se"),
+    "stability_gap": ("SAS", "sas/sas/stability_gap"),
+    "stability_gap_se": ("SAS", "sas/sas/stability_gap_se"),
+    "sas_resolved": ("SAS", "sas/sas/resolved"),
+    "sas_converged": ("SAS", "sas/sas/converged"),
+    "paper_coefficient": ("SAS", "sas/sas/paper_coefficient"),
+    "mean_pairwise_abs_difference": ("SAS", "sas/sas/mean_pairwise_abs_difference"),
 }
 
 #: margin charts: (group, title, value key, standard-error key) drawn as value +- 2 SE
 MARGIN_CHARTS: list[tuple[str, str, str, str]] = [
     ("Loss dynamics", "time-averaged loss +- 2 SE", "loss_mean", "loss_se"),
     ("SAS", "ergodic generalization gap +- 2 SE", "ergodic_gap", "ergodic_gap_se"),
+    ("SAS", "SAS (sup over probes) +- 2 SE", "sas_max", "sas_max_se"),
+    ("SAS", "SAS on held-out points +- 2 SE", "sas_mean", "sas_mean_se"),
+    ("SAS", "stability gap (replace-one) +- 2 SE", "stability_gap", "stability_gap_se"),
+]
+
+#: several tags on one chart: (group, title, keys)
+SHARED_CHARTS: list[tuple[str, str, tuple[str, ...]]] = [
+    ("SAS", "stability gap vs ergodic gap", ("stability_gap", "ergodic_gap")),
 ]
 
 
@@ -82,4 +104,6 @@ def custom_scalars_layout() -> dict[str, dict[str, list[Any]]]:
     for group, title, key, _se in MARGIN_CHARTS:
         tag = tag_for(key)
         layout.setdefault(group, {})[title] = ["Margin", [tag, tag + "_lower", tag + "_upper"]]
+    for group, title, keys in SHARED_CHARTS:
+        layout.setdefault(group, {})[title] = ["Multiline", [tag_for(k) for k in keys]]
     return layout

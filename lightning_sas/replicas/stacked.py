@@ -8,7 +8,7 @@ from typing import Any, Sequence
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call, grad, vmap
+from torch.func import functional_call, vmap
 
 from lightning_sas.losses import PerSampleLoss, per_sample_loss
 from lightning_sas.replicas.generic import ClipConfig, _silence_logging
@@ -54,9 +54,10 @@ def stacked_unsupported_reason(template: nn.Module, loss_fn: PerSampleLoss | Non
 
 
 class StackedReplicas:
-    """``n`` replicas as stacked parameters ``(n, *shape)``: the gradient of every replica's mean
-    per-sample loss comes from one ``vmap(grad(...))`` call (``randomness="different"`` for
-    dropout), and one optimizer built by the module's own ``configure_optimizers`` on a copy
+    """``n`` replicas as stacked parameters ``(n, *shape)``: every replica's mean per-sample loss
+    comes from one ``vmap`` of ``functional_call`` (``randomness="different"`` for dropout), one
+    ``backward`` of their sum gives every replica its own gradient (the replicas share no
+    parameter), and one optimizer built by the module's own ``configure_optimizers`` on a copy
     whose parameters are the stacked tensors (so groups and schedulers are kept) updates all
     replicas at once. Valid for elementwise optimizers only; gradients are clipped per replica.
     """
@@ -101,21 +102,18 @@ class StackedReplicas:
         """One optimizer step of every replica, replica ``r`` on ``batches[r]``."""
         shared = all(b is batches[0] for b in batches)
         batch = batches[0] if shared else stack_batches(batches)
-        trainable = {k: p.detach() for k, p in self.params.items() if p.requires_grad}
-        frozen = {k: p.detach() for k, p in self.params.items() if not p.requires_grad}
+        # vmapped forward, ordinary autograd backward: the replicas are independent, so the
+        # gradient of sum_r L_r with respect to replica r's slice is replica r's own gradient
+        params = dict(self.params)
 
-        def mean_loss(params: dict[str, Tensor], fixed: dict[str, Tensor], b: Any) -> Tensor:
-            merged = {**self._named(params), **self._named(fixed), **self.buffers}
-            return functional_call(self.wrapper, merged, (b,)).mean()
+        def mean_loss(p: dict[str, Tensor], b: Any) -> Tensor:
+            return functional_call(self.wrapper, {**self._named(p), **self.buffers}, (b,)).mean()
 
-        grads = vmap(grad(mean_loss), in_dims=(0, 0, None if shared else 0), randomness="different")(
-            trainable, frozen, batch
-        )
-        self._clip(grads)
-        for name, g in grads.items():
-            self.params[name].grad = g
-        self.optim.step(step_index)
         self.optim.zero_grad()
+        losses = vmap(mean_loss, in_dims=(0, None if shared else 0), randomness="different")(params, batch)
+        losses.sum().backward()
+        self._clip({k: p.grad for k, p in self.params.items() if p.grad is not None})
+        self.optim.step(step_index)
 
     def _clip(self, grads: dict[str, Tensor]) -> None:
         if self.clip is None:

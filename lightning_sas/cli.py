@@ -1,0 +1,236 @@
+"""``lightning-sas``: offline reports and the multi-run SAS protocol.
+
+* ``lightning-sas report RUN_DIR [--out DIR] [--json]``: the diagnostics table and PNG figures of a
+  stored run (no Trainer, no GPU);
+* ``lightning-sas perturb --n N ...``: a plan of neighbouring datasets for the multi-run protocol;
+* ``lightning-sas compare RUN_DIR...``: SAS statistics across runs trained on neighbouring datasets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+__all__ = ["main", "format_table"]
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return "n/a" if not math.isfinite(value) else f"{value:.4g}"
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={_fmt(v)}" for k, v in value.items())
+    return str(value)
+
+
+def format_table(rows: dict[str, Any], title: str | None = None) -> str:
+    """Aligned two-column table of ``rows`` (None as "n/a", floats to 4 significant digits)."""
+    width = max((len(k) for k in rows), default=0)
+    lines = [title, "-" * len(title)] if title else []
+    lines += [f"{k.ljust(width)}  {_fmt(v)}" for k, v in rows.items()]
+    return "\n".join(lines)
+
+
+def _progress(label: str) -> Callable[[int, int], None]:
+    def show(done: int, total: int) -> None:
+        if total >= 20 and sys.stderr.isatty():
+            sys.stderr.write(f"\r{label}: {done}/{total} chunks")
+            if done == total:
+                sys.stderr.write("\n")
+
+    return show
+
+
+def _load(path: str) -> Any:
+    from lightning_sas.store import read_run
+
+    run = read_run(path, progress=_progress(f"reading {path}"))
+    for problem in run.problems:
+        print(f"warning: {problem.kind}: {problem.path}: {problem.message}", file=sys.stderr)
+    return run
+
+
+def _report(args: argparse.Namespace) -> int:
+    from lightning_sas.diagnostics import figure_inputs, summarize_run
+    from lightning_sas.loggers import figures
+
+    run = _load(args.run_dir)
+    summary = summarize_run(run)
+    if args.json:
+        print(json.dumps(summary, indent=1, default=str))
+    else:
+        print(format_table(summary, title=f"lightning-sas report: {run.root}"))
+    out = Path(args.out) if args.out else run.root / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    data = figure_inputs(run)
+    drawn = {
+        "loss_stream.png": figures.loss_stream_figure(data["steps"], data["loss"], data["late_phase_start"], data["lr"]),
+        "acf.png": figures.acf_figure(data["acf"], data["iat"], data["iat_window"]),
+        "periodogram.png": figures.periodogram_figure(data["freqs"], data["power"], data["dominant_period"]),
+        "sketch_trajectory.png": figures.sketch_trajectory_figure(data["sketch_steps"], data["sketch"], data["late_phase_start"]),
+    }
+    for name, fig in drawn.items():
+        fig.savefig(out / name)
+    if not args.json:
+        print(f"\nfigures written to {out}")
+    return 0
+
+
+def _parse_pairs(text: str | None, n_runs: int) -> list[tuple[int, int]]:
+    if not text:
+        return [(0, k) for k in range(1, n_runs)]
+    pairs = []
+    for item in text.split(","):
+        a, _, b = item.partition("-")
+        p, q = int(a), int(b)
+        if not (0 <= p < n_runs and 0 <= q < n_runs) or p == q:
+            raise ValueError(f"--pairs: {item!r} is not a pair of distinct run positions in [0, {n_runs})")
+        pairs.append((p, q))
+    return pairs
+
+
+def compare_runs(runs: Sequence[Any], pairs: Sequence[tuple[int, int]], from_step: int | None = None) -> dict[str, Any]:
+    """SAS statistics across runs on neighbouring datasets, from their stored probe streams.
+
+    Every run must have probed the same points (same seed and dataset sizes); the late phase is
+    ``from_step`` or the latest of the runs' late-phase starts. Returns the held-out sensitivity
+    ``sas_mean`` (mean over pairs and ``P_test`` of ``|<l_p(z)> - <l_q(z)>|``, with SE),
+    ``sas_max`` (mean over pairs of the max over ``P_test``), the authors' ``paper_coefficient``
+    and per-run time-averaged test losses.
+    """
+    from lightning_sas.diagnostics import summarize_run
+    from lightning_sas.stats.sas import mean_pairwise_abs_difference, paper_coefficient
+
+    if len(runs) < 2:
+        raise ValueError("compare needs at least two runs")
+    probes, n_train = [], None
+    for run in runs:
+        stream = run.streams.get("probes")
+        if not stream or "losses" not in stream:
+            raise ValueError(f"{run.root} has no probe-loss stream (was ProbeLosses on, with a validation set?)")
+        cfg = run.meta
+        nt = int(cfg.get("probe_num_train", 0))
+        if n_train is not None and nt != n_train or (probes and stream["losses"].shape[1] != probes[0]["losses"].shape[1]):
+            raise ValueError("the runs probed different point sets: use the same seed and dataset sizes in every run")
+        n_train = nt
+        probes.append(stream)
+    if from_step is None:
+        starts = [summarize_run(r).get("late_phase_start") for r in runs]
+        from_step = max((s for s in starts if s is not None), default=0)
+    per_point = []
+    for stream in probes:
+        keep = stream["step"] >= from_step
+        if not keep.any():
+            raise ValueError(f"no probe rows at or after step {from_step}")
+        per_point.append(np.nanmean(stream["losses"][keep], axis=0))
+    means = np.stack(per_point)  # (R, P)
+    test = means[:, n_train:]
+    if test.shape[1] == 0:
+        raise ValueError("the runs have no held-out probe points (P_test)")
+    coef, coef_se = paper_coefficient(test.mean(axis=1), pairs)
+    mpd, mpd_se = mean_pairwise_abs_difference(test, pairs)
+    sup = float(np.mean([np.abs(test[p] - test[q]).max() for p, q in pairs]))
+    out: dict[str, Any] = {
+        "runs": len(runs),
+        "pairs": ", ".join(f"{p}-{q}" for p, q in pairs),
+        "from_step": int(from_step),
+        "sas_mean": mpd,
+        "sas_mean_se": mpd_se,
+        "sas_max": sup,
+        "paper_coefficient": coef,
+        "paper_coefficient_se": coef_se,
+    }
+    for r, run in enumerate(runs):
+        out[f"run{r}_test_loss"] = float(test[r].mean())
+        out[f"run{r}"] = str(run.root)
+    out["_abs_diff"] = np.concatenate([np.abs(test[p] - test[q]) for p, q in pairs])
+    return out
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from lightning_sas.loggers import figures
+
+    runs = [_load(p) for p in args.run_dirs]
+    result = compare_runs(runs, _parse_pairs(args.pairs, len(runs)), args.from_step)
+    abs_diff = result.pop("_abs_diff")
+    if args.json:
+        print(json.dumps(result, indent=1, default=str))
+    else:
+        print(format_table(result, title="lightning-sas compare"))
+    out = Path(args.out or "sas-compare")
+    out.mkdir(parents=True, exist_ok=True)
+    figures.histogram_figure(abs_diff, "|difference of time-averaged probe losses| over pairs", "|Δ loss|").savefig(out / "abs_differences.png")
+    if not args.json:
+        print(f"\nfigures written to {out}")
+    return 0
+
+
+def _perturb(args: argparse.Namespace) -> int:
+    from lightning_sas.data import choose_replacements, split_holdout
+
+    s_idx, holdout = split_holdout(args.n, args.holdout_fraction, args.seed)
+    pairs = choose_replacements(s_idx, holdout, args.runs, args.seed)
+    plan = {
+        "n": args.n,
+        "seed": args.seed,
+        "holdout_fraction": args.holdout_fraction,
+        "train_indices": [int(i) for i in s_idx],
+        "holdout_indices": [int(i) for i in holdout],
+        "runs": [{"run": 0, "replace": {}}]
+        + [{"run": k, "replace": {str(i): int(j)}} for k, (i, j) in enumerate(pairs, start=1)],
+    }
+    text = json.dumps(plan, indent=1)
+    if args.out:
+        Path(args.out).write_text(text)
+        print(f"plan for {args.runs + 1} runs (control + {args.runs} neighbours) written to {args.out}")
+    else:
+        print(text)
+    return 0
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lightning-sas", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    rep = sub.add_parser("report", help="summary table and figures of a stored run")
+    rep.add_argument("run_dir", help="a run's store (…/sas) or its Lightning version directory")
+    rep.add_argument("--out", help="folder for the PNG figures (default RUN/report)")
+    rep.add_argument("--json", action="store_true", help="print the summary as JSON")
+    rep.set_defaults(func=_report)
+    cmp_ = sub.add_parser("compare", help="SAS across runs trained on neighbouring datasets")
+    cmp_.add_argument("run_dirs", nargs="+")
+    cmp_.add_argument("--pairs", help="neighbouring pairs as 'p-q,...' (default: run 0 against each other run)")
+    cmp_.add_argument("--from-step", type=int, default=None, help="late-phase start (default: latest MSER start)")
+    cmp_.add_argument("--out", help="folder for figures (default sas-compare)")
+    cmp_.add_argument("--json", action="store_true")
+    cmp_.set_defaults(func=_compare)
+    per = sub.add_parser("perturb", help="plan neighbouring datasets for the multi-run protocol")
+    per.add_argument("--n", type=int, required=True, help="size of the training set")
+    per.add_argument("--runs", type=int, default=4, help="number of perturbed runs (plus one control)")
+    per.add_argument("--holdout-fraction", type=float, default=0.1)
+    per.add_argument("--seed", type=int, default=0)
+    per.add_argument("--out", help="write the plan JSON here (default: stdout)")
+    per.set_defaults(func=_perturb)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except (FileNotFoundError, ValueError) as err:
+        print(f"lightning-sas {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

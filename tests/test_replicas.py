@@ -1,0 +1,162 @@
+"""SAS replicas: forking, agreement of the two paths, a least-squares known answer, setup errors."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.demos.boring_classes import ManualOptimBoringModel, RandomIterableDataset
+from torch.utils.data import DataLoader, TensorDataset
+
+from conftest import TinyClassifier, make_classification, trainer_kwargs
+from lightning_sas import SASMonitor, SASReplicas
+from lightning_sas.replicas.generic import GenericReplicas
+from lightning_sas.replicas.stacked import StackedReplicas
+from lightning_sas.stats.sas import least_squares_sas
+
+
+def cross_entropy(module: Any, batch: Any) -> torch.Tensor:
+    x, y = batch
+    return torch.nn.functional.cross_entropy(module(x), y, reduction="none")
+
+
+def test_control_replica_follows_main_model_exactly() -> None:
+    """Generic fork from the main model; fed the main model's batches, it tracks it bitwise."""
+    torch.manual_seed(0)
+    main = TinyClassifier()
+    replicas = GenericReplicas(main, 2, loss_fn=None, use_training_step=True)
+    opt = torch.optim.SGD(main.parameters(), lr=main.lr)
+    data = make_classification(256)
+    loader = DataLoader(data, batch_size=16, shuffle=True, generator=torch.Generator().manual_seed(1))
+    for step, batch in enumerate(loader):
+        opt.zero_grad()
+        main.training_step(batch, step).backward()
+        opt.step()
+        replicas.step([batch, batch], step, step)
+    for r in range(2):
+        for name, p in main.named_parameters():
+            assert torch.equal(p.detach(), replicas.parameters_of(r)[name]), (r, name)
+
+
+def test_fast_and_generic_paths_agree_in_float64() -> None:
+    torch.manual_seed(0)
+    main = TinyClassifier().double()
+    data = make_classification(128)
+    x, y = data.tensors
+    fast = StackedReplicas(main, 3, loss_fn=cross_entropy)
+    generic = GenericReplicas(main, 3, loss_fn=cross_entropy, use_training_step=False)
+    g = torch.Generator().manual_seed(2)
+    for step in range(30):
+        batches = []
+        for _r in range(3):
+            idx = torch.randint(0, 128, (16,), generator=g)
+            batches.append((x[idx].double(), y[idx]))
+        fast.step(batches, step, step)
+        generic.step(batches, step, step)
+    probe = [(x[:40].double(), y[:40])]
+    np.testing.assert_allclose(fast.per_sample_losses(probe).numpy(), generic.per_sample_losses(probe).numpy(), rtol=1e-10, atol=1e-12)
+    for r in range(3):
+        for name, value in generic.parameters_of(r).items():
+            np.testing.assert_allclose(fast.parameters_of(r)[name].numpy(), value.numpy(), rtol=1e-10, atol=1e-12)
+
+
+def test_monitor_estimates_agree_between_paths(tmp_path: Any) -> None:
+    results = {}
+    for path in ("fast", "generic"):
+        pl.seed_everything(0)
+        loader = DataLoader(make_classification(400), batch_size=32, shuffle=True)
+        replicas = SASReplicas(replicas=2, path=path, loss_fn=cross_entropy, probe_every=5,
+                               num_train_probes=20, num_heldout_probes=20, flush_every=50)
+        monitor = SASMonitor(flush_every=50, store=False, figure_every=0, num_train_probes=0, replicas=replicas)
+        trainer = pl.Trainer(callbacks=[monitor], **trainer_kwargs(tmp_path / path, max_steps=200))
+        trainer.fit(TinyClassifier(), loader)
+        assert monitor.summary()["replica_path"] == path
+        results[path] = monitor.summary()
+    for key in ("sas_max", "sas_mean", "sas_replaced", "stability_gap", "ergodic_gap"):
+        assert results["fast"][key] == pytest.approx(results["generic"][key], rel=1e-4, abs=1e-6), key
+
+
+class LinearRegression(pl.LightningModule):
+    def __init__(self, d: int, lr: float) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(d, 1, bias=False, dtype=torch.float64)
+        torch.nn.init.zeros_(self.linear.weight)
+        self.lr = lr
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x).squeeze(-1)
+
+    def sas_per_sample_loss(self, batch: Any) -> torch.Tensor:
+        x, y = batch
+        return 0.5 * (self(x) - y) ** 2
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        return self.sas_per_sample_loss(batch).mean()
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=self.lr)
+
+
+def test_least_squares_known_answer(tmp_path: Any) -> None:
+    """Small-step SGD on least squares: time-averaged weights -> each dataset's LS solution, so
+    d_k(z) has the closed form of ``least_squares_sas``; the replica estimate is within 20 %."""
+    rng = np.random.default_rng(0)
+    n, d = 120, 4
+    x = rng.normal(size=(n, d))
+    y = x @ rng.normal(size=d) + 0.3 * rng.normal(size=n)
+    # make the replacements matter: held-out targets far from the model
+    data = TensorDataset(torch.from_numpy(x), torch.from_numpy(y))
+    replicas = SASReplicas(replicas=3, fork_at="start", probe_every=5, num_train_probes=10,
+                           num_heldout_probes=8, holdout_fraction=0.2, flush_every=400, batch_size=8, path="fast")
+    # shift the held-out targets so replacing a sample is a real change
+    hold = replicas.holdout_indices(n)
+    y[hold] += 3.0
+    data = TensorDataset(torch.from_numpy(x), torch.from_numpy(y))
+    monitor = SASMonitor(flush_every=400, late_phase_start=400, store=False, figure_every=0, num_train_probes=0,
+                         snapshot_every=100, sketch_every=400, replicas=replicas)
+    trainer = pl.Trainer(callbacks=[monitor], **trainer_kwargs(tmp_path, max_steps=4000, precision="64-true"))
+    trainer.fit(LinearRegression(d, lr=0.01), DataLoader(data, batch_size=8, shuffle=True))
+    # closed form for each replica against the control
+    s_idx = replicas._s_indices
+    cols = replicas._cols
+    probe = replicas.probe_set
+    metric = replicas.metric
+    metric.start_step = 400
+    per_point = metric.per_point_average().reshape(replicas.replicas + 1, -1).numpy()
+    measured, expected = [], []
+    for k, (i_k, z_k) in enumerate(replicas._pairs, start=1):
+        s_k = np.where(s_idx == i_k, z_k, s_idx)
+        truth = least_squares_sas(x[s_idx], y[s_idx], x[s_k], y[s_k], x[probe.order], y[probe.order])
+        measured.append(per_point[k] - per_point[0])
+        expected.append(truth)
+    measured, expected = np.concatenate(measured), np.concatenate(expected)
+    assert np.abs(expected).mean() > 1e-3
+    rel = np.abs(measured - expected).sum() / np.abs(expected).sum()
+    assert rel < 0.2, rel
+    summary = monitor.summary()
+    assert summary["sas_max"] == pytest.approx(np.mean([np.abs(e).max() for e in np.split(np.abs(expected), 3)]), rel=0.2)
+    assert cols["replaced"].shape == (3,)
+
+
+def test_setup_errors(tmp_path: Any) -> None:
+    with pytest.raises(ValueError, match="replicas must be"):
+        SASReplicas(replicas=0)
+    with pytest.raises(ValueError, match="fork_at"):
+        SASReplicas(fork_at="middle")
+    with pytest.raises(ValueError, match="sampler"):
+        SASReplicas(sampler="shuffled")
+    monitor = SASMonitor(store=False, figure_every=0, replicas=2)
+    trainer = pl.Trainer(callbacks=[monitor], **trainer_kwargs(tmp_path, max_steps=5))
+    with pytest.raises(ValueError, match="map-style"):
+        trainer.fit(TinyClassifier(d=32), DataLoader(RandomIterableDataset(32, 64), batch_size=4))
+    monitor = SASMonitor(store=False, figure_every=0, replicas=2)
+    trainer = pl.Trainer(callbacks=[monitor], **trainer_kwargs(tmp_path, max_steps=5))
+    with pytest.raises(ValueError, match="manual optimization needs loss_fn"):
+        trainer.fit(ManualOptimBoringModel())
+    monitor = SASMonitor(store=False, figure_every=0, replicas=2, fork_at="late_phase")
+    trainer = pl.Trainer(callbacks=[monitor], **trainer_kwargs(tmp_path, max_steps=5))
+    with pytest.raises(ValueError, match="contaminated"):
+        trainer.fit(TinyClassifier(), DataLoader(make_classification(200), batch_size=16))
