@@ -198,6 +198,10 @@ def summarize_run(run: Any) -> dict[str, Any]:
         for key in WEIGHT_KEYS:
             if key in weights and len(weights[key]):
                 summary[key] = _finite(weights[key][-1])
+        names = (run.meta or {}).get("layer_names") or []
+        layer_norms = weights.get("layer_norms")
+        if names and layer_norms is not None and layer_norms.ndim == 2 and layer_norms.shape[1] == len(names):
+            summary["layers"] = {n: float(v) for n, v in zip(names, layer_norms[-1])}
         start = weights.get("ergodic_mean_start")
         if start is not None and len(start):
             summary["ergodic_mean_start"] = int(start[-1]) if start[-1] >= 0 else None
@@ -216,6 +220,8 @@ def summarize_run(run: Any) -> dict[str, Any]:
         summary["probe_train_loss"] = gap["train_loss"]
         summary["probe_test_loss"] = gap["test_loss"]
         summary["nonfinite_probe_losses"] = int(metric.nonfinite.sum())
+        if meta.get("ergodic_gap_source"):
+            summary["ergodic_gap_source"] = meta["ergodic_gap_source"]
     return summary
 
 

@@ -142,6 +142,11 @@ class LossStream(StreamCallback):
         return True
 
     @property
+    def pending(self) -> int:
+        """Entries recorded since the last flush."""
+        return len(self._pending_steps)
+
+    @property
     def last_index(self) -> int | None:
         """Index of the most recent stream entry (flushed or not)."""
         if self._pending_steps:

@@ -202,6 +202,7 @@ class SASMonitor(Callback):
                     probe_test_indices=[int(i) for i in self.probes.test_indices],
                     ergodic_gap_source=self.probes.ergodic_gap_source,
                     automatic_optimization=bool(pl_module.automatic_optimization),
+                    layer_names=self.weights.layer_names,
                 )
                 if self._restored_step is not None:
                     self._writer.truncate_after(self._restored_step)
@@ -231,7 +232,8 @@ class SASMonitor(Callback):
             self.flush(trainer, pl_module)
 
     def on_train_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
-        self.flush(trainer, pl_module)
+        if self.loss_stream.pending or self._flushes == 0:
+            self.flush(trainer, pl_module)
         if self._writer is not None:
             self._writer.close()
             self._writer = None

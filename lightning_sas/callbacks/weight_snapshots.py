@@ -162,6 +162,11 @@ class WeightSnapshots(StreamCallback):
             self._apply_restored(self._restored)
             self._restored = None
 
+    @property
+    def layer_names(self) -> list[str]:
+        """Names of the parameters whose norms are logged per layer (after the cap and filter)."""
+        return [self._names[i] for i in self._layer_idx]
+
     def freeze_ergodic_start(self, step: int | None) -> None:
         """Start the running ergodic mean of the weights at ``step`` (first call wins)."""
         if self._frozen_start is None and step is not None:

@@ -1,0 +1,130 @@
+"""TensorBoard events (scalars, histograms, figures, layout, hparams) and the offline report."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+import pytest
+import pytorch_lightning as pl
+from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from conftest import TinyClassifier, loaders, trainer_kwargs
+from lightning_sas import SASMonitor
+from lightning_sas.cli import main as cli_main
+from lightning_sas.loggers.tags import custom_scalars_layout
+from lightning_sas.store import read_run
+
+
+class HparamsClassifier(TinyClassifier):
+    def __init__(self, lr: float = 0.1) -> None:
+        super().__init__(lr=lr)
+        self.save_hyperparameters()
+
+
+@pytest.fixture(scope="module")
+def tb_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, SASMonitor]:
+    tmp = tmp_path_factory.mktemp("tb")
+    train, val = loaders()
+    monitor = SASMonitor(flush_every=50, figure_every=2)
+    logger = TensorBoardLogger(str(tmp), name="run")
+    trainer = pl.Trainer(callbacks=[monitor], **trainer_kwargs(tmp, max_steps=400, logger=logger, limit_val_batches=1.0))
+    trainer.fit(HparamsClassifier(), train, val)
+    return logger.log_dir, monitor
+
+
+def _events(log_dir: str) -> EventAccumulator:
+    acc = EventAccumulator(log_dir, size_guidance={"scalars": 0, "histograms": 0, "images": 0, "tensors": 0})
+    acc.Reload()
+    return acc
+
+
+def test_scalars_histograms_and_figures_in_events(tb_run: tuple[str, SASMonitor]) -> None:
+    log_dir, monitor = tb_run
+    tags = _events(log_dir).Tags()
+    for tag in ("sas/loss/time_average", "sas/loss/time_average_lower", "sas/oscillation/iat",
+                "sas/oscillation/ess", "sas/weights/norm", "sas/weights/distance_from_init", "sas/sas/ergodic_gap"):
+        assert tag in tags["scalars"], tag
+    assert "sas/probes/time_avg_loss_test" in tags["histograms"]
+    assert "sas/weights/update_size_per_layer" in tags["histograms"]
+    for tag in ("sas/figures/loss_stream", "sas/figures/acf", "sas/figures/periodogram", "sas/figures/sketch_trajectory"):
+        assert tag in tags["images"], tag
+    values = [e.value for e in _events(log_dir).Scalars("sas/loss/time_average")]
+    assert len(values) == 8  # one per flush
+    assert values[-1] == pytest.approx(monitor.summary()["loss_mean"])
+
+
+def test_custom_scalars_layout_and_hparams_merged(tb_run: tuple[str, SASMonitor]) -> None:
+    from tensorboard.plugins.custom_scalar import metadata as cs_metadata
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    log_dir, _ = tb_run
+    acc = _events(log_dir)
+    tensors = acc.Tags()["tensors"]
+    assert cs_metadata.CONFIG_SUMMARY_TAG in tensors
+    layout = custom_scalars_layout()
+    assert {"Loss dynamics", "Oscillation", "Weights", "SAS"} <= set(layout)
+    margins = [chart for group in layout.values() for chart in group.values() if chart[0] == "Margin"]
+    scalar_tags = set(acc.Tags()["scalars"])
+    for _kind, tags in margins[:2]:
+        assert set(tags) <= scalar_tags
+    # one hparams session, holding the user's and our hparams
+    from pathlib import Path
+
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    sessions = [
+        v.metadata.plugin_data.content
+        for f in Path(log_dir).glob("events*")
+        for e in EventFileLoader(str(f)).Load()
+        for v in e.summary.value
+        if v.tag == "_hparams_/session_start_info"
+    ]
+    assert len(sessions) == 1
+    info = plugin_data_pb2.HParamsPluginData.FromString(sessions[0]).session_start_info
+    assert "lr" in info.hparams and "sas/flush_every" in info.hparams
+
+
+def test_report_reproduces_live_summary(tb_run: tuple[str, SASMonitor], tmp_path: Any, capsys: pytest.CaptureFixture) -> None:
+    log_dir, monitor = tb_run
+    assert cli_main(["report", log_dir, "--json", "--out", str(tmp_path)]) == 0
+    offline = json.loads(capsys.readouterr().out)
+    stored = json.loads((read_run(log_dir).root / "summary.json").read_text())
+    assert offline == stored
+    for name in ("loss_stream.png", "acf.png", "periodogram.png", "sketch_trajectory.png"):
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert cli_main(["report", log_dir, "--out", str(tmp_path)]) == 0
+    assert "late_phase_start" in capsys.readouterr().out
+
+
+def test_report_on_missing_directory_is_a_clean_error(tmp_path: Any, capsys: pytest.CaptureFixture) -> None:
+    assert cli_main(["report", str(tmp_path / "nope")]) == 2
+    assert "not a lightning-sas run directory" in capsys.readouterr().err
+
+
+def test_csv_logger_gets_the_scalars(tmp_path: Any) -> None:
+    train, val = loaders()
+    logger = CSVLogger(str(tmp_path), name="csv")
+    monitor = SASMonitor(flush_every=40, figure_every=1)
+    trainer = pl.Trainer(callbacks=[monitor], **trainer_kwargs(tmp_path, max_steps=120, logger=logger, limit_val_batches=1.0))
+    trainer.fit(TinyClassifier(), train, val)
+    header = (tmp_path / "csv" / "version_0" / "metrics.csv").read_text().splitlines()[0]
+    assert "sas/loss/time_average" in header and "sas/weights/norm" in header
+
+
+def test_validate_and_test_do_nothing(tmp_path: Any) -> None:
+    train, val = loaders()
+    monitor = SASMonitor(flush_every=10, store=False)
+    trainer = pl.Trainer(callbacks=[monitor], **trainer_kwargs(tmp_path, max_steps=5, limit_val_batches=1.0))
+    module = TinyClassifier()
+    trainer.validate(module, val)
+    assert monitor.summary()["steps"] is None
+    assert not (tmp_path / "sas").exists()
+
+
+def test_histograms_are_finite_numbers(tb_run: tuple[str, SASMonitor]) -> None:
+    log_dir, _ = tb_run
+    hist = _events(log_dir).Histograms("sas/probes/time_avg_loss_test")[-1].histogram_value
+    assert hist.num > 0 and np.isfinite(hist.sum)
