@@ -107,3 +107,13 @@ def learning_rate(trainer: Any) -> float | Tensor:
 def device_float_dtype(device: torch.device) -> torch.dtype:
     """float64 where the device has it (not on MPS)."""
     return torch.float32 if device.type == "mps" else torch.float64
+
+
+def prepare_batch(trainer: Any, batch: Any, device: Any) -> Any:
+    """Move a batch we built ourselves to ``device`` and convert it like the precision plugin
+    converts training inputs (e.g. float64 under ``precision="64-true"``)."""
+    from pytorch_lightning.utilities import move_data_to_device
+
+    batch = move_data_to_device(batch, device)
+    plugin = getattr(trainer, "precision_plugin", None)
+    return plugin.convert_input(batch) if plugin is not None else batch

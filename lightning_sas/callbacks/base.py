@@ -59,10 +59,12 @@ class StreamCallback(Callback):
 
     # -- standalone plumbing ---------------------------------------------------------------
     def _standalone_writer(self, trainer: "pl.Trainer") -> Any:
-        if self._writer is None and is_global_zero(trainer):
-            from lightning_sas.store import RunWriter
+        if self._writer is None:
+            directory = run_directory(trainer)  # on every rank: log_dir broadcasts under DDP
+            if is_global_zero(trainer):
+                from lightning_sas.store import RunWriter
 
-            self._writer = RunWriter(run_directory(trainer), config=self.config())
+                self._writer = RunWriter(directory, config=self.config())
         return self._writer
 
     def _standalone_flush(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", step: int) -> None:

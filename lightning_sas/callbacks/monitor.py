@@ -190,11 +190,13 @@ class SASMonitor(Callback):
             self.probes.enabled = False
         if self.replicas is not None:
             self.replicas.attach(trainer, pl_module)
+        # on every rank: ``trainer.log_dir`` broadcasts under DDP (a collective)
+        directory = run_directory(trainer)
         if is_global_zero(trainer):
             if self.store and self._writer is None:
                 from lightning_sas.store import RunWriter
 
-                self._writer = RunWriter(run_directory(trainer), config=self.config())
+                self._writer = RunWriter(directory, config=self.config())
                 self._writer.update_meta(
                     probe_num_train=int(len(self.probes.train_indices)),
                     probe_num_test=int(len(self.probes.test_indices)),

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset
 
-from lightning_sas.callbacks._common import device_float_dtype, resolve_callable, stream_index, warn_once
+from lightning_sas.callbacks._common import device_float_dtype, prepare_batch, resolve_callable, stream_index, warn_once
 from lightning_sas.callbacks.base import FlushContext, StreamCallback
 from lightning_sas.losses import PerSampleLoss, per_sample_loss
 from lightning_sas.metrics import ErgodicGap, TimeAverage
@@ -149,10 +149,8 @@ class ProbeLosses(StreamCallback):
     ) -> None:
         """Use ``samples`` (``num_train`` training then ``num_test`` held-out) as the probe set."""
         device = pl_module.device
-        from pytorch_lightning.utilities import move_data_to_device
-
         self._batches = [
-            move_data_to_device(collate(samples[i : i + self.probe_batch_size]), device)
+            prepare_batch(trainer, collate(samples[i : i + self.probe_batch_size]), device)
             for i in range(0, len(samples), self.probe_batch_size)
         ]
         try:

@@ -8,11 +8,10 @@ from typing import Any
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.utilities import move_data_to_device
 from pytorch_lightning.utilities.rank_zero import rank_zero_info
 from torch.utils.data import TensorDataset, default_collate
 
-from lightning_sas.callbacks._common import device_float_dtype, resolve_callable, stream_index, warn_once
+from lightning_sas.callbacks._common import prepare_batch, resolve_callable, stream_index, warn_once
 from lightning_sas.callbacks.base import FlushContext, StreamCallback
 from lightning_sas.callbacks.probe_losses import _first_loader, _is_map_style
 from lightning_sas.data import choose_replacements, make_probe_set, split_holdout
@@ -145,6 +144,7 @@ class SASReplicas(StreamCallback):
         self.fork_step: int | None = None
         self.fallback_reason: str | None = None
         self._dataset: Any = None
+        self._trainer: Any = None
         self._collate: Any = None
         self._s_indices = np.zeros(0, dtype=np.int64)
         self._pairs: list[tuple[int, int]] = []
@@ -221,6 +221,7 @@ class SASReplicas(StreamCallback):
         probes = make_probe_set(s_idx, holdout, self._pairs, self.num_train_probes, self.num_heldout_probes, self.seed)
         self.probe_set = probes
         self._dataset = dataset
+        self._trainer = trainer
         self._collate = getattr(loader, "collate_fn", None) or default_collate
         self._s_indices = s_idx
         self._sampler = ReplicaSampler(len(s_idx), batch_size, self.replicas + 1, self.sampler_mode, self.seed)
@@ -228,7 +229,7 @@ class SASReplicas(StreamCallback):
         samples = [dataset[int(i)] for i in order]
         device = pl_module.device
         self._probe_batches = [
-            move_data_to_device(self._collate(samples[i : i + self.probe_batch_size]), device)
+            prepare_batch(trainer, self._collate(samples[i : i + self.probe_batch_size]), device)
             for i in range(0, len(samples), self.probe_batch_size)
         ]
         self._cols = {
@@ -316,8 +317,8 @@ class SASReplicas(StreamCallback):
         indexed in one call per tensor (same result, no per-sample Python)."""
         if isinstance(self._dataset, TensorDataset) and self._collate is default_collate:
             index = torch.from_numpy(np.ascontiguousarray(indices, dtype=np.int64))
-            return move_data_to_device([t[index] for t in self._dataset.tensors], device)
-        return move_data_to_device(self._collate([self._dataset[int(i)] for i in indices]), device)
+            return prepare_batch(self._trainer, [t[index] for t in self._dataset.tensors], device)
+        return prepare_batch(self._trainer, self._collate([self._dataset[int(i)] for i in indices]), device)
 
     def _batches(self, positions: list[np.ndarray], device: torch.device) -> list[Any]:
         """Batches, replica ``r`` from ``S^(r)`` (the control ``r = 0`` from ``S``); replicas

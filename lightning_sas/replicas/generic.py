@@ -8,7 +8,6 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
-from lightning_sas.callbacks._common import extract_loss
 from lightning_sas.losses import PerSampleLoss, per_sample_loss
 from lightning_sas.replicas.optim import OptimizerSet, parse_optimizers
 

@@ -1,0 +1,203 @@
+"""Resume gives the statistics of an uninterrupted run; 2-process DDP equals 1 process; a killed
+run leaves a readable directory; NaN probe losses are excluded and counted."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import ModelCheckpoint
+from torch.utils.data import DataLoader
+
+from conftest import TinyClassifier, make_classification, trainer_kwargs
+from lightning_sas import SASMonitor, SASWarning
+from lightning_sas.store import read_run
+
+COMPARED = ("late_phase_start", "loss_mean", "loss_se", "loss_std", "iat", "ess", "dominant_period",
+            "power_fraction", "geweke_z", "weight_norm", "distance_from_init", "distance_to_ergodic_mean",
+            "grad_norm", "ergodic_gap", "ergodic_gap_se", "steps")
+
+
+def _assert_same(a: dict[str, Any], b: dict[str, Any], keys: tuple[str, ...] = COMPARED, rel: float = 1e-6) -> None:
+    for key in keys:
+        if a.get(key) is None or b.get(key) is None:
+            assert a.get(key) == b.get(key), key
+        else:
+            assert a[key] == pytest.approx(b[key], rel=rel, abs=1e-9), key
+
+
+def _loaders() -> tuple[DataLoader, DataLoader]:
+    return (DataLoader(make_classification(320), batch_size=32, shuffle=False),
+            DataLoader(make_classification(64, seed=5), batch_size=32))
+
+
+def _monitor() -> SASMonitor:
+    return SASMonitor(flush_every=20, snapshot_every=10, sketch_every=20, probe_every=10, figure_every=0,
+                      num_train_probes=64, num_test_probes=64)
+
+
+def test_resume_matches_uninterrupted_run(tmp_path: Any) -> None:
+    pl.seed_everything(0)
+    train, val = _loaders()
+    full = _monitor()
+    pl.Trainer(callbacks=[full], **trainer_kwargs(tmp_path / "full", max_steps=200, limit_val_batches=1.0)).fit(
+        TinyClassifier(), train, val)
+
+    pl.seed_everything(0)
+    first = _monitor()
+    ckpt = ModelCheckpoint(dirpath=str(tmp_path / "ckpt"), every_n_epochs=1, save_top_k=-1)
+    kwargs = trainer_kwargs(tmp_path / "resumed", max_steps=100, limit_val_batches=1.0, enable_checkpointing=True)
+    pl.Trainer(callbacks=[first, ckpt], **kwargs).fit(TinyClassifier(), train, val)
+    path = tmp_path / "ckpt" / "epoch=9-step=100.ckpt"
+    assert path.exists()
+    second = _monitor()
+    kwargs["max_steps"] = 200
+    pl.Trainer(callbacks=[second, ModelCheckpoint(dirpath=str(tmp_path / "ckpt2"))], **kwargs).fit(
+        TinyClassifier(), train, val, ckpt_path=str(path))
+    _assert_same(second.summary(), full.summary())
+    # the store of the resumed run holds every step once
+    steps = read_run(tmp_path / "resumed").streams["loss"]["step"]
+    np.testing.assert_array_equal(steps, np.arange(200))
+
+
+def test_old_checkpoint_without_our_state_warns(tmp_path: Any) -> None:
+    train, val = _loaders()
+    ckpt = ModelCheckpoint(dirpath=str(tmp_path / "ckpt"), every_n_epochs=1, save_top_k=-1)
+    kwargs = trainer_kwargs(tmp_path, max_steps=20, limit_val_batches=1.0, enable_checkpointing=True)
+    pl.Trainer(callbacks=[ckpt], **kwargs).fit(TinyClassifier(), train, val)
+    kwargs["max_steps"] = 40
+    with pytest.warns(SASWarning, match="no SASMonitor state"):
+        pl.Trainer(callbacks=[_monitor()], **kwargs).fit(TinyClassifier(), train, val,
+                                                         ckpt_path=str(tmp_path / "ckpt" / "epoch=1-step=20.ckpt"))
+
+
+class NaNProbeClassifier(TinyClassifier):
+    """Per-sample losses with NaN for the first probe points every other evaluation."""
+
+    calls = 0
+
+    def sas_per_sample_loss(self, batch: Any) -> torch.Tensor:
+        x, y = batch
+        losses = torch.nn.functional.cross_entropy(self(x), y, reduction="none")
+        NaNProbeClassifier.calls += 1
+        if NaNProbeClassifier.calls % 2 == 0:
+            losses = losses.clone()
+            losses[:3] = float("nan")
+            losses[3] = float("inf")
+        return losses
+
+
+def test_nan_probe_losses_are_excluded_and_counted(tmp_path: Any) -> None:
+    train, val = _loaders()
+    monitor = _monitor()
+    pl.Trainer(callbacks=[monitor], **trainer_kwargs(tmp_path, max_steps=100, limit_val_batches=1.0)).fit(
+        NaNProbeClassifier(), train, val)
+    summary = monitor.summary()
+    assert summary["nonfinite_probe_losses"] > 0
+    assert summary["ergodic_gap"] is not None and np.isfinite(summary["ergodic_gap"])
+
+
+DDP_SCRIPT = textwrap.dedent(
+    """
+    import json, os, sys
+    sys.path.insert(0, {tests!r})
+    from torch.utils.data.distributed import DistributedSampler
+    import pytorch_lightning as pl
+    from torch.utils.data import DataLoader
+    from conftest import TinyClassifier, make_classification
+    from lightning_sas import SASMonitor
+
+    devices, batch, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+    pl.seed_everything(0)
+    data = make_classification(320)
+    # the same global batches in both runs: rank r takes samples r, r + 2, ... in order
+    sampler = DistributedSampler(data, num_replicas=devices, rank=int(os.environ.get("LOCAL_RANK", 0)), shuffle=False)
+    train = DataLoader(data, batch_size=batch, sampler=sampler)
+    val = DataLoader(make_classification(64, seed=5), batch_size=32)
+    monitor = SASMonitor(flush_every=20, snapshot_every=10, sketch_every=20, probe_every=10, figure_every=0,
+                         num_train_probes=64, num_test_probes=64)
+    trainer = pl.Trainer(accelerator="cpu", devices=devices, strategy="ddp" if devices > 1 else "auto",
+                         use_distributed_sampler=False,
+                         precision="64-true", max_steps=120, callbacks=[monitor], logger=False,
+                         default_root_dir=out, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0)
+    trainer.fit(TinyClassifier(), train, val)
+    """
+)
+
+
+def test_ddp_two_processes_equal_one_process(tmp_path: Any) -> None:
+    script = tmp_path / "ddp_run.py"
+    script.write_text(DDP_SCRIPT.format(tests=str(Path(__file__).parent)))
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    for devices, batch in ((1, 16), (2, 8)):
+        out = tmp_path / f"run{devices}"
+        proc = subprocess.run([sys.executable, str(script), str(devices), str(batch), str(out)],
+                              capture_output=True, text=True, timeout=600, env=env)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    one = json.loads((tmp_path / "run1" / "sas" / "summary.json").read_text())
+    two = json.loads((tmp_path / "run2" / "sas" / "summary.json").read_text())
+    _assert_same(two, one)
+    # only rank 0 wrote: one store, complete
+    run = read_run(tmp_path / "run2")
+    np.testing.assert_array_equal(run.streams["loss"]["step"], np.arange(120))
+    assert not run.problems
+
+
+CRASH_SCRIPT = textwrap.dedent(
+    """
+    import sys, time
+    sys.path.insert(0, {tests!r})
+    import pytorch_lightning as pl
+    from torch.utils.data import DataLoader
+    from conftest import TinyClassifier, make_classification
+    from lightning_sas import SASMonitor
+
+    class Slow(pl.Callback):
+        def on_train_batch_end(self, *args):
+            time.sleep(0.01)
+
+    train = DataLoader(make_classification(320), batch_size=32)
+    val = DataLoader(make_classification(64, seed=5), batch_size=32)
+    monitor = SASMonitor(flush_every=10, snapshot_every=5, sketch_every=5, probe_every=5, figure_every=0)
+    trainer = pl.Trainer(accelerator="cpu", max_steps=100000, callbacks=[monitor, Slow()], logger=False,
+                         default_root_dir=sys.argv[1], enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0)
+    trainer.fit(TinyClassifier(), train, val)
+    """
+)
+
+
+def test_killed_run_leaves_a_readable_directory(tmp_path: Any) -> None:
+    from lightning_sas.cli import main as cli_main
+
+    script = tmp_path / "crash_run.py"
+    script.write_text(CRASH_SCRIPT.format(tests=str(Path(__file__).parent)))
+    proc = subprocess.Popen([sys.executable, str(script), str(tmp_path / "run")], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    chunks = tmp_path / "run" / "sas" / "streams" / "loss"
+    while time.time() < deadline and (not chunks.exists() or len(list(chunks.glob("*.chunk"))) < 5):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    # tear the last chunk by hand too: it must be reported, never read
+    last = sorted(chunks.glob("*.chunk"))[-1]
+    last.write_bytes(last.read_bytes()[:-7])
+    run = read_run(tmp_path / "run")
+    kinds = {p.kind for p in run.problems}
+    assert "torn" in kinds and kinds <= {"torn", "orphan_tmp"}
+    steps = run.streams["loss"]["step"]
+    assert len(steps) >= 40 and np.all(np.diff(steps) == 1)
+    assert cli_main(["report", str(tmp_path / "run"), "--json", "--out", str(tmp_path / "report")]) == 0
