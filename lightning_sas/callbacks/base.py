@@ -7,7 +7,7 @@ from typing import Any
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import Callback
 
-from lightning_sas.callbacks._common import is_global_zero, run_directory
+from lightning_sas.callbacks._common import is_global_zero, run_directory, stream_index
 
 __all__ = ["FlushContext", "StreamCallback"]
 
@@ -52,6 +52,13 @@ class StreamCallback(Callback):
     def should_flush(self, index: int) -> bool:
         """Flush after stream entry ``index`` (0-based)? Default: every ``flush_every`` entries."""
         return (index + 1) % self.flush_every == 0
+
+    def begin_batch(self, index: int) -> None:
+        """Called at each batch start with the index of the stream entry it contributes to."""
+        self._index = index
+
+    def on_train_batch_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", batch: Any, batch_idx: int) -> None:
+        self.begin_batch(stream_index(trainer, pl_module, self._batches_seen))
 
     # -- to implement ----------------------------------------------------------------------
     def flush(self, ctx: FlushContext) -> None:  # pragma: no cover - abstract

@@ -9,7 +9,7 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
-from lightning_sas.callbacks._common import device_float_dtype, extract_loss, learning_rate, stream_index
+from lightning_sas.callbacks._common import device_float_dtype, extract_loss, learning_rate
 from lightning_sas.callbacks.base import FlushContext, StreamCallback
 from lightning_sas.diagnostics import loss_diagnostics
 from lightning_sas.stats.blocks import BlockMoments
@@ -68,7 +68,9 @@ class LossStream(StreamCallback):
         self._batches_seen = 0
         self._index: int = 0
         self._buffer: Tensor | None = None
-        self._lr_buffer: Tensor | None = None
+        self._accumulating = False
+        #: learning rate of each pending entry (a float, or a device scalar read at flush)
+        self._pending_lr: list[float | Tensor] = []
         self._accumulator: Tensor | None = None
         self._pending_steps: list[int] = []
         self._pending_batches: list[int] = []
@@ -94,11 +96,7 @@ class LossStream(StreamCallback):
             dtype = device_float_dtype(device)
             capacity = self.flush_every + 1
             self._buffer = torch.zeros(capacity, dtype=dtype, device=device)
-            self._lr_buffer = torch.zeros(capacity, dtype=dtype, device=device)
             self._accumulator = torch.zeros((), dtype=dtype, device=device)
-
-    def on_train_batch_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", batch: Any, batch_idx: int) -> None:
-        self._index = stream_index(trainer, pl_module, self._batches_seen)
 
     def on_train_batch_end(
         self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", outputs: Any, batch: Any, batch_idx: int
@@ -117,24 +115,24 @@ class LossStream(StreamCallback):
             return False
         device = loss.device if loss is not None else pl_module.device
         self._ensure_buffers(device)
-        assert self._buffer is not None and self._accumulator is not None and self._lr_buffer is not None
-        if loss is not None:
-            self._accumulator.add_(loss.to(self._accumulator.dtype))
-        else:  # a skipped batch (training_step returned None) still closes the step
-            self._accumulator.fill_(float("nan"))
-        if not stepped:
-            return False
+        assert self._buffer is not None and self._accumulator is not None
         slot = len(self._pending_steps) - self._carry_values.size
-        if slot >= self._buffer.shape[0]:  # owner flushes less often than we were told: grow
+        if stepped and slot >= self._buffer.shape[0]:  # owner flushes less often than told: grow
             self._buffer = torch.cat([self._buffer, torch.zeros_like(self._buffer)])
-            self._lr_buffer = torch.cat([self._lr_buffer, torch.zeros_like(self._lr_buffer)])
-        self._buffer[slot].copy_(self._accumulator)
-        self._accumulator.zero_()
-        lr = learning_rate(trainer)
-        if isinstance(lr, Tensor):
-            self._lr_buffer[slot].copy_(lr)
+        if stepped and not self._accumulating and loss is not None:
+            self._buffer[slot].copy_(loss)  # the common case: one device copy per step
         else:
-            self._lr_buffer[slot].fill_(lr)
+            if loss is not None:
+                self._accumulator.add_(loss.to(self._accumulator.dtype))
+            else:  # a skipped batch (training_step returned None) still closes the step
+                self._accumulator.fill_(float("nan"))
+            self._accumulating = True
+            if not stepped:
+                return False
+            self._buffer[slot].copy_(self._accumulator)
+            self._accumulator.zero_()
+            self._accumulating = False
+        self._pending_lr.append(learning_rate(trainer))
         self._pending_steps.append(self._index)
         self._pending_batches.append(int(batch_idx))
         self._pending_epochs.append(int(trainer.current_epoch))
@@ -179,6 +177,7 @@ class LossStream(StreamCallback):
             self._pending_epochs, self._pending_global_steps = [], []
             self._carry_values = np.zeros(0, dtype=np.float64)
             self._carry_lr = np.zeros(0, dtype=np.float64)
+            self._pending_lr = []
         if self.blocks.rows:
             self._last = loss_diagnostics(
                 self.blocks, self._window_steps, self._window_values, self._window_lr, self.late_phase_start
@@ -199,14 +198,16 @@ class LossStream(StreamCallback):
         """Host copies of the unflushed entries, averaged over ranks (one collective)."""
         n_new = len(self._pending_steps) - self._carry_values.size
         values = np.zeros(0, dtype=np.float64)
-        lr = np.zeros(0, dtype=np.float64)
-        if n_new > 0 and self._buffer is not None and self._lr_buffer is not None:
+        if n_new > 0 and self._buffer is not None:
             device_values = self._buffer[:n_new].clone()
             if getattr(trainer, "world_size", 1) > 1:
                 device_values = trainer.strategy.reduce(device_values, reduce_op="mean")
             values = device_values.cpu().numpy().astype(np.float64)  # sync-ok: once per flush
-            lr = self._lr_buffer[:n_new].cpu().numpy().astype(np.float64)  # sync-ok
-        return np.concatenate([self._carry_values, values]), np.concatenate([self._carry_lr, lr])
+        return np.concatenate([self._carry_values, values]), np.concatenate([self._carry_lr, self._lr_array()])
+
+    def _lr_array(self) -> np.ndarray:
+        """Host learning rates of the new pending entries (device scalars are read here, at flush)."""
+        return np.asarray([float(v) for v in self._pending_lr], dtype=np.float64)  # sync-ok: flush time
 
     @property
     def diagnostics(self) -> dict[str, Any]:
@@ -255,8 +256,6 @@ class LossStream(StreamCallback):
     def _pending_values_local(self) -> tuple[np.ndarray, np.ndarray]:
         n_new = len(self._pending_steps) - self._carry_values.size
         values = np.zeros(0, dtype=np.float64)
-        lr = np.zeros(0, dtype=np.float64)
-        if n_new > 0 and self._buffer is not None and self._lr_buffer is not None:
+        if n_new > 0 and self._buffer is not None:
             values = self._buffer[:n_new].cpu().numpy().astype(np.float64)  # sync-ok: checkpoint time
-            lr = self._lr_buffer[:n_new].cpu().numpy().astype(np.float64)  # sync-ok
-        return np.concatenate([self._carry_values, values]), np.concatenate([self._carry_lr, lr])
+        return np.concatenate([self._carry_values, values]), np.concatenate([self._carry_lr, self._lr_array()])

@@ -7,7 +7,7 @@ from typing import Any
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import Callback
 
-from lightning_sas.callbacks._common import is_global_zero, run_directory, warn_once
+from lightning_sas.callbacks._common import is_global_zero, run_directory, stream_index, warn_once
 from lightning_sas.callbacks.base import FlushContext
 from lightning_sas.callbacks.loss_stream import LossStream
 from lightning_sas.callbacks.probe_losses import ProbeLosses
@@ -215,8 +215,9 @@ class SASMonitor(Callback):
                 self._layout_written = True
 
     def on_train_batch_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", batch: Any, batch_idx: int) -> None:
+        index = stream_index(trainer, pl_module, self.loss_stream._batches_seen)
         for part in self.parts:
-            part.on_train_batch_start(trainer, pl_module, batch, batch_idx)
+            part.begin_batch(index)
 
     def on_before_optimizer_step(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", optimizer: Any) -> None:
         self.weights.on_before_optimizer_step(trainer, pl_module, optimizer)

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset
 
-from lightning_sas.callbacks._common import device_float_dtype, prepare_batch, resolve_callable, stream_index, warn_once
+from lightning_sas.callbacks._common import device_float_dtype, prepare_batch, resolve_callable, warn_once
 from lightning_sas.callbacks.base import FlushContext, StreamCallback
 from lightning_sas.losses import PerSampleLoss, per_sample_loss
 from lightning_sas.metrics import ErgodicGap, TimeAverage
@@ -197,9 +197,6 @@ class ProbeLosses(StreamCallback):
         return torch.cat(parts)
 
     # -- hot path (only at probe steps) ---------------------------------------------------
-    def on_train_batch_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", batch: Any, batch_idx: int) -> None:
-        self._index = stream_index(trainer, pl_module, self._batches_seen)
-
     def on_train_batch_end(
         self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", outputs: Any, batch: Any, batch_idx: int
     ) -> None:

@@ -11,7 +11,7 @@ import torch
 from pytorch_lightning.utilities.rank_zero import rank_zero_info
 from torch.utils.data import TensorDataset, default_collate
 
-from lightning_sas.callbacks._common import prepare_batch, resolve_callable, stream_index, warn_once
+from lightning_sas.callbacks._common import prepare_batch, resolve_callable, warn_once
 from lightning_sas.callbacks.base import FlushContext, StreamCallback
 from lightning_sas.callbacks.probe_losses import _first_loader, _is_map_style
 from lightning_sas.data import choose_replacements, make_probe_set, split_holdout
@@ -340,9 +340,6 @@ class SASReplicas(StreamCallback):
         return out
 
     # -- hot path -------------------------------------------------------------------------
-    def on_train_batch_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", batch: Any, batch_idx: int) -> None:
-        self._index = stream_index(trainer, pl_module, self._batches_seen)
-
     def on_train_batch_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", outputs: Any, batch: Any, batch_idx: int) -> None:
         self.record(trainer, pl_module, batch_idx)
 

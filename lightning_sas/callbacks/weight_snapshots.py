@@ -10,7 +10,7 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
-from lightning_sas.callbacks._common import device_float_dtype, stream_index, warn_once
+from lightning_sas.callbacks._common import device_float_dtype, warn_once
 from lightning_sas.callbacks.base import FlushContext, StreamCallback
 from lightning_sas.stats.sketch import RandomProjection
 
@@ -173,8 +173,8 @@ class WeightSnapshots(StreamCallback):
             self._frozen_start = int(step)
 
     # -- hot path (only at snapshot steps) ------------------------------------------------
-    def on_train_batch_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", batch: Any, batch_idx: int) -> None:
-        self._index = stream_index(trainer, pl_module, self._batches_seen)
+    def begin_batch(self, index: int) -> None:
+        self._index = index
         self._captured = False
 
     def on_before_optimizer_step(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", optimizer: Any) -> None:
