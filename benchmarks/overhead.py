@@ -15,6 +15,7 @@ import json
 import os
 import statistics
 import sys
+import tempfile
 import time
 import warnings
 from typing import Any
@@ -30,6 +31,7 @@ from lightning_sas import SASMonitor, SASReplicas  # noqa: E402
 
 def _trainer(steps: int, device: str, callbacks: list[Any]) -> pl.Trainer:
     return pl.Trainer(
+        default_root_dir=tempfile.mkdtemp(prefix="sas-bench-"),
         max_steps=steps,
         accelerator="gpu" if device == "cuda" else "cpu",
         devices=1,
@@ -46,10 +48,10 @@ def _variant(name: str, flush_every: int) -> list[Any]:
     if name == "plain":
         return []
     if name == "monitor":
-        return [SASMonitor(store=False)]
+        return [SASMonitor()]  # the defaults, store included
     path = name.split("-")[1]
     replicas = SASReplicas(replicas=4, path=path, loss_fn=cross_entropy_per_sample)
-    return [SASMonitor(store=False, replicas=replicas)]
+    return [SASMonitor(replicas=replicas)]
 
 
 def time_fit(name: str, data: dict, steps: int, device: str, seed: int) -> float:
@@ -102,13 +104,15 @@ def count_syncs(data: dict, steps: int, with_monitor: bool, flush_every: int = 2
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=1500)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--replicas", type=int, default=0, help="also time K=4 replicas (fast and generic paths)")
     parser.add_argument("--sync-debug", action="store_true", help="CUDA only: count synchronising calls per step")
     parser.add_argument("--json", help="write the results to this file")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 lowers the timing noise)")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
 
     data = make_mnist1d()
     variants = ["plain", "monitor"] + (["replicas-fast", "replicas-generic"] if args.replicas else [])
@@ -119,7 +123,7 @@ def main() -> None:
         for v in order:
             times[v].append(time_fit(v, data, args.steps, args.device, rep))
         print(f"repetition {rep}: " + ", ".join(f"{v} {times[v][-1]:.2f}s" for v in variants), flush=True)
-    results: dict[str, Any] = {"device": args.device, "steps": args.steps, "repeats": args.repeats, "times": times}
+    results: dict[str, Any] = {"threads": args.threads, "device": args.device, "steps": args.steps, "repeats": args.repeats, "times": times}
     print(f"\n{'variant':<18} {'median s':>9} {'ratio':>7} {'ratio range':>15}")
     for v in variants:
         ratios = [t / p for t, p in zip(times[v], times["plain"])]

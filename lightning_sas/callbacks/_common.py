@@ -39,15 +39,14 @@ def warn_once(owner: object, key: str, message: str) -> None:
 
 def extract_loss(outputs: Any) -> Tensor | None:
     """The loss tensor in what ``training_step`` returned (tensor or dict with ``"loss"``)."""
-    if isinstance(outputs, Tensor):
-        loss = outputs
-    elif isinstance(outputs, dict):
-        loss = outputs.get("loss")
-    else:
+    loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+    if not isinstance(loss, Tensor):
         return None
-    if not isinstance(loss, Tensor) or loss.numel() != 1:
-        return None
-    return loss.detach().reshape(())
+    if loss.ndim:
+        if loss.numel() != 1:
+            return None
+        loss = loss.reshape(())
+    return loss.detach() if loss.requires_grad else loss
 
 
 def stream_index(trainer: Any, pl_module: Any, batches_seen: int) -> int:

@@ -20,8 +20,9 @@ __all__ = ["LossStream"]
 class LossStream(StreamCallback):
     """Records the loss ``training_step`` returned at every step and summarises its late phase.
 
-    Hot path (every batch): the detached loss is added to an on-device accumulator and, once the
-    optimizer has stepped, copied into an on-device buffer; nothing is read back. At each flush
+    Hot path (every batch): a reference to the detached loss tensor is kept (under gradient
+    accumulation, micro-batch losses are summed on device first); no kernel is launched and
+    nothing is read back. At each flush
     the buffer is averaged over ranks (one collective), copied to the host once, and appended to
 
     * a block summary (:class:`~lightning_sas.stats.blocks.BlockMoments`, ``max_blocks`` blocks)
@@ -67,7 +68,8 @@ class LossStream(StreamCallback):
         self._window_lr = np.zeros(0, dtype=np.float64)
         self._batches_seen = 0
         self._index: int = 0
-        self._buffer: Tensor | None = None
+        #: the loss tensors of the pending entries (references: no device work per step)
+        self._pending_losses: list[Tensor] = []
         self._accumulating = False
         #: learning rate of each pending entry (a float, or a device scalar read at flush)
         self._pending_lr: list[float | Tensor] = []
@@ -91,13 +93,6 @@ class LossStream(StreamCallback):
         }
 
     # -- hot path -------------------------------------------------------------------------
-    def _ensure_buffers(self, device: torch.device) -> None:
-        if self._buffer is None or self._buffer.device != device:
-            dtype = device_float_dtype(device)
-            capacity = self.flush_every + 1
-            self._buffer = torch.zeros(capacity, dtype=dtype, device=device)
-            self._accumulator = torch.zeros((), dtype=dtype, device=device)
-
     def on_train_batch_end(
         self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", outputs: Any, batch: Any, batch_idx: int
     ) -> None:
@@ -113,15 +108,12 @@ class LossStream(StreamCallback):
         stepped = (not automatic) or trainer.global_step > self._index
         if loss is None and not stepped:
             return False
-        device = loss.device if loss is not None else pl_module.device
-        self._ensure_buffers(device)
-        assert self._buffer is not None and self._accumulator is not None
-        slot = len(self._pending_steps) - self._carry_values.size
-        if stepped and slot >= self._buffer.shape[0]:  # owner flushes less often than told: grow
-            self._buffer = torch.cat([self._buffer, torch.zeros_like(self._buffer)])
         if stepped and not self._accumulating and loss is not None:
-            self._buffer[slot].copy_(loss)  # the common case: one device copy per step
+            self._pending_losses.append(loss)  # the common case: keep a reference, launch nothing
         else:
+            if self._accumulator is None:
+                device = loss.device if loss is not None else pl_module.device
+                self._accumulator = torch.zeros((), dtype=device_float_dtype(device), device=device)
             if loss is not None:
                 self._accumulator.add_(loss.to(self._accumulator.dtype))
             else:  # a skipped batch (training_step returned None) still closes the step
@@ -129,7 +121,7 @@ class LossStream(StreamCallback):
             self._accumulating = True
             if not stepped:
                 return False
-            self._buffer[slot].copy_(self._accumulator)
+            self._pending_losses.append(self._accumulator.clone())
             self._accumulator.zero_()
             self._accumulating = False
         self._pending_lr.append(learning_rate(trainer))
@@ -178,6 +170,7 @@ class LossStream(StreamCallback):
             self._carry_values = np.zeros(0, dtype=np.float64)
             self._carry_lr = np.zeros(0, dtype=np.float64)
             self._pending_lr = []
+            self._pending_losses = []
         if self.blocks.rows:
             self._last = loss_diagnostics(
                 self.blocks, self._window_steps, self._window_values, self._window_lr, self.late_phase_start
@@ -198,12 +191,17 @@ class LossStream(StreamCallback):
         """Host copies of the unflushed entries, averaged over ranks (one collective)."""
         n_new = len(self._pending_steps) - self._carry_values.size
         values = np.zeros(0, dtype=np.float64)
-        if n_new > 0 and self._buffer is not None:
-            device_values = self._buffer[:n_new].clone()
+        if n_new > 0:
+            device_values = self._stacked_losses()
             if getattr(trainer, "world_size", 1) > 1:
                 device_values = trainer.strategy.reduce(device_values, reduce_op="mean")
             values = device_values.cpu().numpy().astype(np.float64)  # sync-ok: once per flush
         return np.concatenate([self._carry_values, values]), np.concatenate([self._carry_lr, self._lr_array()])
+
+    def _stacked_losses(self) -> Tensor:
+        """One device tensor of the pending losses (float64 where the device has it)."""
+        device = self._pending_losses[0].device
+        return torch.stack([v.to(device_float_dtype(device)) for v in self._pending_losses])
 
     def _lr_array(self) -> np.ndarray:
         """Host learning rates of the new pending entries (device scalars are read here, at flush)."""
@@ -256,6 +254,6 @@ class LossStream(StreamCallback):
     def _pending_values_local(self) -> tuple[np.ndarray, np.ndarray]:
         n_new = len(self._pending_steps) - self._carry_values.size
         values = np.zeros(0, dtype=np.float64)
-        if n_new > 0 and self._buffer is not None:
-            values = self._buffer[:n_new].cpu().numpy().astype(np.float64)  # sync-ok: checkpoint time
+        if n_new > 0:
+            values = self._stacked_losses().cpu().numpy().astype(np.float64)  # sync-ok: checkpoint time
         return np.concatenate([self._carry_values, values]), np.concatenate([self._carry_lr, self._lr_array()])
