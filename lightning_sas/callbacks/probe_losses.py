@@ -61,7 +61,7 @@ class ProbeLosses(StreamCallback):
 
     def __init__(
         self,
-        probe_every: int = 50,
+        probe_every: int = 100,
         num_train_probes: int = 256,
         num_test_probes: int = 256,
         probe_batch_size: int = 256,

@@ -119,6 +119,22 @@ def append_rows(
         if cursor.n_blocks == 0 or cursor.rows_in_last == cursor.block_len:
             if cursor.n_blocks == cursor.max_blocks:
                 _merge_pairs((sums, sumsqs, counts), cursor)
+            # whole blocks at once while they fit (same result as one row at a time)
+            length = cursor.block_len
+            whole = min((total - row) // length, cursor.max_blocks - cursor.n_blocks)
+            if whole > 1:
+                b0, stop = cursor.n_blocks, row + whole * length
+                shape = (whole, length, *clean.shape[1:])
+                chunk = clean[row:stop].reshape(shape)
+                sums[b0 : b0 + whole].add_(chunk.sum(1))
+                sumsqs[b0 : b0 + whole].add_((chunk * chunk).sum(1))
+                counts[b0 : b0 + whole].add_(ones[row:stop].reshape(shape).sum(1))
+                cursor.starts.extend(int(steps[r]) for r in range(row, stop, length))
+                cursor.n_blocks += whole
+                cursor.rows_in_last = length
+                cursor.rows_total += whole * length
+                row = stop
+                continue
             cursor.starts.append(int(steps[row]))
             cursor.n_blocks += 1
             cursor.rows_in_last = 0
