@@ -53,6 +53,11 @@ class StreamCallback(Callback):
         """Flush after stream entry ``index`` (0-based)? Default: every ``flush_every`` entries."""
         return (index + 1) % self.flush_every == 0
 
+    @property
+    def diagnostics(self) -> dict[str, Any]:
+        """This part's diagnostics as of its last flush (host values, no device access)."""
+        return dict(getattr(self, "_last", {}))
+
     def begin_batch(self, index: int) -> None:
         """Called at each batch start with the index of the stream entry it contributes to."""
         self._index = index

@@ -207,11 +207,6 @@ class LossStream(StreamCallback):
         """Host learning rates of the new pending entries (device scalars are read here, at flush)."""
         return np.asarray([float(v) for v in self._pending_lr], dtype=np.float64)  # sync-ok: flush time
 
-    @property
-    def diagnostics(self) -> dict[str, Any]:
-        """Diagnostics as of the last flush (host values, no device access)."""
-        return dict(self._last)
-
     # -- state ----------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """Tensors and primitives only; unflushed entries travel too (read at checkpoint time).

@@ -267,10 +267,6 @@ class ProbeLosses(StreamCallback):
         ctx.histograms["probes/time_avg_loss_train"] = per_point[:num_train]
         ctx.summary.update(self._last)
 
-    @property
-    def diagnostics(self) -> dict[str, Any]:
-        return dict(self._last)
-
     # -- state ----------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         state: dict[str, Any] = {
@@ -280,8 +276,7 @@ class ProbeLosses(StreamCallback):
             "test_indices": torch.from_numpy(self.test_indices.astype(np.int64)),
         }
         if self.metric is not None:
-            state["metric"] = {k: v.detach().cpu().clone() for k, v in self.metric.metric_state.items()}  # sync-ok
-            state["metric_extra"] = self.metric.extra_state()
+            state["metric"] = self.metric.checkpoint_state()
             n = len(self._row_steps)
             if n and self._rows is not None:
                 state["pending_rows"] = self._rows[:n].detach().cpu().clone()  # sync-ok
@@ -295,14 +290,9 @@ class ProbeLosses(StreamCallback):
 
     def _apply_restored(self, state: dict[str, Any]) -> None:
         assert self.metric is not None and self._rows is not None
-        if "metric" in state:
-            for name, value in state["metric"].items():
-                current = getattr(self.metric, name)
-                if current.shape != value.shape:
-                    warn_once(self, "shape", "ProbeLosses: the checkpoint's probe set differs in size; probe statistics restart.")
-                    return
-                setattr(self.metric, name, value.to(current.device))
-            self.metric.load_extra_state(state["metric_extra"])
+        if "metric" in state and not self.metric.load_checkpoint_state(state["metric"]):
+            warn_once(self, "shape", "ProbeLosses: the checkpoint's probe set differs in size; probe statistics restart.")
+            return
         if "pending_rows" in state:
             n = len(state["pending_steps"])
             self._rows[:n].copy_(state["pending_rows"].to(self._rows.device))

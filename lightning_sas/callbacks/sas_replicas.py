@@ -416,10 +416,6 @@ class SASReplicas(StreamCallback):
             ctx.writer.update_meta(sas_columns={k: [int(x) for x in v] for k, v in self._cols.items()},
                                    sas_pairs=[[int(a), int(b)] for a, b in self._pairs])
 
-    @property
-    def diagnostics(self) -> dict[str, Any]:
-        return dict(self._last)
-
     # -- state ----------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         state: dict[str, Any] = {
@@ -433,8 +429,7 @@ class SASReplicas(StreamCallback):
             "engine": None,
         }
         if self.metric is not None:
-            state["metric"] = {k: v.detach().cpu().clone() for k, v in self.metric.metric_state.items()}  # sync-ok
-            state["metric_extra"] = self.metric.extra_state()
+            state["metric"] = self.metric.checkpoint_state()
         if self.engine is not None and self.checkpoint_replicas:
             state["engine"] = self.engine.state_dict()
             self._checkpoint_bytes = _tensor_bytes(state["engine"])
@@ -451,10 +446,8 @@ class SASReplicas(StreamCallback):
         self._rng.load_state_dict(state["rng"])
         if state.get("sampler") is not None and self._sampler is not None:
             self._sampler.load_state_dict(state["sampler"])
-        if self.metric is not None and "metric" in state:
-            for name, value in state["metric"].items():
-                setattr(self.metric, name, value.to(getattr(self.metric, name).device))
-            self.metric.load_extra_state(state["metric_extra"])
+        if self.metric is not None and "metric" in state and not self.metric.load_checkpoint_state(state["metric"]):
+            warn_once(self, "shape", "SASReplicas: the checkpoint's probe set differs in size; the estimate restarts.")
         if state.get("engine") is not None and self.engine is not None:
             self.engine.load_state_dict(state["engine"])
         elif self.engine is not None and state.get("engine") is None and state.get("fork_step") is not None:

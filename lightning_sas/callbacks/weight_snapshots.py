@@ -297,10 +297,6 @@ class WeightSnapshots(StreamCallback):
         for name, value in getattr(self, "_last_layers", {}).items():
             ctx.summary.setdefault("layers", {})[name] = value
 
-    @property
-    def diagnostics(self) -> dict[str, Any]:
-        return dict(self._last)
-
     # -- state ----------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """Counters and the ergodic-mean/initial copies (on CPU). Unflushed rows are dropped: the

@@ -15,6 +15,7 @@ from lightning_sas.stats.sas import (
     mean_pairwise_abs_difference,
     paper_coefficient,
     sas_statistics,
+    time_average,
 )
 
 __all__ = ["SASEstimate"]
@@ -76,9 +77,7 @@ class SASEstimate(TimeAverage):
         out["sas_converged"] = bool(windows.get("converged", False))
         out["windows"] = windows
         out["forgetting"] = forgetting_curve(means, starts, replaced, fork_step)
-        weights = counts[None, :, None]
-        with np.errstate(invalid="ignore", divide="ignore"):
-            averages = np.nansum(means * weights, axis=1) / np.maximum(np.sum(np.where(np.isfinite(means), weights, 0), axis=1), 1)
+        averages = time_average(means, counts)
         pairs = [(0, k) for k in range(1, self.num_replicas)]
         coef, coef_se = paper_coefficient(averages[:, heldout].mean(axis=1), pairs)
         out["paper_coefficient"], out["paper_coefficient_se"] = coef, coef_se

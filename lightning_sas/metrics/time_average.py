@@ -108,10 +108,22 @@ class TimeAverage(Metric):
         self.cursor = BlockCursor(max_blocks=self.max_blocks)
 
     # Lightning checkpoints: tensors and primitives only.
-    def extra_state(self) -> dict[str, Any]:
-        """Host-side state to save next to ``state_dict()`` (cursor and late-phase start)."""
-        return {"cursor": self.cursor.state_dict(), "start_step": self.start_step}
+    def checkpoint_state(self) -> dict[str, Any]:
+        """States (on CPU) plus the host cursor and late-phase start, for a callback's
+        ``state_dict`` (loads with ``torch.load(weights_only=True)``)."""
+        return {
+            "states": {k: v.detach().cpu().clone() for k, v in self.metric_state.items()},  # sync-ok: checkpoint time
+            "cursor": self.cursor.state_dict(),
+            "start_step": self.start_step,
+        }
 
-    def load_extra_state(self, state: dict[str, Any]) -> None:
+    def load_checkpoint_state(self, state: dict[str, Any]) -> bool:
+        """Restore :meth:`checkpoint_state`; False (nothing changed) if the shapes differ."""
+        for name, value in state["states"].items():
+            if getattr(self, name).shape != value.shape:
+                return False
+        for name, value in state["states"].items():
+            setattr(self, name, value.to(getattr(self, name).device))
         self.cursor.load_state_dict(state["cursor"])
         self.start_step = state.get("start_step")
+        return True

@@ -27,12 +27,13 @@ __all__ = [
     "paper_coefficient",
     "mean_pairwise_abs_difference",
     "least_squares_sas",
+    "time_average",
 ]
 
 _HALF_NORMAL_MEAN = math.sqrt(2.0 / math.pi)
 
 
-def _time_average(means: np.ndarray, counts: np.ndarray) -> np.ndarray:
+def time_average(means: np.ndarray, counts: np.ndarray) -> np.ndarray:
     """Count-weighted average over axis 1 (blocks), ignoring NaN blocks: ``(R, B, P) -> (R, P)``."""
     w = np.where(np.isfinite(means), counts[None, :, None], 0.0)
     total = w.sum(axis=1)
@@ -127,7 +128,7 @@ def sas_statistics(
     k = r - 1
     if k < 1 or b < 1:
         raise ValueError(f"need a control and >= 1 perturbed replica and >= 1 block, got shape {means.shape}")
-    avg = _time_average(means, counts)
+    avg = time_average(means, counts)
     d = avg[1:] - avg[0:1]  # (K, P)
     diff_series = means[1:] - means[0:1]  # (K, B, P)
     se = _temporal_se(diff_series, counts, min_batch_len)  # (K, P) or None
