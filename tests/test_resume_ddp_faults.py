@@ -201,3 +201,35 @@ def test_killed_run_leaves_a_readable_directory(tmp_path: Any) -> None:
     steps = run.streams["loss"]["step"]
     assert len(steps) >= 40 and np.all(np.diff(steps) == 1)
     assert cli_main(["report", str(tmp_path / "run"), "--json", "--out", str(tmp_path / "report")]) == 0
+
+
+def _cross_entropy(module: Any, batch: Any) -> torch.Tensor:
+    x, y = batch
+    return torch.nn.functional.cross_entropy(module(x), y, reduction="none")
+
+
+@pytest.mark.parametrize("path", ["fast", "generic"])
+def test_replicas_resume_matches_uninterrupted_run(tmp_path: Any, path: str) -> None:
+    from lightning_sas import SASReplicas
+
+    def monitor() -> SASMonitor:
+        replicas = SASReplicas(replicas=2, path=path, loss_fn=_cross_entropy, probe_every=5, num_train_probes=16,
+                               num_heldout_probes=16, flush_every=20)
+        return SASMonitor(flush_every=20, figure_every=0, num_train_probes=0, replicas=replicas)
+
+    train = DataLoader(make_classification(320), batch_size=32, shuffle=False)
+    pl.seed_everything(0)
+    full = monitor()
+    pl.Trainer(callbacks=[full], **trainer_kwargs(tmp_path / "full", max_steps=200)).fit(TinyClassifier(), train)
+    pl.seed_everything(0)
+    ckpt = ModelCheckpoint(dirpath=str(tmp_path / "ckpt"), every_n_epochs=1, save_top_k=-1)
+    kwargs = trainer_kwargs(tmp_path / "resumed", max_steps=100, enable_checkpointing=True)
+    first = monitor()
+    pl.Trainer(callbacks=[first, ckpt], **kwargs).fit(TinyClassifier(), train)
+    kwargs["max_steps"] = 200
+    second = monitor()
+    pl.Trainer(callbacks=[second, ModelCheckpoint(dirpath=str(tmp_path / "ckpt2"))], **kwargs).fit(
+        TinyClassifier(), train, ckpt_path=str(tmp_path / "ckpt" / "epoch=9-step=100.ckpt"))
+    assert second.summary()["replica_checkpoint_bytes"] is None or second.summary()["replica_checkpoint_bytes"] > 0
+    _assert_same(second.summary(), full.summary(),
+                 keys=("sas_max", "sas_mean", "sas_replaced", "stability_gap", "ergodic_gap", "paper_coefficient"))

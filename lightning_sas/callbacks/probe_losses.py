@@ -170,7 +170,6 @@ class ProbeLosses(StreamCallback):
         owned = torch.zeros(total, dtype=torch.bool)
         owned[rank::world] = True
         self._owned_mask = owned.to(device)
-        self._owned_idx = torch.nonzero(owned).flatten().tolist()  # sync-ok: setup, CPU tensor
         rows = self.flush_every // self.probe_every + 2
         self._rows = torch.zeros((rows, total), dtype=device_float_dtype(device), device=device)
         if self._restored is not None:

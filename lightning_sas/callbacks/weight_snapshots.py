@@ -113,6 +113,7 @@ class WeightSnapshots(StreamCallback):
         self._row_steps: list[int] = []
         self._sketch_steps: list[int] = []
         self._last: dict[str, Any] = {}
+        self._last_layers: dict[str, float] = {}
         self._restored: dict[str, Any] | None = None
         # the last ``SKETCH_HISTORY`` sketches, on the host, for the trajectory figure
         self._sketch_history_steps = np.zeros(0, dtype=np.int64)
@@ -294,7 +295,7 @@ class WeightSnapshots(StreamCallback):
             self._row_steps, self._sketch_steps = [], []
         ctx.summary.update(self._last)
         ctx.figure_data["sketch"] = (self._sketch_history_steps, self._sketch_history)
-        for name, value in getattr(self, "_last_layers", {}).items():
+        for name, value in self._last_layers.items():
             ctx.summary.setdefault("layers", {})[name] = value
 
     # -- state ----------------------------------------------------------------------------
