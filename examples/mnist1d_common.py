@@ -94,3 +94,11 @@ def cross_entropy_per_sample(module: torch.nn.Module, batch: Any) -> torch.Tenso
     """Per-sample loss for the replicas' fast path (``loss_fn``)."""
     x, y = batch
     return torch.nn.functional.cross_entropy(module(x), y, reduction="none")
+
+
+class GeneratedMNIST1D(MNIST1DDataModule):
+    """The same data module, generating mnist1d itself (constructor arguments only, for LightningCLI)."""
+
+    def __init__(self, num_samples: int = 5000, batch_size: int = 64, label_noise: float = 0.0, seed: int = 0) -> None:
+        super().__init__(make_mnist1d(num_samples=num_samples, seed=seed), batch_size=batch_size,
+                         label_noise=label_noise, seed=seed)
