@@ -128,3 +128,13 @@ def test_histograms_are_finite_numbers(tb_run: tuple[str, SASMonitor]) -> None:
     log_dir, _ = tb_run
     hist = _events(log_dir).Histograms("sas/probes/time_avg_loss_test")[-1].histogram_value
     assert hist.num > 0 and np.isfinite(hist.sum)
+
+
+def test_progress_bar_shows_iat_and_gap(tmp_path: Any) -> None:
+    train, val = loaders()
+    monitor = SASMonitor(flush_every=20, store=False, figure_every=0, progress_bar=True, probe_every=5)
+    trainer = pl.Trainer(callbacks=[monitor], **trainer_kwargs(tmp_path, max_steps=60, limit_val_batches=1.0))
+    trainer.fit(TinyClassifier(), train, val)
+    shown = trainer.progress_bar_metrics
+    assert "sas_iat" in shown and "sas_gap" in shown
+    assert shown["sas_gap"] == pytest.approx(monitor.summary()["ergodic_gap"], rel=1e-5)

@@ -46,6 +46,8 @@ class SASMonitor(Callback):
         probe_every, num_train_probes, num_test_probes, probe_batch_size, loss_fn: see
         :class:`ProbeLosses` (``num_train_probes=0`` switches probes off).
         figure_every: flushes between TensorBoard figures (0: never).
+        progress_bar: show the running SAS estimate (``sas``), IAT (``sas_iat``) and ergodic
+            gap (``sas_gap``) in Lightning's progress bar, updated at every flush.
         histograms: log histograms of time-averaged probe losses and per-layer update sizes.
         store: write the streams to the run directory.
         replicas: ``K`` perturbed replicas for the in-run SAS estimate (0: off), or a configured
@@ -80,6 +82,7 @@ class SASMonitor(Callback):
         replica_sampler: str = "common",
         holdout_fraction: float = 0.1,
         replica_path: str = "auto",
+        progress_bar: bool = False,
         seed: int = 0,
     ) -> None:
         if not isinstance(figure_every, int) or figure_every < 0:
@@ -127,6 +130,7 @@ class SASMonitor(Callback):
         for part in self.parts:
             part.owned = True
         self.flush_every = flush_every
+        self.progress_bar = progress_bar
         self.figure_every = figure_every
         self.histograms = histograms
         self.store = store
@@ -233,6 +237,19 @@ class SASMonitor(Callback):
         index = self.loss_stream.last_index
         if completed and index is not None and self.should_flush(index):
             self.flush(trainer, pl_module)
+            if self.progress_bar:
+                self._show_in_progress_bar(pl_module)
+
+    #: summary keys shown in the progress bar with ``progress_bar=True`` (name shown, key)
+    PROGRESS_BAR_KEYS = (("sas", "sas_max"), ("sas_iat", "iat"), ("sas_gap", "ergodic_gap"))
+
+    def _show_in_progress_bar(self, pl_module: "pl.LightningModule") -> None:
+        """Put the running SAS estimate, IAT and ergodic gap in Lightning's progress bar (host
+        floats from the last flush; not sent to the loggers)."""
+        for name, key in self.PROGRESS_BAR_KEYS:
+            value = self._summary.get(key)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                pl_module.log(name, float(value), prog_bar=True, logger=False, on_step=True, on_epoch=False)
 
     def on_train_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
         if self.loss_stream.pending or self._flushes == 0:
