@@ -80,8 +80,14 @@ def _report(args: argparse.Namespace) -> int:
     }
     for name, fig in drawn.items():
         fig.savefig(out / name)
+    if args.html:
+        from lightning_sas.html_report import html_page
+
+        pngs = {name.removesuffix(".png"): figures.figure_to_png_bytes(fig) for name, fig in drawn.items()}
+        notes = [f"{p.kind}: {p.path}: {p.message}" for p in run.problems]
+        Path(args.html).write_text(html_page(f"lightning-sas report: {run.root}", summary, pngs, notes))
     if not args.json:
-        print(f"\nfigures written to {out}")
+        print(f"\nfigures written to {out}" + (f", HTML report to {args.html}" if args.html else ""))
     return 0
 
 
@@ -168,7 +174,12 @@ def _compare(args: argparse.Namespace) -> int:
         print(format_table(result, title="lightning-sas compare"))
     out = Path(args.out or "sas-compare")
     out.mkdir(parents=True, exist_ok=True)
-    figures.histogram_figure(abs_diff, "|difference of time-averaged probe losses| over pairs", "|Δ loss|").savefig(out / "abs_differences.png")
+    hist = figures.histogram_figure(abs_diff, "|difference of time-averaged probe losses| over pairs", "|Δ loss|")
+    hist.savefig(out / "abs_differences.png")
+    if args.html:
+        from lightning_sas.html_report import html_page
+
+        Path(args.html).write_text(html_page("lightning-sas compare", result, {"abs_differences": figures.figure_to_png_bytes(hist)}))
     if not args.json:
         print(f"\nfigures written to {out}")
     return 0
@@ -204,6 +215,7 @@ def _build_parser() -> argparse.ArgumentParser:
     rep.add_argument("run_dir", help="a run's store (…/sas) or its Lightning version directory")
     rep.add_argument("--out", help="folder for the PNG figures (default RUN/report)")
     rep.add_argument("--json", action="store_true", help="print the summary as JSON")
+    rep.add_argument("--html", help="also write one self-contained HTML page (figures embedded) here")
     rep.set_defaults(func=_report)
     cmp_ = sub.add_parser("compare", help="SAS across runs trained on neighbouring datasets")
     cmp_.add_argument("run_dirs", nargs="+")
@@ -211,6 +223,7 @@ def _build_parser() -> argparse.ArgumentParser:
     cmp_.add_argument("--from-step", type=int, default=None, help="late-phase start (default: latest MSER start)")
     cmp_.add_argument("--out", help="folder for figures (default sas-compare)")
     cmp_.add_argument("--json", action="store_true")
+    cmp_.add_argument("--html", help="also write one self-contained HTML page here")
     cmp_.set_defaults(func=_compare)
     per = sub.add_parser("perturb", help="plan neighbouring datasets for the multi-run protocol")
     per.add_argument("--n", type=int, required=True, help="size of the training set")

@@ -138,3 +138,12 @@ def test_progress_bar_shows_iat_and_gap(tmp_path: Any) -> None:
     shown = trainer.progress_bar_metrics
     assert "sas_iat" in shown and "sas_gap" in shown
     assert shown["sas_gap"] == pytest.approx(monitor.summary()["ergodic_gap"], rel=1e-5)
+
+
+def test_html_report_is_self_contained(tb_run: tuple[str, SASMonitor], tmp_path: Any) -> None:
+    log_dir, _ = tb_run
+    page = tmp_path / "out.html"
+    assert cli_main(["report", log_dir, "--out", str(tmp_path), "--html", str(page)]) == 0
+    text = page.read_text()
+    assert text.count("data:image/png;base64,") == 4
+    assert "Integrated autocorrelation time" in text and "src='http" not in text

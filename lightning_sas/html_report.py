@@ -1,0 +1,80 @@
+"""Self-contained HTML reports (figures embedded as base64 PNG) for ``report`` and ``compare``."""
+
+from __future__ import annotations
+
+import base64
+import html
+from typing import Any, Mapping
+
+__all__ = ["EXPLANATIONS", "html_page"]
+
+#: plain-words explanation of each summary key
+EXPLANATIONS: dict[str, str] = {
+    "steps": "Stream entries seen (optimizer steps; batches in manual optimization).",
+    "late_phase_start": "Step where the initial transient ends (MSER-5 on the loss); n/a while the loss is still trending.",
+    "late_phase_found": "Whether MSER found the end of the transient; if not, the statistics use the second half and are provisional.",
+    "late_phase_steps": "Number of loss values in the late phase.",
+    "loss_mean": "Time-averaged training loss over the late phase.",
+    "loss_se": "Standard error of that average, from batch means longer than the autocorrelation time.",
+    "loss_std": "Amplitude of the late-phase oscillation (standard deviation of the loss).",
+    "iat": "Integrated autocorrelation time: how many steps the loss takes to forget itself.",
+    "ess": "Effective sample size: late-phase steps divided by the IAT.",
+    "dominant_period": "Period (in steps) of the strongest oscillation in the late-phase loss.",
+    "power_fraction": "Share of the loss variance at that period (near 0: no dominant oscillation).",
+    "geweke_z": "Geweke z: early vs late part of the late phase; |z| < 2 is consistent with stationarity.",
+    "stationary": "Whether |Geweke z| < 2.",
+    "lr": "Learning rate at the last step.",
+    "lr_constant_in_late_phase": "A learning rate that changes in the late phase leaves no invariant measure to average over.",
+    "nonfinite_losses": "NaN/Inf losses, excluded from every statistic.",
+    "weight_norm": "Norm of all trainable weights.",
+    "update_size": "Norm of the last optimizer update at a snapshot step.",
+    "distance_from_init": "Distance of the weights from their initial values.",
+    "distance_to_ergodic_mean": "Distance of the weights from their running late-phase mean: weights that oscillate keep it flat and non-zero.",
+    "ergodic_mean_start": "Step from which the ergodic mean of the weights is accumulated.",
+    "grad_norm": "Gradient norm before the last snapshot step's update.",
+    "ergodic_gap": "Time-averaged loss on held-out probe points minus on training probe points: the ergodic generalization gap.",
+    "ergodic_gap_se": "Standard error of the ergodic gap.",
+    "probe_train_loss": "Time-averaged loss on the training probe points.",
+    "probe_test_loss": "Time-averaged loss on the held-out probe points.",
+    "sas_max": "SAS estimate: largest change of a time-averaged loss when one training sample is replaced (averaged over replicas).",
+    "sas_mean": "Mean change of the time-averaged loss on held-out points (held-out sensitivity).",
+    "sas_replaced": "Change of the time-averaged loss on the replaced sample itself.",
+    "stability_gap": "Signed loss rise on the replaced sample: the replace-one estimate of the generalization gap.",
+    "sas_resolved": "Whether sas_max exceeds its noise level by two standard errors.",
+    "sas_converged": "Whether the last two doublings of the averaging window agree.",
+    "paper_coefficient": "The authors' statistic: mean |difference| of time-averaged mean test losses over neighbouring runs.",
+}
+
+
+def _fmt(value: Any) -> str:
+    from lightning_sas.cli import _fmt as fmt
+
+    return fmt(value)
+
+
+def html_page(title: str, rows: Mapping[str, Any], figures: Mapping[str, bytes], notes: list[str] | None = None) -> str:
+    """One HTML page: a table of ``rows`` with explanations, then each PNG figure inline."""
+    lines = [
+        "<!doctype html>",
+        "<html lang='en'><head><meta charset='utf-8'>",
+        f"<title>{html.escape(title)}</title>",
+        "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
+        "table{border-collapse:collapse}td,th{border-bottom:1px solid #ddd;padding:4px 10px;text-align:left;vertical-align:top}"
+        "td.v{font-family:monospace;white-space:nowrap}img{max-width:100%;margin:1em 0}.note{color:#a33}</style>",
+        "</head><body>",
+        f"<h1>{html.escape(title)}</h1>",
+    ]
+    for note in notes or []:
+        lines.append(f"<p class='note'>{html.escape(note)}</p>")
+    lines.append("<table><tr><th>quantity</th><th>value</th><th>what it means</th></tr>")
+    for key, value in rows.items():
+        explanation = EXPLANATIONS.get(key, EXPLANATIONS.get(key.removesuffix("_se"), ""))
+        lines.append(
+            f"<tr><td>{html.escape(key)}</td><td class='v'>{html.escape(_fmt(value))}</td><td>{html.escape(explanation)}</td></tr>"
+        )
+    lines.append("</table>")
+    for name, png in figures.items():
+        data = base64.b64encode(png).decode("ascii")
+        lines.append(f"<h2>{html.escape(name)}</h2><img alt='{html.escape(name)}' src='data:image/png;base64,{data}'>")
+    lines.append("</body></html>")
+    return "\n".join(lines)
