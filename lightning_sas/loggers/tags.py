@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 __all__ = ["SCALAR_TAGS", "MARGIN_CHARTS", "tag_for", "scalars_from_summary", "custom_scalars_layout"]
@@ -100,10 +101,12 @@ def custom_scalars_layout() -> dict[str, dict[str, list[Any]]]:
     for key, (group, tag) in SCALAR_TAGS.items():
         if key.endswith("_se"):
             continue
-        layout.setdefault(group, {})[key.replace("_", " ")] = ["Multiline", [tag]]
+        # Multiline tags are regular expressions: anchor them so "time_average" does not also
+        # match its "_se"/"_lower"/"_upper" companions
+        layout.setdefault(group, {})[key.replace("_", " ")] = ["Multiline", [f"^{re.escape(tag)}$"]]
     for group, title, key, _se in MARGIN_CHARTS:
         tag = tag_for(key)
         layout.setdefault(group, {})[title] = ["Margin", [tag, tag + "_lower", tag + "_upper"]]
     for group, title, keys in SHARED_CHARTS:
-        layout.setdefault(group, {})[title] = ["Multiline", [tag_for(k) for k in keys]]
+        layout.setdefault(group, {})[title] = ["Multiline", [f"^{re.escape(tag_for(k))}$" for k in keys]]
     return layout
