@@ -89,6 +89,16 @@ class StreamCallback(Callback):
             if ctx.writer is not None:
                 ctx.writer.write_summary(ctx.summary)
 
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Reset, then keep the state until the part is attached to the (device-placed) module
+        at ``on_train_start``, where ``_apply_restored`` puts it back."""
+        self._reset_state()
+        self._batches_seen = int(state_dict["batches_seen"])
+        self._restored = dict(state_dict)
+
+    def _reset_state(self) -> None:  # pragma: no cover - every part defines it
+        raise NotImplementedError
+
     def config(self) -> dict[str, Any]:
         """The constructor arguments that define the statistics (stored in the run's meta)."""
         return {"flush_every": self.flush_every}

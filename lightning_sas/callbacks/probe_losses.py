@@ -282,11 +282,6 @@ class ProbeLosses(StreamCallback):
                 state["pending_steps"] = list(self._row_steps)
         return state
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._reset_state()
-        self._batches_seen = int(state_dict["batches_seen"])
-        self._restored = dict(state_dict)
-
     def _apply_restored(self, state: dict[str, Any]) -> None:
         assert self.metric is not None and self._rows is not None
         if "metric" in state and not self.metric.load_checkpoint_state(state["metric"]):

@@ -435,11 +435,6 @@ class SASReplicas(StreamCallback):
             self._checkpoint_bytes = _tensor_bytes(state["engine"])
         return state
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._reset_state()
-        self._batches_seen = int(state_dict["batches_seen"])
-        self._restored = dict(state_dict)
-
     def _apply_restored(self, state: dict[str, Any]) -> None:
         self._steps_taken = int(state.get("steps_taken", 0))
         self.enabled = bool(state.get("enabled", True))

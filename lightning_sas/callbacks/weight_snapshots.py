@@ -312,10 +312,8 @@ class WeightSnapshots(StreamCallback):
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._reset_state()
-        self._batches_seen = int(state_dict["batches_seen"])
+        super().load_state_dict(state_dict)
         self._frozen_start = state_dict["frozen_start"]
-        self._restored = dict(state_dict)
 
     def _apply_restored(self, state: dict[str, Any]) -> None:
         device = self._params[0].device
