@@ -110,7 +110,8 @@ def device_float_dtype(device: torch.device) -> torch.dtype:
 
 def prepare_batch(trainer: Any, batch: Any, device: Any) -> Any:
     """Move a batch we built ourselves to ``device`` and convert it like the precision plugin
-    converts training inputs (e.g. float64 under ``precision="64-true"``)."""
+    converts training inputs (e.g. float64 under ``precision="64-true"``). Duck-typed, so the
+    trainer, its precision plugin and the batch may come from either Lightning namespace."""
     from pytorch_lightning.utilities import move_data_to_device
 
     batch = move_data_to_device(batch, device)

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytorch_lightning as pl
-from pytorch_lightning.callbacks import Callback
 
+from lightning_sas._compat import Callback
 from lightning_sas.callbacks._common import is_global_zero, run_directory, stream_index
 
 __all__ = ["FlushContext", "StreamCallback"]

@@ -8,16 +8,18 @@ from typing import Any
 
 import numpy as np
 
+from lightning_sas._compat import is_tensorboard_logger
 from lightning_sas.loggers.tags import custom_scalars_layout, scalars_from_summary
 
 __all__ = ["export_flush", "write_layout", "tensorboard_writers"]
 
 
 def tensorboard_writers(trainer: Any) -> list[Any]:
-    """``SummaryWriter``s of the trainer's TensorBoard loggers."""
+    """``SummaryWriter``s of the trainer's TensorBoard loggers (from either Lightning namespace,
+    subclasses included)."""
     writers = []
     for logger in getattr(trainer, "loggers", []) or []:
-        if type(logger).__name__ == "TensorBoardLogger":
+        if is_tensorboard_logger(logger):
             writers.append(logger.experiment)
     return writers
 
