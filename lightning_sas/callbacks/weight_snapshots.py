@@ -12,20 +12,13 @@ from torch import Tensor
 
 from lightning_sas.callbacks._common import device_float_dtype, warn_once
 from lightning_sas.callbacks.base import FlushContext, StreamCallback
+from lightning_sas.stats.sharded import ShardedParameters, is_flat_parameter
 from lightning_sas.stats.sketch import RandomProjection
 
 __all__ = ["WeightSnapshots"]
 
 #: scalar quantities of one snapshot, in buffer column order
 QUANTITIES = ("weight_norm", "update_size", "distance_from_init", "distance_to_ergodic_mean", "grad_norm")
-
-
-def _global_norm(tensors: list[Tensor]) -> Tensor:
-    """``sqrt(sum_i ||t_i||^2)`` with one fused ``_foreach_norm`` call, in float64, on device."""
-    if not tensors:
-        return torch.zeros((), dtype=torch.float64)
-    norms = torch._foreach_norm(tensors)
-    return torch.linalg.vector_norm(torch.stack(norms).to(torch.float64))
 
 
 class WeightSnapshots(StreamCallback):
@@ -46,6 +39,16 @@ class WeightSnapshots(StreamCallback):
     * every ``sketch_every`` entries, a ``sketch_dim``-dimensional count-sketch of all parameters
       (:class:`~lightning_sas.stats.sketch.RandomProjection`), additive over shards; the last
       ``sketch_history`` sketches stay on the host for the trajectory figure (all are stored).
+
+    Sharded parameters (FSDP2 ``fully_shard`` DTensors, FSDP1 ``use_orig_params=True`` views):
+    each rank works on its own pieces only (:class:`~lightning_sas.stats.sharded.ShardedParameters`)
+    and the buffers hold additive forms, :math:`\|x\|^2 = \sum_r \|x_{P_r}\|^2` per quantity and
+    layer, and the sketch :math:`S(\theta) = \sum_r S(\theta_{P_r})`; at flush one all-reduce
+    (SUM, on every rank) adds the ranks' buffers, then the square roots are taken. The model is
+    never gathered, the copies are sharded like the weights, and nothing is reduced per step.
+    Replicated parameters (one process, DDP) are not reduced. Under sharding the initial-weight and
+    ergodic-mean copies are not restored from a checkpoint (it holds one rank's pieces): they
+    restart at the resume step, with a warning.
 
     Memory: up to three parameter copies (previous, initial, ergodic mean; each switchable) plus
     buffers of ``flush_every / snapshot_every`` rows.
@@ -96,6 +99,8 @@ class WeightSnapshots(StreamCallback):
     def _reset_state(self) -> None:
         self._names: list[str] = []
         self._params: list[Tensor] = []
+        self._layout: ShardedParameters | None = None
+        self._layer_index: Tensor | None = None
         self._layer_idx: list[int] = []
         self._prev: list[Tensor] | None = None
         self._init: list[Tensor] | None = None
@@ -105,7 +110,7 @@ class WeightSnapshots(StreamCallback):
         self._batches_seen = 0
         self._index = 0
         self._captured = False
-        self._grad_norm: Tensor | None = None
+        self._grad_sq: Tensor | None = None
         self._rows: Tensor | None = None
         self._layer_rows: Tensor | None = None
         self._update_rows: Tensor | None = None
@@ -144,21 +149,32 @@ class WeightSnapshots(StreamCallback):
         self.attach(pl_module)
 
     def attach(self, pl_module: "pl.LightningModule") -> None:
-        """Collect the trainable parameters (after device placement) and the copies we track."""
+        """Collect the trainable parameters (after device placement and sharding), the spec of
+        this rank's piece of each, and the copies we track (of the local pieces)."""
         named = [(n, p) for n, p in pl_module.named_parameters() if p.requires_grad]
         if not named:
             warn_once(self, "noparams", "WeightSnapshots: the module has no trainable parameters; weight diagnostics are off.")
-        self._names = [n for n, _ in named]
-        self._params = [p for _, p in named]
+        elif any(is_flat_parameter(p) for _, p in named):
+            warn_once(self, "flatparams", "WeightSnapshots: FSDP with use_orig_params=False exposes flat parameters, "
+                      "whose shards cannot be told apart; weight diagnostics are off (use use_orig_params=True, "
+                      "Lightning's default, or FSDP2 fully_shard).")
+            named = []
+        trainer = getattr(pl_module, "_trainer", None)
+        roots = [pl_module] + [m for m in (getattr(trainer, "model", None),) if isinstance(m, torch.nn.Module) and m is not pl_module]
+        self._layout = ShardedParameters.from_named(named, roots)
+        self._names = self._layout.names
+        self._params = self._layout.params
+        self._layer_index = None
         pattern = re.compile(self.layer_filter) if self.layer_filter else None
         chosen = [i for i, n in enumerate(self._names) if pattern is None or pattern.search(n)]
         self._layer_idx = chosen[: self.max_layers]
         if not self._params:
             return
+        local = self._layout.local_tensors()
         if self.track_init and self._init is None:
-            self._init = [p.detach().clone() for p in self._params]
+            self._init = [t.clone() for t in local]
         if self.track_update:
-            self._prev = [torch.empty_like(p) for p in self._params]
+            self._prev = [torch.empty_like(t) for t in local]
         if self._restored is not None:
             self._apply_restored(self._restored)
             self._restored = None
@@ -182,10 +198,12 @@ class WeightSnapshots(StreamCallback):
         if self._captured or not self._params or not self.should_snapshot(self._index):
             return
         self._captured = True
-        grads = [p.grad for p in self._params if p.grad is not None]
-        self._grad_norm = _global_norm(grads) if grads else None
+        assert self._layout is not None
+        grads = self._layout.local_grads()
+        # squared (additive over shards); the root is taken at flush
+        self._grad_sq = self._layout.squared_norm(grads) if grads is not None else None
         if self._prev is not None:
-            torch._foreach_copy_(self._prev, [p.detach() for p in self._params])
+            torch._foreach_copy_(self._prev, self._layout.local_tensors())
 
     def on_train_batch_end(
         self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", outputs: Any, batch: Any, batch_idx: int
@@ -203,6 +221,8 @@ class WeightSnapshots(StreamCallback):
             self._update_rows = torch.zeros((rows, len(self._params)), dtype=dtype, device=device)
             sketch_rows = self.flush_every // self.sketch_every + 2
             self._sketch_rows = torch.zeros((sketch_rows, max(self.sketch_dim, 1)), dtype=dtype, device=device)
+        if self._layer_index is None or self._layer_index.device != device:
+            self._layer_index = torch.tensor(self._layer_idx, dtype=torch.int64, device=device)
 
     @staticmethod
     def _grow(buffer: Tensor, needed: int) -> Tensor:
@@ -211,7 +231,10 @@ class WeightSnapshots(StreamCallback):
         return torch.cat([buffer, torch.full_like(buffer, float("nan"))])
 
     def record(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
-        """Hot path of a snapshot step: write one row of on-device quantities."""
+        """Hot path of a snapshot step: write one row of on-device quantities.
+
+        The row holds *squared* norms and distances of this rank's pieces (additive over shards);
+        :meth:`flush` reduces them over ranks when sharded and takes the square roots."""
         automatic = pl_module.automatic_optimization
         self._batches_seen += 1
         if not self._params:
@@ -221,27 +244,30 @@ class WeightSnapshots(StreamCallback):
             return
         if self._row_steps and self._row_steps[-1] == self._index:
             return
-        params = [p.detach() for p in self._params]
+        layout = self._layout
+        assert layout is not None
+        params = layout.local_tensors()
         self._ensure_buffers(params[0].device)
         assert self._rows is not None and self._layer_rows is not None and self._update_rows is not None
+        assert self._layer_index is not None
         slot = len(self._row_steps)
         self._rows = self._grow(self._rows, slot)
         self._layer_rows = self._grow(self._layer_rows, slot)
         self._update_rows = self._grow(self._update_rows, slot)
         row = self._rows[slot]
         row.fill_(float("nan"))
-        per_param = torch.stack(torch._foreach_norm(params)).to(torch.float64)
-        row[0].copy_(torch.linalg.vector_norm(per_param))
+        per_param = layout.squared_norms(params)
+        row[0].copy_(per_param.sum())
         if self._layer_idx:
-            self._layer_rows[slot].copy_(per_param[self._layer_idx])
+            self._layer_rows[slot].copy_(per_param.index_select(0, self._layer_index))
         if self._prev is not None and self._captured:
-            update = torch.stack(torch._foreach_norm(torch._foreach_sub(params, self._prev))).to(torch.float64)
+            update = layout.squared_norms(torch._foreach_sub(params, self._prev))
             self._update_rows[slot].copy_(update)
-            row[1].copy_(torch.linalg.vector_norm(update))
+            row[1].copy_(update.sum())
         else:
             self._update_rows[slot].fill_(float("nan"))
         if self._init is not None:
-            row[2].copy_(_global_norm(torch._foreach_sub(params, self._init)))
+            row[2].copy_(layout.squared_norm(torch._foreach_sub(params, self._init)))
         if self.track_ergodic_mean and self._frozen_start is not None and self._index >= self._frozen_start:
             if self._mean is None:
                 self._mean = [p.clone() for p in params]
@@ -249,15 +275,15 @@ class WeightSnapshots(StreamCallback):
             else:
                 self._mean_count += 1
                 torch._foreach_lerp_(self._mean, params, 1.0 / self._mean_count)
-            row[3].copy_(_global_norm(torch._foreach_sub(params, self._mean)))
-        if self._grad_norm is not None and self._captured:
-            row[4].copy_(self._grad_norm)
+            row[3].copy_(layout.squared_norm(torch._foreach_sub(params, self._mean)))
+        if self._grad_sq is not None and self._captured:
+            row[4].copy_(self._grad_sq)
         self._row_steps.append(self._index)
         if self.should_sketch(self._index):
             assert self._projection is not None and self._sketch_rows is not None
             sslot = len(self._sketch_steps)
             self._sketch_rows = self._grow(self._sketch_rows, sslot)
-            self._sketch_rows[sslot].copy_(self._projection.project(zip(self._names, params)))
+            self._sketch_rows[sslot].copy_(layout.sketch(self._projection, params))
             self._sketch_steps.append(self._index)
 
     # -- flush ----------------------------------------------------------------------------
@@ -266,20 +292,17 @@ class WeightSnapshots(StreamCallback):
             self.freeze_ergodic_start(ctx.late_phase_start)
         n = len(self._row_steps)
         if n and self._rows is not None and self._layer_rows is not None and self._update_rows is not None:
-            rows = self._rows[:n].cpu().numpy().astype(np.float64)  # sync-ok: once per flush
-            layers = self._layer_rows[:n].cpu().numpy().astype(np.float64)  # sync-ok
-            updates = self._update_rows[:n].cpu().numpy().astype(np.float64)  # sync-ok
+            ns = len(self._sketch_steps) if self._sketch_rows is not None else 0
+            rows, layers, updates, sketch = self._reduced(n, ns)
             steps = np.asarray(self._row_steps, dtype=np.int64)
             columns: dict[str, np.ndarray] = {"step": steps}
             for i, name in enumerate(QUANTITIES):
                 columns[name] = rows[:, i]
             columns["layer_norms"] = layers
             columns["ergodic_mean_start"] = np.full(n, -1 if self._frozen_start is None else self._frozen_start, dtype=np.int64)
-            ns = len(self._sketch_steps)
             if ctx.writer is not None:
                 ctx.writer.append("weights", columns)
-            if ns and self._sketch_rows is not None:
-                sketch = self._sketch_rows[:ns].cpu().numpy().astype(np.float64)  # sync-ok
+            if ns:
                 sketch_steps = np.asarray(self._sketch_steps, dtype=np.int64)
                 if ctx.writer is not None:
                     ctx.writer.append("sketch", {"step": sketch_steps, "sketch": sketch})
@@ -297,6 +320,27 @@ class WeightSnapshots(StreamCallback):
         ctx.figure_data["sketch"] = (self._sketch_history_steps, self._sketch_history)
         for name, value in self._last_layers.items():
             ctx.summary.setdefault("layers", {})[name] = value
+
+    def _reduced(self, n: int, ns: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The first ``n`` rows (and ``ns`` sketch rows) as host float64: packed into one tensor,
+        summed over ranks when sharded (one collective, on every rank), copied to the host once,
+        and square-rooted (all but the sketch, which is additive itself)."""
+        assert self._rows is not None and self._layer_rows is not None and self._update_rows is not None
+        parts = [self._rows[:n], self._layer_rows[:n], self._update_rows[:n]]
+        if ns:
+            assert self._sketch_rows is not None
+            parts.append(self._sketch_rows[:ns])
+        packed = torch.cat([t.reshape(-1) for t in parts])
+        if self._layout is not None:
+            self._layout.all_reduce_(packed)
+        host = packed.cpu().numpy().astype(np.float64)  # sync-ok: once per flush
+        out, at = [], 0
+        for t in parts:
+            out.append(host[at : at + t.numel()].reshape(t.shape))
+            at += t.numel()
+        rows, layers, updates = (np.sqrt(a) for a in out[:3])
+        sketch = out[3] if ns else np.zeros((0, self._sketch_rows.shape[1] if self._sketch_rows is not None else 1))
+        return rows, layers, updates, sketch
 
     # -- state ----------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -316,9 +360,22 @@ class WeightSnapshots(StreamCallback):
         self._frozen_start = state_dict["frozen_start"]
 
     def _apply_restored(self, state: dict[str, Any]) -> None:
-        device = self._params[0].device
-        if state.get("init") is not None and len(state["init"]) == len(self._params):
-            self._init = [t.to(device=device, dtype=p.dtype) for t, p in zip(state["init"], self._params)]
-        if state.get("mean") is not None and len(state["mean"]) == len(self._params):
-            self._mean = [t.to(device=device, dtype=p.dtype) for t, p in zip(state["mean"], self._params)]
+        assert self._layout is not None
+        if self._layout.reduces:
+            # a checkpoint holds one rank's pieces; restoring them on the other ranks would mix
+            # copies of different steps, so every rank restarts them (a rank-independent rule)
+            if state.get("init") is not None or state.get("mean") is not None:
+                warn_once(self, "shardedrestore", "WeightSnapshots: under sharded parameters the initial-weight and "
+                          "ergodic-mean copies are not restored from the checkpoint; distance_from_init and "
+                          "distance_to_ergodic_mean restart at the resume step.")
+            return
+        local = self._layout.local_tensors()
+
+        def fits(saved: list[Tensor] | None) -> bool:
+            return saved is not None and len(saved) == len(local) and all(t.shape == p.shape for t, p in zip(saved, local))
+
+        if fits(state.get("init")):
+            self._init = [t.to(device=p.device, dtype=p.dtype) for t, p in zip(state["init"], local)]
+        if fits(state.get("mean")):
+            self._mean = [t.to(device=p.device, dtype=p.dtype) for t, p in zip(state["mean"], local)]
             self._mean_count = int(state["mean_count"])

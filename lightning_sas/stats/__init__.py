@@ -4,7 +4,8 @@
   automatic window), ``mser5`` / ``mser_truncation`` (transient truncation), ``geweke_z``
   (stationarity), ``periodogram`` / ``dominant_period`` (oscillation), ``batch_means_se``;
 * ``RunningMoments`` (mergeable moments), ``BlockMoments`` (bounded block summaries),
-  ``RandomProjection`` (count-sketch of the weights, additive over shards).
+  ``RandomProjection`` (count-sketch of the weights, additive over shards), ``ShardedParameters``
+  (this rank's pieces of sharded parameters: squared norms and sketches that add up over ranks).
 """
 
 from lightning_sas.stats.autocorr import (
@@ -18,6 +19,7 @@ from lightning_sas.stats.batch_means import batch_means_se, batch_means_se_from_
 from lightning_sas.stats.blocks import BlockMoments, blocks_from_series
 from lightning_sas.stats.moments import RunningMoments, merge_moments
 from lightning_sas.stats.mser import mser5, mser_truncation
+from lightning_sas.stats.sharded import ShardedParameters, ShardSpec
 from lightning_sas.stats.sketch import RandomProjection
 from lightning_sas.stats.spectral import dominant_period, periodogram
 from lightning_sas.stats.stationarity import geweke_z
@@ -26,6 +28,8 @@ __all__ = [
     "BlockMoments",
     "RandomProjection",
     "RunningMoments",
+    "ShardSpec",
+    "ShardedParameters",
     "autocorrelation",
     "batch_means_se",
     "batch_means_se_from_blocks",

@@ -88,8 +88,9 @@ class RandomProjection:
         crc = zlib.crc32(name.encode("utf-8"))
         return _signed(_mix64_py(self._seed_key ^ ((crc * _NAME_MUL) & _M64)))
 
-    def _slots(self, name: str, offset: int, numel: int, device) -> Tensor:
-        """``2 h + (1 - s) / 2`` in ``[0, 2k)`` for global indices ``offset .. offset + numel - 1``.
+    def _slots(self, name: str, offset: int, numel: int, device, indices: Tensor | None = None) -> Tensor:
+        """``2 h + (1 - s) / 2`` in ``[0, 2k)`` for global indices ``offset .. offset + numel - 1``
+        (or for the int64 global indices ``indices``, when given).
 
         One splitmix64 output per element, ``z = mix64(key(seed, name) + (j + 1) * GOLDEN)``;
         its top 31 bits ``u`` are reduced to ``[0, 2k)`` by Lemire's multiply-shift
@@ -98,7 +99,10 @@ class RandomProjection:
         sign: each (bucket, sign) pair is equally likely (up to ``2^-31``), so bucket and sign are
         independent.
         """
-        z = torch.arange(offset + 1, offset + 1 + numel, dtype=torch.int64, device=device)
+        if indices is None:
+            z = torch.arange(offset + 1, offset + 1 + numel, dtype=torch.int64, device=device)
+        else:
+            z = indices.to(device=device, dtype=torch.int64).reshape(-1) + 1
         z.mul_(_signed(_GOLDEN)).add_(self._name_key(name))
         _mix_top_(z, torch.empty_like(z))
         m = 2 * self.k
@@ -131,6 +135,22 @@ class RandomProjection:
         for start in range(0, n, self.chunk_size):
             chunk = flat[start : start + self.chunk_size].to(torch.float64)
             acc.index_add_(0, self._slots(name, offset + start, chunk.numel(), flat.device), chunk)
+        return acc[0::2] - acc[1::2]
+
+    def project_indexed(self, name: str, values: Tensor, indices: Tensor) -> Tensor:
+        """Sketch (``(k,)`` float64) of the elements ``values`` of parameter ``name`` whose global
+        (flat, row-major) indices are ``indices`` (same number of elements): a shard that is not
+        one contiguous range of the flattened parameter, e.g. a ``Shard(1)`` block of a matrix.
+        Equals :meth:`project_flat` when ``indices`` is ``offset + arange(n)``."""
+        flat = values.detach().reshape(-1)
+        idx = indices.reshape(-1)
+        if idx.numel() != flat.numel():
+            raise ValueError(f"{name}: {flat.numel()} values but {idx.numel()} indices")
+        acc = torch.zeros(2 * self.k, dtype=torch.float64, device=flat.device)
+        for start in range(0, flat.numel(), self.chunk_size):
+            chunk = flat[start : start + self.chunk_size].to(torch.float64)
+            slots = self._slots(name, 0, chunk.numel(), flat.device, indices=idx[start : start + self.chunk_size])
+            acc.index_add_(0, slots, chunk)
         return acc[0::2] - acc[1::2]
 
     def project(
