@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import copy
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
+import torch.distributed as dist
 from pytorch_lightning.utilities.rank_zero import rank_zero_info
 from torch.utils.data import TensorDataset, default_collate
 
@@ -18,11 +19,20 @@ from lightning_sas.data import choose_replacements, make_probe_set, split_holdou
 from lightning_sas.losses import PerSampleLoss
 from lightning_sas.metrics.sas_estimate import SASEstimate
 from lightning_sas.replicas.generic import GenericReplicas
+from lightning_sas.replicas.placement import (
+    NoLocalReplicas,
+    distributed_ready,
+    merge_engine_states,
+    rank_seed,
+    replica_rows,
+    select_engine_state,
+    to_cpu,
+)
 from lightning_sas.replicas.rng import PrivateRNG
 from lightning_sas.replicas.sampler import ReplicaSampler
 from lightning_sas.replicas.stacked import StackedReplicas, stacked_unsupported_reason
 
-__all__ = ["SASReplicas", "SAS_KEYS"]
+__all__ = ["SASReplicas", "SAS_KEYS", "replica_rows"]
 
 #: summary keys added by the replicas
 SAS_KEYS = (
@@ -65,6 +75,20 @@ class SASReplicas(StreamCallback):
     the module's ``sas_per_sample_loss``) and an elementwise optimizer; ``"generic"`` deep-copies
     the LightningModule and calls its own ``training_step``; ``"auto"`` tries fast, then generic,
     and logs why.
+
+    Under DDP the replicas are spread over the ``W`` ranks round-robin (see :func:`replica_rows`:
+    rank ``r`` runs global replicas ``j`` with ``j % W == r``, so the control is on rank 0; ranks
+    beyond ``K + 1`` run none). Every rank draws the same replica batches from the dataset with
+    the seeded sampler (not Lightning's ``DistributedSampler``) and keeps only its own replicas'
+    rows in the metric; the rows are summed at flush by the metric's sync, the only collective
+    besides one flag (did a replica fail on some rank?) per flush and one gather per checkpoint.
+    Without randomness in the model the statistics equal one process's (to rounding). The
+    replicas' private random stream (dropout) is one per rank (rank 0's is the one-process
+    stream), so a replica's dropout draws depend on the placement: same distribution, not the
+    same draws. Checkpoints (``state_dict`` must then be called on every rank, as Lightning does)
+    hold the full state of all ``K + 1`` replicas in the one-process format, gathered onto rank
+    0, and the time averages summed over ranks; on load each rank keeps its own replicas, so a
+    run may resume on another number of ranks (exact but for the dropout streams; warned).
 
     Args:
         replicas: ``K >= 1`` perturbed replicas.
@@ -158,6 +182,12 @@ class SASReplicas(StreamCallback):
         self._restored: dict[str, Any] | None = None
         self._checkpoint_bytes = 0
         self._epoch = 0
+        #: DDP placement: world size, rank and the global indices of this rank's replicas
+        self._world = 1
+        self._rank = 0
+        self._rows: list[int] = list(range(self.replicas + 1))
+        self._rng_rank = 0
+        self._local_failed = False
 
     def config(self) -> dict[str, Any]:
         return {
@@ -224,6 +254,12 @@ class SASReplicas(StreamCallback):
         self._trainer = trainer
         self._collate = getattr(loader, "collate_fn", None) or default_collate
         self._s_indices = s_idx
+        self._world = max(1, int(getattr(trainer, "world_size", 1) or 1))
+        self._rank = int(getattr(trainer, "global_rank", 0) or 0)
+        self._rows = replica_rows(self.replicas + 1, self._world, self._rank)
+        if self._rng_rank != self._rank:  # one private stream per rank; rank 0 keeps the one-process stream
+            self._rng = PrivateRNG(rank_seed(self.seed + 1, self._rank) if self._rank else self.seed + 1)
+            self._rng_rank = self._rank
         self._sampler = ReplicaSampler(len(s_idx), batch_size, self.replicas + 1, self.sampler_mode, self.seed)
         order = probes.order
         samples = [dataset[int(i)] for i in order]
@@ -257,7 +293,9 @@ class SASReplicas(StreamCallback):
         return float(value), str(getattr(algorithm, "value", algorithm))
 
     def _fork(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", step: int) -> None:
-        """Fork ``K + 1`` replicas from the main model's weights and optimizer state now."""
+        """Fork this rank's replicas (all ``K + 1`` on one process) from the main model's weights
+        and optimizer state now."""
+        n = len(self._rows)
         clip = self._clip(trainer)
         opt_state = [copy.deepcopy(o.state_dict()) for o in trainer.optimizers] if step > 0 else None
         use_step = pl_module.automatic_optimization and self.loss_fn is None and not callable(
@@ -265,11 +303,18 @@ class SASReplicas(StreamCallback):
         )
         reason = stacked_unsupported_reason(pl_module, self.loss_fn)
         engine: Any = None
+        if n == 0:  # more ranks than replicas: this rank only keeps the collectives in step
+            if self.path == "fast" and reason is not None:
+                raise ValueError(f"SASReplicas(path='fast') cannot run this module: {reason}. Use path='auto' or 'generic'.")
+            path = "fast" if self.path in ("auto", "fast") and reason is None else "generic"
+            self.engine = NoLocalReplicas(path, len(self.probe_set.order), self._probe_device())
+            self.fork_step = int(step)
+            return
         if self.path in ("auto", "fast") and reason is None:
             try:
-                engine = StackedReplicas(pl_module, self.replicas + 1, self.loss_fn, clip, opt_state)
+                engine = StackedReplicas(pl_module, n, self.loss_fn, clip, opt_state)
                 self._dry_run(engine)
-                engine = StackedReplicas(pl_module, self.replicas + 1, self.loss_fn, clip, opt_state)
+                engine = StackedReplicas(pl_module, n, self.loss_fn, clip, opt_state)
             except Exception as err:
                 reason = f"{type(err).__name__}: {err}"
                 engine = None
@@ -285,7 +330,7 @@ class SASReplicas(StreamCallback):
                     "without a trainer: a training_step or configure_optimizers that uses self.trainer cannot run "
                     "on them; pass loss_fn=(module, batch) -> per-sample losses to train replicas without training_step."
                 ) from err
-            engine = GenericReplicas(pl_module, self.replicas + 1, self.loss_fn, use_step, clip, opt_state)
+            engine = GenericReplicas(pl_module, n, self.loss_fn, use_step, clip, opt_state)
             self.fallback_reason = reason
             if self.path == "auto" and reason:
                 rank_zero_info(f"lightning-sas: replicas use the generic path because {reason}.")
@@ -294,8 +339,8 @@ class SASReplicas(StreamCallback):
 
     def _dry_run(self, engine: Any) -> None:
         assert self._sampler is not None
-        positions = ReplicaSampler(len(self._s_indices), self._sampler.batch_size, engine.n, "common", self.seed).next()
-        batches = self._batches(positions[: engine.n], device=self._probe_device())
+        positions = ReplicaSampler(len(self._s_indices), self._sampler.batch_size, self.replicas + 1, "common", self.seed).next()
+        batches = self._batches(positions, self._rows[: engine.n], device=self._probe_device())
         saved = self._rng.state_dict()
         try:
             with self._rng.active(self._probe_device()):
@@ -320,12 +365,14 @@ class SASReplicas(StreamCallback):
             return prepare_batch(self._trainer, [t[index] for t in self._dataset.tensors], device)
         return prepare_batch(self._trainer, self._collate([self._dataset[int(i)] for i in indices]), device)
 
-    def _batches(self, positions: list[np.ndarray], device: torch.device) -> list[Any]:
-        """Batches, replica ``r`` from ``S^(r)`` (the control ``r = 0`` from ``S``); replicas
-        that draw the same positions and miss their replaced sample share one batch object."""
+    def _batches(self, positions: list[np.ndarray], rows: Sequence[int], device: torch.device) -> list[Any]:
+        """Batches of the global replicas ``rows`` (``positions`` has one entry per global replica),
+        replica ``r`` from ``S^(r)`` (the control ``r = 0`` from ``S``); replicas that draw the
+        same positions and miss their replaced sample share one batch object."""
         cache: dict[int, Any] = {}
         out: list[Any] = []
-        for r, pos in enumerate(positions):
+        for r in rows:
+            pos = positions[r]
             indices = self._s_indices[pos]
             if r > 0:
                 replaced, replacement = self._pairs[r - 1]
@@ -366,19 +413,30 @@ class SASReplicas(StreamCallback):
         if self.engine is None:
             return
         assert self._sampler is not None
+        if self._local_failed:  # until the next flush tells every rank: zero rows keep the cursor in step
+            if self.should_probe(self._index):
+                empty = torch.zeros((0, self.metric.points_per_replica), dtype=torch.float64, device=self._probe_device())
+                self.metric.update(empty, self._index, rows=[])
+            return
         device = self._probe_device()
         try:
             with self._rng.active(device):
-                batches = self._batches(self._sampler.next(), device)
+                batches = self._batches(self._sampler.next(), self._rows, device)
                 self.engine.step(batches, batch_idx, self._steps_taken)
                 self._steps_taken += 1
                 if self.should_probe(self._index):
                     values = self.engine.per_sample_losses(self._probe_batches)
-                    self.metric.update(values, self._index)
+                    if self._world == 1:
+                        self.metric.update(values, self._index)
+                    else:
+                        self.metric.update(values, self._index, rows=self._rows)
         except Exception as err:  # a replica failing mid-run is switched off; training goes on
-            self.enabled = False
             warn_once(self, "failed", f"SASReplicas: a replica step failed mid-run ({type(err).__name__}: {err}); "
                       "the SAS estimate is switched off, training goes on.")
+            if self._world == 1:
+                self.enabled = False
+            else:  # the other ranks learn it at the next flush (no per-step collective)
+                self._local_failed = True
 
     # -- flush ----------------------------------------------------------------------------
     def flush(self, ctx: FlushContext) -> None:
@@ -386,6 +444,13 @@ class SASReplicas(StreamCallback):
         if self.metric is None or self.engine is None:
             ctx.summary.update(self._last)
             return
+        if self._world > 1 and self.enabled and distributed_ready():
+            flag = torch.tensor([float(self._local_failed)], device=self._probe_device())
+            if float(ctx.trainer.strategy.reduce(flag, reduce_op="sum").item()) > 0:  # sync-ok: flush time
+                self.enabled = False
+                self._local_failed = False
+                warn_once(self, "failed_elsewhere", "SASReplicas: a replica step failed on some rank; the SAS "
+                          "estimate is switched off on every rank, training goes on.")
         start = ctx.late_phase_start if ctx.late_phase_found else None
         if self.fork_step is not None and (start is None or start < self.fork_step):
             start = self.fork_step if start is not None else None
@@ -418,6 +483,9 @@ class SASReplicas(StreamCallback):
 
     # -- state ----------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
+        """Tensors and primitives only. Under DDP a collective (call on every rank, as Lightning
+        does): rank 0's state holds every replica and the time averages summed over ranks."""
+        distributed = self._world > 1 and distributed_ready()
         state: dict[str, Any] = {
             "config": self.config(),
             "batches_seen": self._batches_seen,
@@ -429,22 +497,56 @@ class SASReplicas(StreamCallback):
             "engine": None,
         }
         if self.metric is not None:
-            state["metric"] = self.metric.checkpoint_state()
-        if self.engine is not None and self.checkpoint_replicas:
-            state["engine"] = self.engine.state_dict()
-            self._checkpoint_bytes = _tensor_bytes(state["engine"])
+            if distributed:
+                with self.metric.synced():
+                    state["metric"] = self.metric.checkpoint_state()
+            else:
+                state["metric"] = self.metric.checkpoint_state()
+        local = self.engine.state_dict() if self.engine is not None and self.checkpoint_replicas else None
+        if self._world > 1:
+            state["world_size"] = self._world
+            if not distributed:  # outside the process group only this rank's replicas are here
+                local = None
+        if distributed:
+            gathered: list[Any] | None = [None] * self._world if self._rank == 0 else None
+            dist.gather_object((list(self._rows), to_cpu(local), self._rng.state_dict()), gathered, dst=0)
+            local = None
+            if gathered is not None:
+                state["rng_ranks"] = [g[2] for g in gathered]
+                if self.engine is not None and self.checkpoint_replicas:
+                    local = merge_engine_states([(g[0], g[1]) for g in gathered], self.replicas + 1)
+        if local is not None:
+            state["engine"] = local
+            self._checkpoint_bytes = _tensor_bytes(local)
         return state
 
     def _apply_restored(self, state: dict[str, Any]) -> None:
+        """Restore a checkpoint: every rank reads the full state (all replicas, summed time
+        averages) and keeps its own replicas."""
         self._steps_taken = int(state.get("steps_taken", 0))
         self.enabled = bool(state.get("enabled", True))
-        self._rng.load_state_dict(state["rng"])
+        saved_world = int(state.get("world_size", 1))
+        rng_ranks = state.get("rng_ranks")
+        if saved_world == self._world and rng_ranks is not None and self._rank < len(rng_ranks):
+            self._rng.load_state_dict(rng_ranks[self._rank])
+        elif self._rank == 0:
+            self._rng.load_state_dict(state["rng"])
+        if saved_world != self._world and state.get("engine") is not None:
+            warn_once(self, "world", f"SASReplicas: the checkpoint was saved on {saved_world} rank(s) and resumes on "
+                      f"{self._world}; the replicas, their optimizers and the time averages resume exactly, the "
+                      "replicas' private random streams (dropout) restart per rank.")
         if state.get("sampler") is not None and self._sampler is not None:
             self._sampler.load_state_dict(state["sampler"])
-        if self.metric is not None and "metric" in state and not self.metric.load_checkpoint_state(state["metric"]):
-            warn_once(self, "shape", "SASReplicas: the checkpoint's probe set differs in size; the estimate restarts.")
+        if self.metric is not None and "metric" in state:
+            if not self.metric.load_checkpoint_state(state["metric"]):
+                warn_once(self, "shape", "SASReplicas: the checkpoint's probe set differs in size; the estimate restarts.")
+            elif self._world > 1:
+                self.metric.keep_rows(self._rows)
         if state.get("engine") is not None and self.engine is not None:
-            self.engine.load_state_dict(state["engine"])
+            if self._world == 1:
+                self.engine.load_state_dict(state["engine"])
+            else:
+                self.engine.load_state_dict(select_engine_state(state["engine"], self._rows))
         elif self.engine is not None and state.get("engine") is None and state.get("fork_step") is not None:
             warn_once(self, "noreplicas", "SASReplicas: the checkpoint has no replica weights (checkpoint_replicas=False); "
                       "the replicas restart from the current weights.")

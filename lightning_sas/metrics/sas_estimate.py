@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
+import torch
 from torch import Tensor
 
 from lightning_sas.metrics.time_average import TimeAverage
@@ -27,6 +28,9 @@ class SASEstimate(TimeAverage):
 
     ``update(losses, step)`` takes a ``(num_replicas, num_points)`` tensor; states are the block
     summaries of :class:`TimeAverage` over the flattened ``R * P`` series (summed across ranks).
+    Ranks that run disjoint replicas pass ``rows`` (their global replica indices) and only their
+    own rows' losses: the other rows get weight 0, every state is additive per point and the block
+    cursor advances identically on every rank, so the summed state equals one process's exactly.
     :meth:`estimate` returns the SAS statistics of :func:`lightning_sas.stats.sas.sas_statistics`
     (Chandramoorthy et al., NeurIPS 2022) plus the control replica's ergodic gap, the authors'
     ``paper_coefficient`` over the neighbouring pairs (control, k) and the per-point
@@ -40,11 +44,44 @@ class SASEstimate(TimeAverage):
         self.num_replicas = num_replicas
         self.points_per_replica = num_points
 
-    def update(self, values: Tensor, step: int, weight: Tensor | None = None) -> None:  # type: ignore[override]
-        """Append one ``(num_replicas, num_points)`` observation at ``step``."""
-        if tuple(values.shape) != (self.num_replicas, self.points_per_replica):
-            raise ValueError(f"expected losses of shape {(self.num_replicas, self.points_per_replica)}, got {tuple(values.shape)}")
-        super().update(values.reshape(-1), step, weight)
+    def update(self, values: Tensor, step: int, weight: Tensor | None = None,  # type: ignore[override]
+               rows: Sequence[int] | None = None) -> None:
+        """Append one ``(num_replicas, num_points)`` observation at ``step``; with ``rows`` (global
+        replica indices), ``values`` holds only those replicas' rows, ``(len(rows), num_points)``,
+        and every other row is left out (weight 0). ``weight`` (0/1, ``(num_replicas, num_points)``)
+        masks points further."""
+        shape = (self.num_replicas, self.points_per_replica)
+        if rows is not None:
+            if tuple(values.shape) != (len(rows), self.points_per_replica):
+                raise ValueError(f"expected losses of shape {(len(rows), self.points_per_replica)}, got {tuple(values.shape)}")
+            index, mask = self._rows_on(rows, values.device)
+            full = torch.zeros(shape, dtype=values.dtype, device=values.device).index_copy_(0, index, values)
+            owned = mask.unsqueeze(1).expand(shape)
+            weight = owned if weight is None else owned & weight.to(device=values.device, dtype=torch.bool).reshape(shape)
+            values = full
+        if tuple(values.shape) != shape:
+            raise ValueError(f"expected losses of shape {shape}, got {tuple(values.shape)}")
+        super().update(values.reshape(-1), step, None if weight is None else weight.reshape(-1))
+
+    def _rows_on(self, rows: Sequence[int], device: torch.device | str) -> tuple[Tensor, Tensor]:
+        """Index tensor and boolean row mask of ``rows`` on ``device``, cached (one host-to-device
+        copy per placement, not per update)."""
+        key = (tuple(int(r) for r in rows), str(device))
+        cache = self.__dict__.setdefault("_row_cache", {})
+        if key not in cache:
+            index = torch.as_tensor(key[0], dtype=torch.long).to(device)
+            mask = torch.zeros(self.num_replicas, dtype=torch.bool, device=device)
+            mask[index] = True
+            cache[key] = (index, mask)
+        return cache[key]
+
+    def keep_rows(self, rows: Sequence[int]) -> None:
+        """Zero every state outside the replicas ``rows`` (after loading a full state on a rank
+        that owns only ``rows``, so that the sum over ranks is the full state again)."""
+        keep = self._rows_on(rows, self.sums.device)[1].repeat_interleave(self.points_per_replica)
+        for name in ("sums", "sumsqs", "counts", "nonfinite"):
+            state = getattr(self, name)
+            setattr(self, name, torch.where(keep, state, torch.zeros((), dtype=state.dtype, device=state.device)))
 
     def replica_block_means(self, from_step: int | None = None) -> dict[str, np.ndarray]:
         """Host ``means`` of shape ``(R, n_blocks, P)``, ``counts`` ``(n_blocks,)``, ``starts``."""
