@@ -40,7 +40,9 @@ EXPLANATIONS: dict[str, str] = {
     "sas_mean": "Mean change of the time-averaged loss on held-out points (held-out sensitivity).",
     "sas_replaced": "Change of the time-averaged loss on the replaced sample itself.",
     "stability_gap": "Signed loss rise on the replaced sample: the replace-one estimate of the generalization gap.",
-    "sas_resolved": "Whether sas_max exceeds its noise level by two standard errors.",
+    "sas_resolved": "Whether sas_max exceeds its noise level by t standard errors (Student's t with K - 1 degrees of freedom, sas_critical_t).",
+    "sas_critical_t": "Critical value used for the replica statistics: they average over K random replaced samples, so their uncertainty is that of a K-sample mean.",
+    "stability_gap_max_share": "Share of the largest replica in the sum of |loss rise on the replaced sample|: near 1, one replica carries stability_gap and its SE from K samples is not to be trusted (raise K).",
     "sas_converged": "Whether the last two doublings of the averaging window agree.",
     "paper_coefficient": "The authors' statistic: mean |difference| of time-averaged mean test losses over neighbouring runs.",
 }

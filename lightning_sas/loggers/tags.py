@@ -49,18 +49,23 @@ SCALAR_TAGS: dict[str, tuple[str, str]] = {
     "stability_gap_se": ("SAS", "sas/sas/stability_gap_se"),
     "sas_resolved": ("SAS", "sas/sas/resolved"),
     "sas_converged": ("SAS", "sas/sas/converged"),
+    "stability_gap_max_share": ("SAS", "sas/sas/stability_gap_max_share"),
     "paper_coefficient": ("SAS", "sas/sas/paper_coefficient"),
     "mean_pairwise_abs_difference": ("SAS", "sas/sas/mean_pairwise_abs_difference"),
 }
 
-#: margin charts: (group, title, value key, standard-error key) drawn as value +- 2 SE
+#: margin charts: (group, title, value key, standard-error key) drawn as value +- 2 SE, or
+#: +- t SE for the replica statistics (``sas_critical_t``, Student's t with K - 1 dof)
 MARGIN_CHARTS: list[tuple[str, str, str, str]] = [
     ("Loss dynamics", "time-averaged loss +- 2 SE", "loss_mean", "loss_se"),
     ("SAS", "ergodic generalization gap +- 2 SE", "ergodic_gap", "ergodic_gap_se"),
-    ("SAS", "SAS (sup over probes) +- 2 SE", "sas_max", "sas_max_se"),
-    ("SAS", "SAS on held-out points +- 2 SE", "sas_mean", "sas_mean_se"),
-    ("SAS", "stability gap (replace-one) +- 2 SE", "stability_gap", "stability_gap_se"),
+    ("SAS", "SAS (sup over probes) +- t SE", "sas_max", "sas_max_se"),
+    ("SAS", "SAS on held-out points +- t SE", "sas_mean", "sas_mean_se"),
+    ("SAS", "stability gap (replace-one) +- t SE", "stability_gap", "stability_gap_se"),
 ]
+
+#: statistics averaged over the K replicas, whose margins use Student's t with K - 1 dof
+REPLICA_STATISTICS = frozenset({"sas_max", "sas_mean", "sas_replaced", "stability_gap"})
 
 #: several tags on one chart: (group, title, keys)
 SHARED_CHARTS: list[tuple[str, str, tuple[str, ...]]] = [
@@ -82,11 +87,14 @@ def scalars_from_summary(summary: dict[str, Any]) -> dict[str, float]:
             out[tag_for(key)] = float(value)
         elif isinstance(value, (int, float)) and value == value:
             out[tag_for(key)] = float(value)
+    replica_t = summary.get("sas_critical_t")
+    replica_t = float(replica_t) if isinstance(replica_t, (int, float)) and not isinstance(replica_t, bool) else 2.0
     for _group, _title, key, se_key in MARGIN_CHARTS:
         value, se = summary.get(key), summary.get(se_key)
         if isinstance(value, (int, float)) and isinstance(se, (int, float)):
-            out[tag_for(key) + "_lower"] = float(value) - 2.0 * float(se)
-            out[tag_for(key) + "_upper"] = float(value) + 2.0 * float(se)
+            width = (replica_t if key in REPLICA_STATISTICS else 2.0) * float(se)
+            out[tag_for(key) + "_lower"] = float(value) - width
+            out[tag_for(key) + "_upper"] = float(value) + width
     layers = summary.get("layers") or {}
     for name, value in layers.items():
         if isinstance(value, (int, float)):
