@@ -28,7 +28,7 @@ class HparamsClassifier(TinyClassifier):
 def tb_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, SASMonitor]:
     tmp = tmp_path_factory.mktemp("tb")
     train, val = loaders()
-    monitor = SASMonitor(flush_every=50, figure_every=2)
+    monitor = SASMonitor(flush_every=50, figure_every=2, figure_budget=0)
     logger = TensorBoardLogger(str(tmp), name="run")
     trainer = pl.Trainer(callbacks=[monitor], **trainer_kwargs(tmp, max_steps=400, logger=logger, limit_val_batches=1.0))
     trainer.fit(HparamsClassifier(), train, val)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytorch_lightning as pl
-from pytorch_lightning.callbacks import Callback
 
+from lightning_sas._compat import Callback
 from lightning_sas.callbacks._common import is_global_zero, run_directory, stream_index, warn_once
 from lightning_sas.callbacks.base import FlushContext
 from lightning_sas.callbacks.loss_stream import LossStream
@@ -46,6 +47,9 @@ class SASMonitor(Callback):
         probe_every, num_train_probes, num_test_probes, probe_batch_size, loss_fn: see
         :class:`ProbeLosses` (``num_train_probes=0`` switches probes off).
         figure_every: flushes between TensorBoard figures (0: never).
+        figure_budget: largest share of wall time the live figures may take (default 0.02);
+            a due figure set waits until it fits (:class:`~lightning_sas.loggers.FigureSchedule`;
+            0: the cadence alone). ``lightning-sas report`` draws every figure offline.
         progress_bar: show the running SAS estimate (``sas``), IAT (``sas_iat``) and ergodic
             gap (``sas_gap``) in Lightning's progress bar, updated at every flush.
         histograms: log histograms of time-averaged probe losses and per-layer update sizes.
@@ -75,6 +79,7 @@ class SASMonitor(Callback):
         probe_batch_size: int = 256,
         loss_fn: PerSampleLoss | str | None = None,
         figure_every: int = 5,
+        figure_budget: float = 0.02,
         histograms: bool = True,
         store: bool = True,
         replicas: "int | SASReplicas" = 0,
@@ -85,8 +90,9 @@ class SASMonitor(Callback):
         progress_bar: bool = False,
         seed: int = 0,
     ) -> None:
-        if not isinstance(figure_every, int) or figure_every < 0:
-            raise ValueError(f"figure_every must be a non-negative integer (0 disables figures), got {figure_every!r}")
+        from lightning_sas.loggers.figure_schedule import FigureSchedule
+
+        self.figure_schedule = FigureSchedule(figure_every, figure_budget)
         self.loss_stream = LossStream(
             flush_every=flush_every, window=window, max_blocks=max_blocks, late_phase_start=late_phase_start
         )
@@ -132,6 +138,7 @@ class SASMonitor(Callback):
         self.flush_every = flush_every
         self.progress_bar = progress_bar
         self.figure_every = figure_every
+        self.figure_budget = figure_budget
         self.histograms = histograms
         self.store = store
         self.seed = seed
@@ -156,7 +163,7 @@ class SASMonitor(Callback):
         cfg: dict[str, Any] = {}
         for part in self.parts:
             cfg.update(part.config())
-        cfg.update({"figure_every": self.figure_every, "seed": self.seed})
+        cfg.update({"figure_every": self.figure_every, "figure_budget": self.figure_budget, "seed": self.seed})
         return cfg
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -187,6 +194,7 @@ class SASMonitor(Callback):
             self._hparams_hooked.add(id(logger))
 
     def on_train_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        self.figure_schedule.start()
         self.weights.attach(pl_module)
         if self.probes.num_train_probes > 0:
             self.probes.attach(trainer, pl_module)
@@ -281,8 +289,11 @@ class SASMonitor(Callback):
                 ctx.histograms = {}
             from lightning_sas.loggers.export import export_flush
 
-            figures = self.figure_every > 0 and (self._flushes % self.figure_every == 1 or self.figure_every == 1)
+            figures = self.figure_schedule.due()
+            started = time.perf_counter()
             export_flush(trainer, ctx, figures=figures)
+            if figures:
+                self.figure_schedule.drawn(time.perf_counter() - started)
             if self._writer is not None:
                 self._writer.write_summary(self._json_summary())
         return self.summary()
