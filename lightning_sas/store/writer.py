@@ -16,14 +16,21 @@ from lightning_sas.store.reader import FORMAT_VERSION, _chunk_files
 __all__ = ["RunWriter", "atomic_write"]
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to a ``.tmp-`` file in the same folder, fsync, then ``os.replace``: a reader
-    sees the old file or the new one, never a half-written one."""
+def atomic_write(path: Path, data: bytes, durable: bool = True) -> None:
+    """Write ``data`` to a ``.tmp-`` file in the same folder, then ``os.replace``: a reader sees
+    the old file or the new one, never a half-written one, even if the process is killed.
+
+    ``durable`` also ``fsync``s before the rename, so the file survives a power loss. Stream
+    chunks skip it (``durable=False``): each carries its length and CRC-32, so a chunk that a
+    power loss left empty or torn is reported and skipped by the reader, never read, and an
+    ``fsync`` per chunk would cost the training loop milliseconds a flush (far more on network
+    file systems)."""
     tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
     with open(tmp, "wb") as fh:
         fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
+        if durable:
+            fh.flush()
+            os.fsync(fh.fileno())
     os.replace(tmp, path)
 
 
@@ -72,7 +79,7 @@ class RunWriter:
         folder.mkdir(parents=True, exist_ok=True)
         seq = self._seq(stream)
         path = folder / f"{seq:08d}.chunk"
-        atomic_write(path, encode_chunk(columns))
+        atomic_write(path, encode_chunk(columns), durable=False)
         self._next[stream] = seq + 1
         return path
 
