@@ -137,8 +137,6 @@ class SASMonitor(Callback):
             part.owned = True
         self.flush_every = flush_every
         self.progress_bar = progress_bar
-        self.figure_every = figure_every
-        self.figure_budget = figure_budget
         self.histograms = histograms
         self.store = store
         self.seed = seed
@@ -165,6 +163,16 @@ class SASMonitor(Callback):
             cfg.update(part.config())
         cfg.update({"figure_every": self.figure_every, "figure_budget": self.figure_budget, "seed": self.seed})
         return cfg
+
+    @property
+    def figure_every(self) -> int:
+        """Flushes between live figure sets (0: none); held by :attr:`figure_schedule`."""
+        return self.figure_schedule.every
+
+    @property
+    def figure_budget(self) -> float:
+        """Largest share of wall time the live figures may take; held by :attr:`figure_schedule`."""
+        return self.figure_schedule.budget
 
     # -- lifecycle ------------------------------------------------------------------------
     def setup(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:

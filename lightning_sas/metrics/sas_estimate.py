@@ -43,6 +43,8 @@ class SASEstimate(TimeAverage):
         super().__init__(num_points=num_replicas * num_points, max_blocks=max_blocks, **kwargs)
         self.num_replicas = num_replicas
         self.points_per_replica = num_points
+        #: (rows, device) -> (index, row mask): one host-to-device copy per placement
+        self._row_cache: dict[tuple[tuple[int, ...], str], tuple[Tensor, Tensor]] = {}
 
     def update(self, values: Tensor, step: int, weight: Tensor | None = None,  # type: ignore[override]
                rows: Sequence[int] | None = None) -> None:
@@ -67,13 +69,12 @@ class SASEstimate(TimeAverage):
         """Index tensor and boolean row mask of ``rows`` on ``device``, cached (one host-to-device
         copy per placement, not per update)."""
         key = (tuple(int(r) for r in rows), str(device))
-        cache = self.__dict__.setdefault("_row_cache", {})
-        if key not in cache:
+        if key not in self._row_cache:
             index = torch.as_tensor(key[0], dtype=torch.long).to(device)
             mask = torch.zeros(self.num_replicas, dtype=torch.bool, device=device)
             mask[index] = True
-            cache[key] = (index, mask)
-        return cache[key]
+            self._row_cache[key] = (index, mask)
+        return self._row_cache[key]
 
     def keep_rows(self, rows: Sequence[int]) -> None:
         """Zero every state outside the replicas ``rows`` (after loading a full state on a rank

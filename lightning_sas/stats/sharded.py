@@ -246,10 +246,6 @@ class ShardedParameters:
         empty = present[0].new_zeros(0) if present else self.local_tensors()[0].new_zeros(0)
         return [empty if g is None else g for g in grads]
 
-    def signature(self) -> list[tuple[tuple[int, ...], tuple[int, ...]]] | None:
-        """``(offset, local shape)`` per parameter when sharded (to check restored copies), else None."""
-        return [(s.offset, s.local_shape) for s in self.specs] if self.needs_reduction else None
-
     # -- shard-additive math ---------------------------------------------------------------
     def _ownership(self, device: torch.device) -> Tensor | None:
         if all(self.owned):

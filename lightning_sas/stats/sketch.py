@@ -23,7 +23,7 @@ numbers are drawn per weight; memory is a few int64 temporaries per chunk.
 from __future__ import annotations
 
 import zlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 import torch
 from torch import Tensor
@@ -130,12 +130,7 @@ class RandomProjection:
         ``chunk_size`` elements, then returns ``slot[0::2] - slot[1::2]``.
         """
         flat = flat_tensor.detach().reshape(-1)
-        acc = torch.zeros(2 * self.k, dtype=torch.float64, device=flat.device)
-        n = flat.numel()
-        for start in range(0, n, self.chunk_size):
-            chunk = flat[start : start + self.chunk_size].to(torch.float64)
-            acc.index_add_(0, self._slots(name, offset + start, chunk.numel(), flat.device), chunk)
-        return acc[0::2] - acc[1::2]
+        return self._accumulate(flat, lambda start, n: self._slots(name, offset + start, n, flat.device))
 
     def project_indexed(self, name: str, values: Tensor, indices: Tensor) -> Tensor:
         """Sketch (``(k,)`` float64) of the elements ``values`` of parameter ``name`` whose global
@@ -146,11 +141,15 @@ class RandomProjection:
         idx = indices.reshape(-1)
         if idx.numel() != flat.numel():
             raise ValueError(f"{name}: {flat.numel()} values but {idx.numel()} indices")
+        return self._accumulate(flat, lambda start, n: self._slots(name, 0, n, flat.device, indices=idx[start : start + n]))
+
+    def _accumulate(self, flat: Tensor, slots_of: Callable[[int, int], Tensor]) -> Tensor:
+        """``slot[0::2] - slot[1::2]`` after adding ``flat`` into the slots ``slots_of(start, n)``
+        of each chunk of ``chunk_size`` elements (bounded temporary memory)."""
         acc = torch.zeros(2 * self.k, dtype=torch.float64, device=flat.device)
         for start in range(0, flat.numel(), self.chunk_size):
             chunk = flat[start : start + self.chunk_size].to(torch.float64)
-            slots = self._slots(name, 0, chunk.numel(), flat.device, indices=idx[start : start + self.chunk_size])
-            acc.index_add_(0, slots, chunk)
+            acc.index_add_(0, slots_of(start, chunk.numel()), chunk)
         return acc[0::2] - acc[1::2]
 
     def project(
