@@ -1,7 +1,8 @@
 """Overhead of lightning-sas: plain ``trainer.fit`` vs the same fit with ``SASMonitor()`` defaults.
 
-Every fit trains the same mnist1d MLP (``examples/mnist1d_common.py``) on the same data, generated
-once. Repetitions are interleaved in one process and the order alternates (plain first, then
+Every fit trains the same MLP (``examples/mnist1d_common.py``) on the same data, generated once:
+mnist1d by default, or DESIGN.md's digits prototype (``--workload digits``, a step bound by per-call
+overhead rather than arithmetic, as small models are on a GPU). Repetitions are interleaved in one process and the order alternates (plain first, then
 monitored first), so drift in the machine's speed hits both sides alike. Only ``trainer.fit`` is
 timed. Two logger settings, each compared like with like: both fits with ``logger=False``, and
 both with a ``TensorBoardLogger`` (where the monitor also writes histograms and figures).
@@ -11,6 +12,7 @@ Timings are never asserted in tests: this script is where they live.
     python benchmarks/overhead.py --profile                # + where the monitor's time goes
     python benchmarks/overhead.py --repeats 0 --profile    # the profile only
     python benchmarks/overhead.py --replicas 4             # + K=4 replicas, fast and generic paths
+    python benchmarks/overhead.py --replicas 4 --workload digits --loggers none
     python benchmarks/overhead.py --device cuda --sync-debug --json cuda.json
 
 ``--sync-debug`` (CUDA only) counts synchronising CUDA calls per training step with
@@ -41,6 +43,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -54,9 +57,40 @@ from mnist1d_common import MLP, MNIST1DDataModule, cross_entropy_per_sample, mak
 import lightning_sas  # noqa: E402
 from lightning_sas import SASMonitor, SASReplicas  # noqa: E402
 
-BATCH_SIZE = 64
 LOGGERS = ("none", "tensorboard")
-Data = dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class Workload:
+    """One benchmark workload: arrays for :class:`MNIST1DDataModule`, batch size and model.
+
+    ``mnist1d``: the examples' MLP 40-256-256-10, batch 64 (a step bound by its matrix products on
+    a CPU); ``digits``: DESIGN.md's prototype, sklearn digits (1200 train / 597 test), MLP
+    64-128-128-10, SGD lr 0.1, batch 32 (a step bound by per-call overhead, as small models are on
+    a GPU)."""
+
+    name: str
+    arrays: dict[str, np.ndarray]
+    batch_size: int
+    sizes: tuple[int, ...]
+    lr: float
+
+    def datamodule(self, seed: int = 0) -> MNIST1DDataModule:
+        return MNIST1DDataModule(self.arrays, batch_size=self.batch_size, seed=seed)
+
+    def model(self) -> MLP:
+        return MLP(sizes=self.sizes, lr=self.lr)
+
+
+def make_workload(name: str) -> Workload:
+    if name == "digits":
+        from sklearn.datasets import load_digits
+
+        digits = load_digits()
+        x, y = (digits.data / 16.0).astype(np.float32), digits.target
+        arrays = {"x": x[:1200], "y": y[:1200], "x_test": x[1200:], "y_test": y[1200:]}
+        return Workload(name, arrays, batch_size=32, sizes=(64, 128, 128, 10), lr=0.1)
+    return Workload(name, make_mnist1d(), batch_size=64, sizes=(40, 256, 256, 10), lr=0.5)
 #: labels a timed call from its arguments
 Tag = Callable[[tuple[Any, ...], dict[str, Any]], str]
 
@@ -95,11 +129,11 @@ def _synchronize(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def time_fit(data: Data, variant: str, logger: str, steps: int, device: str, seed: int, replicas: int = 0) -> float:
+def time_fit(data: Workload, variant: str, logger: str, steps: int, device: str, seed: int, replicas: int = 0) -> float:
     """Wall time of ``trainer.fit`` alone (model, data module and trainer are built before)."""
     pl.seed_everything(seed, verbose=False)
-    datamodule = MNIST1DDataModule(data, batch_size=BATCH_SIZE, seed=seed)
-    model = MLP()
+    datamodule = data.datamodule(seed)
+    model = data.model()
     with tempfile.TemporaryDirectory(prefix="sas-bench-") as root:
         trainer = make_trainer(steps, device, logger, root, make_callbacks(variant, replicas))
         _synchronize(device)
@@ -110,7 +144,7 @@ def time_fit(data: Data, variant: str, logger: str, steps: int, device: str, see
 
 
 # -- interleaved timings ----------------------------------------------------------------------
-def run_timings(data: Data, args: argparse.Namespace, variants: list[str]) -> dict[str, dict[str, list[float]]]:
+def run_timings(data: Workload, args: argparse.Namespace, variants: list[str]) -> dict[str, dict[str, list[float]]]:
     """``times[logger][variant]``: one wall time per repetition, printed as they come."""
     for logger in args.loggers:  # warm-up: imports, allocator, first TensorBoard writer and figure
         for variant in variants:
@@ -193,17 +227,17 @@ class SyncCounter(pl.Callback):
         self.at_end = self.count()
 
 
-def count_syncs(data: Data, variant: str, steps: int, flush_every: int) -> dict[str, Any]:
+def count_syncs(data: Workload, variant: str, steps: int, flush_every: int) -> dict[str, Any]:
     """Synchronising calls per training step of one fit (``logger=False``)."""
     pl.seed_everything(0, verbose=False)
-    datamodule = MNIST1DDataModule(data, batch_size=BATCH_SIZE)
+    datamodule = data.datamodule()
     with warnings.catch_warnings(record=True) as caught, tempfile.TemporaryDirectory(prefix="sas-sync-") as root:
         warnings.simplefilter("always")
         counter = SyncCounter(caught)
         trainer = make_trainer(steps, "cuda", "none", root, make_callbacks(variant, 0) + [counter])
         torch.cuda.set_sync_debug_mode("warn")
         try:
-            trainer.fit(MLP(), datamodule=datamodule)
+            trainer.fit(data.model(), datamodule=datamodule)
         finally:
             torch.cuda.set_sync_debug_mode(0)
     per_step: list[tuple[int, int]] = []
@@ -295,13 +329,13 @@ class HookTimer:
         return len(chosen), sum(chosen)
 
 
-def time_monitor_parts(data: Data, args: argparse.Namespace) -> dict[str, Any]:
+def time_monitor_parts(data: Workload, args: argparse.Namespace) -> dict[str, Any]:
     """One monitored fit (TensorBoard logger, defaults) with timers around the monitor's parts."""
     from lightning_sas.loggers import export
     from lightning_sas.store import RunWriter
 
     pl.seed_everything(0, verbose=False)
-    datamodule = MNIST1DDataModule(data, batch_size=BATCH_SIZE)
+    datamodule = data.datamodule()
     monitor = SASMonitor()
     clock = StepClock()
     timer = HookTimer(clock, args.device)
@@ -318,7 +352,7 @@ def time_monitor_parts(data: Data, args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="sas-profile-") as root, timer.active():
         trainer = make_trainer(args.profile_steps, args.device, "tensorboard", root, [clock, monitor])
         start = time.perf_counter()
-        trainer.fit(MLP(), datamodule=datamodule)
+        trainer.fit(data.model(), datamodule=datamodule)
         fit_s = time.perf_counter() - start
 
     w, p = monitor.weights, monitor.probes
@@ -364,15 +398,15 @@ def time_monitor_parts(data: Data, args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def cprofile_monitor(data: Data, args: argparse.Namespace) -> list[dict[str, Any]]:
+def cprofile_monitor(data: Workload, args: argparse.Namespace) -> list[dict[str, Any]]:
     """One monitored fit under cProfile; the ``lightning_sas`` functions by cumulative time."""
     pl.seed_everything(0, verbose=False)
-    datamodule = MNIST1DDataModule(data, batch_size=BATCH_SIZE)
+    datamodule = data.datamodule()
     profiler = cProfile.Profile()
     with tempfile.TemporaryDirectory(prefix="sas-cprofile-") as root:
         trainer = make_trainer(args.profile_steps, args.device, "tensorboard", root, [SASMonitor()])
         start = time.perf_counter()
-        profiler.runcall(trainer.fit, MLP(), datamodule=datamodule)
+        profiler.runcall(trainer.fit, data.model(), datamodule=datamodule)
         fit_s = time.perf_counter() - start
     package = os.path.dirname(os.path.abspath(lightning_sas.__file__))
     entries = []
@@ -394,6 +428,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=1500, help="optimizer steps per timed fit (default 1500)")
     parser.add_argument("--repeats", type=int, default=5, help="interleaved repetitions (pairs) per logger setting; 0 skips timing")
     parser.add_argument("--loggers", nargs="+", choices=LOGGERS, default=list(LOGGERS), help="logger settings to compare (default: both)")
+    parser.add_argument("--workload", choices=["mnist1d", "digits"], default="mnist1d",
+                        help="mnist1d MLP (default, matrix-product bound on a CPU) or DESIGN.md's digits prototype (overhead bound)")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (default 0: torch's default)")
     parser.add_argument("--replicas", type=int, default=0, help="also time SASMonitor(replicas=K), fast and generic paths")
@@ -421,7 +457,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     quiet_lightning()
-    data = make_mnist1d()
+    data = make_workload(args.workload)
     results: dict[str, Any] = {
         "args": vars(args),
         "torch": torch.__version__,
@@ -431,7 +467,8 @@ def main() -> None:
         "torch_threads": torch.get_num_threads(),
         "device_name": torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or platform.machine(),
     }
-    print(f"{args.device} ({results['device_name']}), torch {torch.__version__} with {torch.get_num_threads()} threads, "
+    print(f"workload {data.name}: MLP {'-'.join(map(str, data.sizes))}, batch {data.batch_size}; "
+          f"{args.device} ({results['device_name']}), torch {torch.__version__} with {torch.get_num_threads()} threads, "
           f"{args.repeats} repetitions x {args.steps} steps, loggers: {', '.join(args.loggers)}", flush=True)
 
     if args.repeats > 0:

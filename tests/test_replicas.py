@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from typing import Any
 
 import numpy as np
@@ -60,6 +61,56 @@ def test_fast_and_generic_paths_agree_in_float64() -> None:
     np.testing.assert_allclose(fast.per_sample_losses(probe).numpy(), generic.per_sample_losses(probe).numpy(), rtol=1e-10, atol=1e-12)
     for r in range(3):
         for name, value in generic.parameters_of(r).items():
+            np.testing.assert_allclose(fast.parameters_of(r)[name].numpy(), value.numpy(), rtol=1e-10, atol=1e-12)
+
+
+class MomentumClassifier(TinyClassifier):
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=self.lr, momentum=0.9, weight_decay=1e-3)
+
+
+def test_fast_path_stores_gradients_in_their_own_layout() -> None:
+    """After the first step the stacked parameters and their momentum buffers have the vmapped
+    gradients' strides (autograd then stores each gradient without a copy); values are unchanged
+    by the relayout: an engine rebuilt from a mid-run ``state_dict`` (contiguous) continues
+    bitwise like the original, and the result matches the generic path."""
+    torch.manual_seed(0)
+    main = MomentumClassifier().double()
+    main_opt = main.configure_optimizers()
+    x, y = make_classification(128).tensors
+    x = x.double()
+    main_opt.zero_grad()
+    main.training_step((x[:16], y[:16]), 0).backward()
+    main_opt.step()  # a momentum buffer to fork
+    state = [main_opt.state_dict()]
+    fast = StackedReplicas(main, 3, loss_fn=cross_entropy, optimizer_state=state)
+    generic = GenericReplicas(main, 3, loss_fn=cross_entropy, use_training_step=False, optimizer_state=state)
+    g = torch.Generator().manual_seed(3)
+    batches = [[(x[i], y[i]) for i in torch.randint(0, 128, (3, 16), generator=g)] for _ in range(12)]
+    for step, b in enumerate(batches[:6]):
+        fast.step(b, step, step)
+        generic.step(b, step, step)
+    transposed = 0
+    momentum = fast.optim.optimizers[0].state
+    for name, p in fast.params.items():
+        assert p.grad is not None and p.grad.stride() == p.stride(), name
+        assert momentum[p]["momentum_buffer"].stride() == p.stride(), name
+        transposed += not p.is_contiguous()
+    assert transposed == 2  # both linear weights took the vmapped gradient's transposed layout
+    buffer = io.BytesIO()
+    torch.save(fast.state_dict(), buffer)  # as in a checkpoint
+    buffer.seek(0)
+    saved = torch.load(buffer, weights_only=True)
+    assert all(v.is_contiguous() for v in saved["params"].values())
+    resumed = StackedReplicas(main, 3, loss_fn=cross_entropy)
+    resumed.load_state_dict(saved)
+    for step, b in enumerate(batches[6:], start=6):
+        fast.step(b, step, step)
+        resumed.step(b, step, step)
+        generic.step(b, step, step)
+    for r in range(3):
+        for name, value in generic.parameters_of(r).items():
+            assert torch.equal(fast.parameters_of(r)[name], resumed.parameters_of(r)[name]), name
             np.testing.assert_allclose(fast.parameters_of(r)[name].numpy(), value.numpy(), rtol=1e-10, atol=1e-12)
 
 
