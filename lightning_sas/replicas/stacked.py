@@ -64,7 +64,7 @@ class StackedReplicas:
     Layout: the vmapped backward of a linear layer returns weight gradients in the transposed
     layout (strides ``(out*in, 1, out)``); a parameter stored contiguously would make autograd
     copy every gradient into its layout, and every optimizer op run on mismatched strides (a
-    fifth of the step's time on a CPU). Before the first step the parameters (and their optimizer
+    sixth of the step's time on a CPU). Before the first step the parameters (and their optimizer
     state) therefore take their gradients' layout, once; values and shapes are unchanged.
     """
 
