@@ -147,3 +147,26 @@ def test_html_report_is_self_contained(tb_run: tuple[str, SASMonitor], tmp_path:
     text = page.read_text()
     assert text.count("data:image/png;base64,") == 4
     assert "Integrated autocorrelation time" in text and "src='http" not in text
+
+
+def test_hparams_are_merged_once_per_logger() -> None:
+    """Hooking the same logger twice merges once; every new logger is hooked (no id-keyed memory)."""
+    received: list[dict[str, Any]] = []
+
+    class RecordingLogger:
+        def log_hyperparams(self, params: Any) -> None:
+            received.append(dict(params))
+
+    class FakeTrainer:
+        def __init__(self) -> None:
+            self.loggers = [RecordingLogger()]
+
+    monitor = SASMonitor(flush_every=7)
+    for _ in range(3):
+        trainer = FakeTrainer()
+        monitor._hook_hparams(trainer)
+        monitor._hook_hparams(trainer)
+        trainer.loggers[0].log_hyperparams({"lr": 0.1})
+        del trainer
+    assert len(received) == 3
+    assert all(r["lr"] == 0.1 and r["sas/flush_every"] == 7 for r in received)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import os
 import warnings
+import weakref
 from typing import Any, Callable
 
 import torch
@@ -25,15 +26,17 @@ class SASWarning(UserWarning):
     """Warnings issued by lightning-sas (one per cause)."""
 
 
-_WARNED: set[tuple[int, str]] = set()
+#: the warning keys each live owner has issued; weak, so that a new callback that happens to
+#: reuse a collected one's ``id`` still warns (an ``id``-keyed set silently dropped those)
+_WARNED: "weakref.WeakKeyDictionary[object, set[str]]" = weakref.WeakKeyDictionary()
 
 
 def warn_once(owner: object, key: str, message: str) -> None:
     """Issue ``message`` once per ``owner`` and ``key``."""
-    token = (id(owner), key)
-    if token in _WARNED:
+    issued = _WARNED.setdefault(owner, set())
+    if key in issued:
         return
-    _WARNED.add(token)
+    issued.add(key)
     warnings.warn(message, SASWarning, stacklevel=3)
 
 

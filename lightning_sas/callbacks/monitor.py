@@ -145,7 +145,6 @@ class SASMonitor(Callback):
         self._summary: dict[str, Any] = dict.fromkeys(self._keys())
         self._restored_step: int | None = None
         self._layout_written = False
-        self._hparams_hooked: set[int] = set()
 
     @property
     def parts(self) -> tuple[Any, ...]:
@@ -185,7 +184,9 @@ class SASMonitor(Callback):
         (TensorBoard keeps only the first hparams session of a run)."""
         ours = {f"sas/{k}": v for k, v in self.config().items() if isinstance(v, (int, float, str, bool))}
         for logger in getattr(trainer, "loggers", []) or []:
-            if id(logger) in self._hparams_hooked or not hasattr(logger, "log_hyperparams"):
+            # the mark lives on the logger's method: an id-keyed set confused a new logger at a
+            # collected one's address with it
+            if not hasattr(logger, "log_hyperparams") or getattr(logger.log_hyperparams, "_sas_merged_for", None) is self:
                 continue
             original = logger.log_hyperparams
 
@@ -198,8 +199,8 @@ class SASMonitor(Callback):
                     params = dict(params or {})
                 return _original({**params, **ours}, *args, **kwargs)
 
+            merged._sas_merged_for = self  # type: ignore[attr-defined]
             logger.log_hyperparams = merged  # type: ignore[method-assign]
-            self._hparams_hooked.add(id(logger))
 
     def on_train_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
         self.figure_schedule.start()
