@@ -2,10 +2,10 @@
 
 Every fit trains the same MLP (``examples/mnist1d_common.py``) on the same data, generated once:
 mnist1d by default, or DESIGN.md's digits prototype (``--workload digits``, a step bound by per-call
-overhead rather than arithmetic, as small models are on a GPU). Repetitions are interleaved in one process and the order alternates (plain first, then
-monitored first), so drift in the machine's speed hits both sides alike. Only ``trainer.fit`` is
-timed. Two logger settings, each compared like with like: both fits with ``logger=False``, and
-both with a ``TensorBoardLogger`` (where the monitor also writes histograms and figures).
+overhead rather than arithmetic, as small models are on a GPU). Repetitions are interleaved in one
+process and the order alternates (plain first, then monitored first), so drift in the machine's
+speed hits both sides alike. Only ``trainer.fit`` is timed. Two logger settings, each compared
+like with like: both fits with ``logger=False``, and both with a ``TensorBoardLogger`` (where the monitor also writes histograms and figures).
 Timings are never asserted in tests: this script is where they live.
 
     python benchmarks/overhead.py                          # CPU, 5 pairs x 1500 steps, both loggers
@@ -91,6 +91,8 @@ def make_workload(name: str) -> Workload:
         arrays = {"x": x[:1200], "y": y[:1200], "x_test": x[1200:], "y_test": y[1200:]}
         return Workload(name, arrays, batch_size=32, sizes=(64, 128, 128, 10), lr=0.1)
     return Workload(name, make_mnist1d(), batch_size=64, sizes=(40, 256, 256, 10), lr=0.5)
+
+
 #: labels a timed call from its arguments
 Tag = Callable[[tuple[Any, ...], dict[str, Any]], str]
 
