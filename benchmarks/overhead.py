@@ -5,7 +5,8 @@ mnist1d by default, or DESIGN.md's digits prototype (``--workload digits``, a st
 overhead rather than arithmetic, as small models are on a GPU). Repetitions are interleaved in one
 process and the order alternates (plain first, then monitored first), so drift in the machine's
 speed hits both sides alike. Only ``trainer.fit`` is timed. Two logger settings, each compared
-like with like: both fits with ``logger=False``, and both with a ``TensorBoardLogger`` (where the monitor also writes histograms and figures).
+like with like: both fits with ``logger=False``, and both with a ``TensorBoardLogger`` (where the
+monitor also writes histograms and figures).
 Timings are never asserted in tests: this script is where they live.
 
     python benchmarks/overhead.py                          # CPU, 5 pairs x 1500 steps, both loggers
