@@ -26,8 +26,9 @@ def test_perturb_then_compare(tmp_path: Any, capsys: pytest.CaptureFixture) -> N
     for run in plan["runs"]:
         pl.seed_everything(0)
         data = NeighbouringDataset.from_indices(base, {int(i): j for i, j in run["replace"].items()})
-        monitor = SASMonitor(flush_every=50, probe_every=5, figure_every=0, num_train_probes=32, num_test_probes=32)
         out = tmp_path / f"run{run['run']}"
+        monitor = SASMonitor(flush_every=50, probe_every=5, figure_every=0, num_train_probes=32, num_test_probes=32,
+                             store=str(out / "sas"))
         trainer = pl.Trainer(callbacks=[monitor], **trainer_kwargs(out, max_steps=150, limit_val_batches=1.0))
         trainer.fit(TinyClassifier(), DataLoader(data, batch_size=32, shuffle=False),
                     DataLoader(make_classification(64, seed=9), batch_size=32))

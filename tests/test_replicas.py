@@ -199,14 +199,14 @@ def test_setup_errors(tmp_path: Any) -> None:
         SASReplicas(fork_at="middle")
     with pytest.raises(ValueError, match="sampler"):
         SASReplicas(sampler="shuffled")
-    monitor = SASMonitor(store=False, figure_every=0, replicas=2)
-    trainer = pl.Trainer(callbacks=[monitor], **trainer_kwargs(tmp_path, max_steps=5))
-    with pytest.raises(ValueError, match="map-style"):
-        trainer.fit(TinyClassifier(d=32), DataLoader(RandomIterableDataset(32, 64), batch_size=4))
-    monitor = SASMonitor(store=False, figure_every=0, replicas=2)
-    trainer = pl.Trainer(callbacks=[monitor], **trainer_kwargs(tmp_path, max_steps=5))
-    with pytest.raises(ValueError, match="manual optimization needs loss_fn"):
-        trainer.fit(ManualOptimBoringModel())
+    # bare-tensor batches (iterable or not, automatic or manual optimization) have no per-sample
+    # loss: one error at setup that names the two ways out
+    for module, data in ((TinyClassifier(d=32), DataLoader(RandomIterableDataset(32, 64), batch_size=4)),
+                         (ManualOptimBoringModel(), None)):
+        monitor = SASMonitor(store=False, figure_every=0, replicas=2)
+        trainer = pl.Trainer(callbacks=[monitor], **trainer_kwargs(tmp_path, max_steps=5))
+        with pytest.raises(ValueError, match="per-sample loss.*sas_per_sample_loss.*loss_fn"):
+            trainer.fit(module, data)
     monitor = SASMonitor(store=False, figure_every=0, replicas=2, fork_at="late_phase")
     trainer = pl.Trainer(callbacks=[monitor], **trainer_kwargs(tmp_path, max_steps=5))
     with pytest.raises(ValueError, match="contaminated"):

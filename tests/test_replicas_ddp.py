@@ -55,7 +55,8 @@ SCRIPT = textwrap.dedent(
     train = DataLoader(data, batch_size=16 // devices, sampler=sampler)
     replicas = SASReplicas(replicas=3, path=path, loss_fn=cross_entropy, probe_every=5, num_train_probes=16,
                            num_heldout_probes=16, flush_every=20, batch_size=16)
-    monitor = SASMonitor(flush_every=20, figure_every=0, num_train_probes=0, replicas=replicas)
+    monitor = SASMonitor(flush_every=20, figure_every=0, num_train_probes=0, replicas=replicas,
+                         store=os.path.join(out, "sas"))
     callbacks = [monitor, Report()]
     if ckpt_dir:
         callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, every_n_epochs=1, save_top_k=-1))

@@ -64,16 +64,26 @@ def is_global_zero(trainer: Any) -> bool:
     return bool(getattr(trainer, "is_global_zero", True))
 
 
-def run_directory(trainer: Any) -> str:
-    """Where the run's streams go: ``<logger.log_dir>/sas`` (``default_root_dir/sas`` without logger)."""
-    base = None
-    for logger in getattr(trainer, "loggers", []) or []:
-        base = getattr(logger, "log_dir", None)
-        if base:
-            break
-    if not base:
-        base = getattr(trainer, "log_dir", None) or trainer.default_root_dir
-    return os.path.join(str(base), "sas")
+def run_directory(trainer: Any, store: bool | str | os.PathLike = True) -> str | None:
+    """Where the run's streams go, or None when nothing should be written.
+
+    ``store`` a path: that directory. ``store=True``: ``<log_dir>/sas`` of the first logger whose
+    ``log_dir`` is a real path (TensorBoard, CSV); with no such logger (``logger=False``,
+    ``fast_dev_run``, which replaces the loggers by a dummy) nothing is written, as Lightning
+    writes no logs then, and the summary lives in memory only. ``store=False``: nothing.
+    Reads no collective (only rank 0 writes)."""
+    if store is False or store is None:
+        return None
+    if isinstance(store, (str, os.PathLike)) and not isinstance(store, bool):
+        return os.fspath(store)
+    for logger in getattr(trainer, "loggers", None) or []:
+        try:
+            base = getattr(logger, "log_dir", None)
+        except Exception:  # a logger whose log_dir cannot be computed here
+            continue
+        if isinstance(base, (str, os.PathLike)) and os.fspath(base):
+            return os.path.join(os.fspath(base), "sas")
+    return None
 
 
 def resolve_callable(value: str | Callable | None, argument: str) -> Callable | None:

@@ -79,6 +79,8 @@ class LossStream(StreamCallback):
         self._pending_epochs: list[int] = []
         self._pending_global_steps: list[int] = []
         self._last: dict[str, Any] = {}
+        #: entries whose batch returned no loss tensor (``training_step`` returned None)
+        self._no_loss_entries = 0
         self._previous_start: int | None = None
         # entries restored from a checkpoint taken between flushes (host values, flushed first)
         self._carry_values = np.zeros(0, dtype=np.float64)
@@ -118,6 +120,7 @@ class LossStream(StreamCallback):
                 self._accumulator.add_(loss.to(self._accumulator.dtype))
             else:  # a skipped batch (training_step returned None) still closes the step
                 self._accumulator.fill_(float("nan"))
+                self._no_loss_entries += 1
             self._accumulating = True
             if not stepped:
                 return False
@@ -176,6 +179,11 @@ class LossStream(StreamCallback):
                 self.blocks, self._window_steps, self._window_values, self._window_lr, self.late_phase_start
             )
         ctx.summary.update(self._last)
+        if self._no_loss_entries and self._last.get("loss_mean") is None:
+            reason = (f"training_step returned no loss tensor ({self._no_loss_entries} entries; manual optimization "
+                      "may return nothing): return the loss (a tensor or {'loss': tensor}) to stream it")
+            ctx.unavailable.update(dict.fromkeys(("loss_mean", "loss_se", "loss_std", "iat", "ess", "dominant_period",
+                                                  "power_fraction", "geweke_z", "stationary", "late_phase_start"), reason))
         ctx.late_phase_start = self._last.get("late_phase_start")
         ctx.late_phase_found = bool(self._last.get("late_phase_found"))
         # a start that held (within one flush) over two flushes is "stable": the weights' ergodic

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
@@ -15,7 +16,7 @@ from lightning_sas.callbacks.probe_losses import ProbeLosses
 from lightning_sas.callbacks.sas_replicas import SAS_KEYS, SASReplicas
 from lightning_sas.losses import PerSampleLoss
 from lightning_sas.callbacks.weight_snapshots import WeightSnapshots
-from lightning_sas.diagnostics import LOSS_KEYS, PROBE_KEYS, WEIGHT_KEYS
+from lightning_sas.diagnostics import LOSS_KEYS, PROBE_KEYS, WEIGHT_KEYS, unavailable_reasons
 
 __all__ = ["SASMonitor"]
 
@@ -53,7 +54,10 @@ class SASMonitor(Callback):
         progress_bar: show the running SAS estimate (``sas``), IAT (``sas_iat``) and ergodic
             gap (``sas_gap``) in Lightning's progress bar, updated at every flush.
         histograms: log histograms of time-averaged probe losses and per-layer update sizes.
-        store: write the streams to the run directory.
+        store: where the streams go: ``True`` (default) ``<log_dir>/sas`` of the first logger
+            with a log directory (nothing is written without one: ``logger=False``,
+            ``fast_dev_run``), a path (that directory, logger or not), or ``False`` (nothing
+            written; the summary lives in memory).
         replicas: ``K`` perturbed replicas for the in-run SAS estimate (0: off), or a configured
             :class:`SASReplicas`; ``fork_at``, ``replica_sampler``, ``holdout_fraction``,
             ``replica_path`` (and ``loss_fn``) are passed to it.
@@ -81,7 +85,7 @@ class SASMonitor(Callback):
         figure_every: int = 5,
         figure_budget: float = 0.02,
         histograms: bool = True,
-        store: bool = True,
+        store: "bool | str" = True,
         replicas: "int | SASReplicas" = 0,
         fork_at: str | int = "start",
         replica_sampler: str = "common",
@@ -116,6 +120,8 @@ class SASMonitor(Callback):
             flush_every=flush_every,
             seed=seed,
         )
+        if not isinstance(store, (bool, str, os.PathLike)):
+            raise ValueError(f"store must be True, False or a directory path, got {store!r}")
         if isinstance(replicas, SASReplicas):
             self.replicas: SASReplicas | None = replicas
         elif isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 0:
@@ -181,16 +187,19 @@ class SASMonitor(Callback):
 
     def _hook_hparams(self, trainer: "pl.Trainer") -> None:
         """Merge our settings into the single hparams call Lightning makes after ``setup``
-        (TensorBoard keeps only the first hparams session of a run)."""
+        (TensorBoard keeps only the first hparams session of a run).
+
+        The merge is a wrapper set on the logger instance for that one call: it removes itself
+        when called (and :meth:`_unhook_hparams` removes it at ``on_train_start`` if Lightning
+        never called it), so after ``fit`` the logger and the trainer pickle as before."""
         ours = {f"sas/{k}": v for k, v in self.config().items() if isinstance(v, (int, float, str, bool))}
         for logger in getattr(trainer, "loggers", []) or []:
-            # the mark lives on the logger's method: an id-keyed set confused a new logger at a
-            # collected one's address with it
-            if not hasattr(logger, "log_hyperparams") or getattr(logger.log_hyperparams, "_sas_merged_for", None) is self:
-                continue
+            if "log_hyperparams" in vars(logger) or not hasattr(logger, "log_hyperparams"):
+                continue  # already wrapped (by us or by someone else): leave it alone
             original = logger.log_hyperparams
 
-            def merged(params: Any, *args: Any, _original: Any = original, **kwargs: Any) -> Any:
+            def merged(params: Any, *args: Any, _original: Any = original, _logger: Any = logger, **kwargs: Any) -> Any:
+                vars(_logger).pop("log_hyperparams", None)
                 try:
                     from lightning_fabric.utilities.logger import _convert_params
 
@@ -202,19 +211,28 @@ class SASMonitor(Callback):
             merged._sas_merged_for = self  # type: ignore[attr-defined]
             logger.log_hyperparams = merged  # type: ignore[method-assign]
 
+    def _unhook_hparams(self, trainer: "pl.Trainer") -> None:
+        """Remove a merge wrapper of ours that Lightning did not call."""
+        for logger in getattr(trainer, "loggers", []) or []:
+            wrapper = vars(logger).get("log_hyperparams") if hasattr(logger, "__dict__") else None
+            if getattr(wrapper, "_sas_merged_for", None) is self:
+                vars(logger).pop("log_hyperparams", None)
+
     def on_train_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        self._unhook_hparams(trainer)
         self.figure_schedule.start()
         self.weights.attach(pl_module)
+        self.probes.heldout_elsewhere = self.replicas is not None
         if self.probes.num_train_probes > 0:
             self.probes.attach(trainer, pl_module)
         else:
             self.probes.enabled = False
+            self.probes.unavailable = {k: "probe losses are off (num_train_probes=0)" for k in PROBE_KEYS}
         if self.replicas is not None:
             self.replicas.attach(trainer, pl_module)
-        # on every rank: ``trainer.log_dir`` broadcasts under DDP (a collective)
-        directory = run_directory(trainer)
         if is_global_zero(trainer):
-            if self.store and self._writer is None:
+            directory = run_directory(trainer, self.store) if self.store else None
+            if directory is not None and self._writer is None:
                 from lightning_sas.store import RunWriter
 
                 self._writer = RunWriter(directory, config=self.config())
@@ -275,6 +293,9 @@ class SASMonitor(Callback):
             self._writer.close()
             self._writer = None
 
+    def teardown(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:
+        self._unhook_hparams(trainer)
+
     def should_flush(self, index: int) -> bool:
         """Flush after stream entry ``index``? Default: every ``flush_every`` entries."""
         return (index + 1) % self.flush_every == 0
@@ -292,14 +313,16 @@ class SASMonitor(Callback):
         if self.replicas is not None:
             self.replicas.flush(ctx)
         self._flushes += 1
-        self._summary = {**dict.fromkeys(self._keys()), **ctx.summary}
+        summary = {**dict.fromkeys(self._keys()), **ctx.summary}
+        summary["unavailable"] = unavailable_reasons(summary, ctx.unavailable)
+        self._summary = summary
         if is_global_zero(trainer):
             if not self.histograms:
                 ctx.histograms = {}
             from lightning_sas.loggers.export import export_flush
 
             figures = self.figure_schedule.due()
-            started = time.perf_counter()
+            started = time.perf_counter() if figures else 0.0  # no clock read when nothing is drawn
             export_flush(trainer, ctx, figures=figures)
             if figures:
                 self.figure_schedule.drawn(time.perf_counter() - started)

@@ -14,8 +14,10 @@ from torch.utils.data import TensorDataset, default_collate
 
 from lightning_sas.callbacks._common import prepare_batch, resolve_callable, warn_once
 from lightning_sas.callbacks.base import FlushContext, StreamCallback
-from lightning_sas.callbacks.probe_losses import _first_loader, _is_map_style
 from lightning_sas.data import choose_replacements, make_probe_set, split_holdout
+from lightning_sas.data.loaders import DEFAULT_POOL_SIZE, SampleSource, training_source
+from lightning_sas.isolation import isolated_rng, observed
+from lightning_sas.losses import per_sample_loss
 from lightning_sas.losses import PerSampleLoss
 from lightning_sas.metrics.sas_estimate import SASEstimate
 from lightning_sas.replicas.generic import GenericReplicas
@@ -31,6 +33,7 @@ from lightning_sas.replicas.placement import (
 from lightning_sas.replicas.rng import PrivateRNG
 from lightning_sas.replicas.sampler import ReplicaSampler
 from lightning_sas.replicas.stacked import StackedReplicas, stacked_unsupported_reason
+from lightning_sas.replicas.trainer_view import ReplicaTrainerError
 
 __all__ = ["SASReplicas", "SAS_KEYS", "replica_rows"]
 
@@ -105,7 +108,20 @@ class SASReplicas(StreamCallback):
             :meth:`holdout_indices`); required for late forks, which are otherwise contaminated.
         checkpoint_replicas: save the replicas in checkpoints (exact resume; the growth is
             reported as ``replica_checkpoint_bytes``).
+        flush_every, max_blocks: see :class:`~lightning_sas.callbacks.base.StreamCallback` and
+            :class:`~lightning_sas.metrics.TimeAverage`.
+        probe_batch_size: probe samples per forward pass of a replica.
+        pool_size: samples read once from iterable (not map-style) training data, which then
+            play the role of ``S`` and its held-out split for the replicas (``pooled`` in the
+            summary); map-style data is indexed in place.
         seed: seed of the split, the replacements, the probes, the sampler and the replicas' RNG.
+
+    Small datasets: the held-out split holds at least ``K + 1`` samples (one replacement per
+    replica and one ``P_test`` point) and the replica batch size is at most ``|S|``.
+    A replica is a deep copy that sees a read-only view of the trainer
+    (:class:`~lightning_sas.replicas.trainer_view.ReplicaTrainerView`): a ``configure_optimizers``
+    that reads ``self.trainer.estimated_stepping_batches`` works, ``self.log`` does nothing, and
+    manual optimization runs the module's own ``training_step`` with the replica's optimizers.
     """
 
     def __init__(
@@ -125,6 +141,7 @@ class SASReplicas(StreamCallback):
         flush_every: int = 200,
         max_blocks: int = 128,
         probe_batch_size: int = 512,
+        pool_size: int = DEFAULT_POOL_SIZE,
         seed: int = 0,
     ) -> None:
         super().__init__(flush_every=flush_every)
@@ -145,6 +162,8 @@ class SASReplicas(StreamCallback):
             raise ValueError(f"num_train_probes must be a non-negative integer, got {num_train_probes!r}")
         if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
             raise ValueError(f"batch_size must be None or a positive integer, got {batch_size!r}")
+        if not isinstance(pool_size, int) or pool_size < 2:
+            raise ValueError(f"pool_size must be an integer >= 2, got {pool_size!r}")
         self.replicas = replicas
         self.fork_at = fork_at
         self.sampler_mode = sampler
@@ -159,6 +178,7 @@ class SASReplicas(StreamCallback):
         self.checkpoint_replicas = checkpoint_replicas
         self.max_blocks = max_blocks
         self.probe_batch_size = probe_batch_size
+        self.pool_size = pool_size
         self.seed = seed
         self._reset_state()
 
@@ -168,9 +188,11 @@ class SASReplicas(StreamCallback):
         self.enabled = True
         self.fork_step: int | None = None
         self.fallback_reason: str | None = None
-        self._dataset: Any = None
+        #: why the estimate stopped (a replica failed mid-run), for ``summary()["unavailable"]``
+        self._off_reason: str | None = None
+        self._source: SampleSource | None = None
+        self.pooled = False
         self._trainer: Any = None
-        self._collate: Any = None
         self._s_indices = np.zeros(0, dtype=np.int64)
         self._pairs: list[tuple[int, int]] = []
         self._probe_batches: list[Any] = []
@@ -207,7 +229,12 @@ class SASReplicas(StreamCallback):
     def holdout_indices(self, n: int) -> np.ndarray:
         """Indices of the held-out split of a training set of size ``n`` (exclude them from the
         main run, e.g. with ``torch.utils.data.Subset``, to allow late forks)."""
-        return split_holdout(n, self.holdout_fraction, self.seed)[1]
+        return split_holdout(n, self.holdout_fraction, self.seed, min_holdout=self._min_holdout())[1]
+
+    def _min_holdout(self) -> int:
+        """Smallest held-out split the estimate needs: one replacement per replica and one
+        ``P_test`` point (small datasets get this many even when ``holdout_fraction`` gives fewer)."""
+        return self.replicas + 1
 
     def should_probe(self, index: int) -> bool:
         """Evaluate the replicas' probes at stream entry ``index``? Default: every ``probe_every``."""
@@ -219,41 +246,32 @@ class SASReplicas(StreamCallback):
 
     def attach(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
         """Check the data and the module, choose the split, replacements and probes; fork now
-        when ``fork_at="start"``. Raises one clear error for unsupported setups."""
-        loader = _first_loader(trainer.train_dataloader)
-        dataset = getattr(loader, "dataset", None)
-        if not _is_map_style(dataset):
-            raise ValueError(
-                "SASReplicas needs map-style training data (a Dataset with __len__ and __getitem__) to build "
-                "neighbouring datasets; got "
-                f"{type(dataset).__name__}. Use a map-style dataset or run the multi-run protocol (lightning-sas perturb)."
-            )
-        has_loss = self.loss_fn is not None or callable(getattr(pl_module, "sas_per_sample_loss", None))
-        if not pl_module.automatic_optimization and not has_loss:
-            raise ValueError(
-                "SASReplicas with manual optimization needs loss_fn=(module, batch) -> per-sample losses (or a "
-                "`sas_per_sample_loss` method): a replica cannot call self.optimizers() or manual_backward without a trainer."
-            )
+        when ``fork_at="start"``. Raises one clear error for unsupported setups.
+
+        Everything here observes the run: the training loader is never iterated (an iterable
+        dataset is read into a pool from a fresh iterator), its ``collate_fn`` is called only when
+        ``default_collate`` cannot batch the samples, and every read and dry run happens with the
+        global generators forked."""
         if self.fork_at != "start" and not self.holdout_excluded:
             raise ValueError(
                 f"fork_at={self.fork_at!r}: the main model trains on the held-out split, so replicas forked from it "
                 "have already seen the replacements (contaminated). Exclude SASReplicas.holdout_indices(len(dataset)) "
                 "from the main run and pass holdout_excluded=True, or use fork_at='start'."
             )
-        n = len(dataset)
-        s_idx, holdout = split_holdout(n, self.holdout_fraction, self.seed)
-        batch_size = self.batch_size or getattr(loader, "batch_size", None) or 32
-        if len(s_idx) < batch_size or len(holdout) < self.replicas + 1:
-            raise ValueError(
-                f"SASReplicas: the training set ({n} samples) is too small for batch_size={batch_size}, "
-                f"holdout_fraction={self.holdout_fraction} and replicas={self.replicas}"
-            )
+        source = training_source(trainer, pool_size=self.pool_size)
+        if source is None or len(source) == 0:
+            raise ValueError("SASReplicas needs training data to build neighbouring datasets; the run has no training "
+                             "dataset. Run the multi-run protocol instead (lightning-sas perturb).")
+        self.pooled = source.pooled
+        n = len(source)
+        s_idx, holdout = split_holdout(n, self.holdout_fraction, self.seed, min_holdout=self._min_holdout())
+        loader_batch = getattr(source.loader, "batch_size", None)
+        batch_size = min(self.batch_size or loader_batch or 32, len(s_idx))
         self._pairs = choose_replacements(s_idx, holdout, self.replicas, self.seed)
         probes = make_probe_set(s_idx, holdout, self._pairs, self.num_train_probes, self.num_heldout_probes, self.seed)
         self.probe_set = probes
-        self._dataset = dataset
+        self._source = source
         self._trainer = trainer
-        self._collate = getattr(loader, "collate_fn", None) or default_collate
         self._s_indices = s_idx
         self._world = max(1, int(getattr(trainer, "world_size", 1) or 1))
         self._rank = int(getattr(trainer, "global_rank", 0) or 0)
@@ -263,12 +281,22 @@ class SASReplicas(StreamCallback):
             self._rng_rank = self._rank
         self._sampler = ReplicaSampler(len(s_idx), batch_size, self.replicas + 1, self.sampler_mode, self.seed)
         order = probes.order
-        samples = [dataset[int(i)] for i in order]
         device = pl_module.device
-        self._probe_batches = [
-            prepare_batch(trainer, self._collate(samples[i : i + self.probe_batch_size]), device)
-            for i in range(0, len(samples), self.probe_batch_size)
-        ]
+        try:
+            self._probe_batches = [
+                prepare_batch(trainer, source.collate(source.samples(order[i : i + self.probe_batch_size])), device)
+                for i in range(0, len(order), self.probe_batch_size)
+            ]
+            with observed(pl_module, trainer):
+                first = per_sample_loss(pl_module, self._probe_batches[0], self.loss_fn)
+            if first.ndim != 1 or first.shape[0] != min(self.probe_batch_size, len(order)):
+                raise ValueError(f"it returned shape {tuple(first.shape)}, expected ({min(self.probe_batch_size, len(order))},)")
+        except Exception as err:
+            raise ValueError(
+                f"SASReplicas needs the per-sample loss of probe samples ({type(err).__name__}: {err}). Define "
+                "`sas_per_sample_loss(self, batch) -> Tensor[B]` on the module or pass loss_fn=(module, batch) -> "
+                "Tensor[B] (a callable or an import path)."
+            ) from err
         self._cols = {
             "replaced": probes.replaced_columns,
             "replacement": probes.replacement_columns,
@@ -276,15 +304,33 @@ class SASReplicas(StreamCallback):
             "train": probes.train_columns,
         }
         self.metric = SASEstimate(self.replicas + 1, len(order), max_blocks=self.max_blocks).to(device)
-        self._restored_engine = None
-        if self._restored is not None and self._restored.get("engine") is not None:
-            self._fork(trainer, pl_module, self._restored.get("fork_step", 0))
-            self._apply_restored(self._restored)
-        elif self._restored is not None:
-            self._apply_restored(self._restored)
+        restored, self._restored = self._restored, None
+        if restored is not None and restored.get("engine") is not None:
+            self._fork(trainer, pl_module, restored.get("fork_step", 0))
+            self._apply_restored(restored)
+        elif restored is not None and restored.get("fork_step") is not None:
+            self._resume_without_replicas(trainer, pl_module, restored)
+        elif restored is not None:
+            self._apply_restored(restored)
         elif self.fork_at == "start":
             self._fork(trainer, pl_module, 0)
-        self._restored = None
+
+    def _resume_without_replicas(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", state: dict[str, Any]) -> None:
+        """A checkpoint saved with ``checkpoint_replicas=False`` after the fork: the replicas' weights
+        are gone. Forked again from the main model now, they would have seen the held-out split
+        (contaminated) unless the main run excludes it: then they restart as a late fork (new time
+        averages); otherwise the estimate stays off, with the reason in the summary."""
+        self._steps_taken = 0
+        if self.holdout_excluded:
+            warn_once(self, "noreplicas", "SASReplicas: the checkpoint has no replica weights (checkpoint_replicas=False); "
+                      "the replicas restart from the current weights as a late fork, with new time averages.")
+            self._fork(trainer, pl_module, int(trainer.global_step))
+            return
+        self.enabled = False
+        self._off_reason = ("the checkpoint has no replica weights (checkpoint_replicas=False) and replicas forked again "
+                            "from the main model would have seen the held-out split; resume from a checkpoint with "
+                            "checkpoint_replicas=True, or exclude the split (holdout_excluded=True) to restart them")
+        warn_once(self, "noreplicas", f"SASReplicas: {self._off_reason}. The SAS estimate is off for this run.")
 
     def _clip(self, trainer: "pl.Trainer") -> tuple[float, str] | None:
         value = getattr(trainer, "gradient_clip_val", None)
@@ -295,13 +341,16 @@ class SASReplicas(StreamCallback):
 
     def _fork(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", step: int) -> None:
         """Fork this rank's replicas (all ``K + 1`` on one process) from the main model's weights
-        and optimizer state now."""
+        and optimizer state now (with the global generators forked: a user's
+        ``configure_optimizers`` may draw from them)."""
+        with isolated_rng():
+            self._build_engine(trainer, pl_module, step)
+
+    def _build_engine(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", step: int) -> None:
         n = len(self._rows)
         clip = self._clip(trainer)
         opt_state = [copy.deepcopy(o.state_dict()) for o in trainer.optimizers] if step > 0 else None
-        use_step = pl_module.automatic_optimization and self.loss_fn is None and not callable(
-            getattr(pl_module, "sas_per_sample_loss", None)
-        )
+        use_step = self.loss_fn is None and not callable(getattr(pl_module, "sas_per_sample_loss", None))
         reason = stacked_unsupported_reason(pl_module, self.loss_fn)
         engine: Any = None
         if n == 0:  # more ranks than replicas: this rank only keeps the collectives in step
@@ -313,9 +362,9 @@ class SASReplicas(StreamCallback):
             return
         if self.path in ("auto", "fast") and reason is None:
             try:
-                engine = StackedReplicas(pl_module, n, self.loss_fn, clip, opt_state)
+                engine = StackedReplicas(pl_module, n, self.loss_fn, clip, opt_state, trainer=trainer)
                 self._dry_run(engine)
-                engine = StackedReplicas(pl_module, n, self.loss_fn, clip, opt_state)
+                engine = StackedReplicas(pl_module, n, self.loss_fn, clip, opt_state, trainer=trainer)
             except Exception as err:
                 reason = f"{type(err).__name__}: {err}"
                 engine = None
@@ -323,15 +372,18 @@ class SASReplicas(StreamCallback):
             if self.path == "fast":
                 raise ValueError(f"SASReplicas(path='fast') cannot run this module: {reason}. Use path='auto' or 'generic'.")
             try:
-                probe = GenericReplicas(pl_module, 1, self.loss_fn, use_step, clip, opt_state)
+                probe = GenericReplicas(pl_module, 1, self.loss_fn, use_step, clip, opt_state, trainer=trainer)
                 self._dry_run(probe)
+            except ReplicaTrainerError as err:
+                raise ValueError(str(err)) from err
             except Exception as err:
-                raise RuntimeError(
-                    f"SASReplicas: a replica step failed ({type(err).__name__}: {err}). Replicas are deep copies "
-                    "without a trainer: a training_step or configure_optimizers that uses self.trainer cannot run "
-                    "on them; pass loss_fn=(module, batch) -> per-sample losses to train replicas without training_step."
+                raise ValueError(
+                    f"SASReplicas: a replica step failed at fork time ({type(err).__name__}: {err}). A replica is a deep "
+                    "copy of the module that runs its own training_step and configure_optimizers with a read-only view "
+                    "of the trainer; pass loss_fn=(module, batch) -> per-sample losses (replicas then train on it, "
+                    "and replica_path='fast' can stack them), or define `sas_configure_optimizers(self)`."
                 ) from err
-            engine = GenericReplicas(pl_module, n, self.loss_fn, use_step, clip, opt_state)
+            engine = GenericReplicas(pl_module, n, self.loss_fn, use_step, clip, opt_state, trainer=trainer)
             self.fallback_reason = reason
             if self.path == "auto" and reason:
                 rank_zero_info(f"lightning-sas: replicas use the generic path because {reason}.")
@@ -359,12 +411,14 @@ class SASReplicas(StreamCallback):
         return leaf.device if isinstance(leaf, torch.Tensor) else torch.device("cpu")
 
     def _fetch(self, indices: np.ndarray, device: torch.device) -> Any:
-        """Collate ``dataset[i]`` for ``indices``; a ``TensorDataset`` with the default collate is
-        indexed in one call per tensor (same result, no per-sample Python)."""
-        if isinstance(self._dataset, TensorDataset) and self._collate is default_collate:
+        """Collate ``dataset[i]`` for ``indices`` (under the replicas' private stream); a
+        ``TensorDataset`` batched by ``default_collate`` is indexed in one call per tensor (same
+        result, no per-sample Python)."""
+        source = self._source
+        if isinstance(source.dataset, TensorDataset) and source.collate_fn is default_collate:
             index = torch.from_numpy(np.ascontiguousarray(indices, dtype=np.int64))
-            return prepare_batch(self._trainer, [t[index] for t in self._dataset.tensors], device)
-        return prepare_batch(self._trainer, self._collate([self._dataset[int(i)] for i in indices]), device)
+            return prepare_batch(self._trainer, [t[index] for t in source.dataset.tensors], device)
+        return prepare_batch(self._trainer, source.collate(source.read(indices)), device)
 
     def _batches(self, positions: list[np.ndarray], rows: Sequence[int], device: torch.device) -> list[Any]:
         """Batches of the global replicas ``rows`` (``positions`` has one entry per global replica),
@@ -390,6 +444,13 @@ class SASReplicas(StreamCallback):
     # -- hot path -------------------------------------------------------------------------
     def on_train_batch_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", outputs: Any, batch: Any, batch_idx: int) -> None:
         self.record(trainer, pl_module, batch_idx)
+        stepped = (not pl_module.automatic_optimization) or trainer.global_step > self._index
+        if not self.owned and stepped and self.should_flush(self._index):
+            self._standalone_flush(trainer, pl_module, trainer.global_step)
+
+    def on_train_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        if not self.owned:  # on its own: the last partial window is flushed too
+            self._standalone_flush(trainer, pl_module, trainer.global_step)
 
     def on_train_epoch_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
         if self.engine is not None and self.enabled:
@@ -432,6 +493,7 @@ class SASReplicas(StreamCallback):
                     else:
                         self.metric.update(values, self._index, rows=self._rows)
         except Exception as err:  # a replica failing mid-run is switched off; training goes on
+            self._off_reason = f"a replica step failed mid-run at step {self._index} ({type(err).__name__}: {err})"
             warn_once(self, "failed", f"SASReplicas: a replica step failed mid-run ({type(err).__name__}: {err}); "
                       "the SAS estimate is switched off, training goes on.")
             if self._world == 1:
@@ -443,13 +505,21 @@ class SASReplicas(StreamCallback):
     def flush(self, ctx: FlushContext) -> None:
         self.maybe_fork_late(ctx.trainer, ctx.pl_module, ctx)
         if self.metric is None or self.engine is None:
+            reason = self._off_reason or f"the replicas are not forked yet (fork_at={self.fork_at!r})"
+            ctx.unavailable.update(dict.fromkeys(SAS_KEYS, reason))
             ctx.summary.update(self._last)
             return
+        if not self.enabled and self._off_reason:
+            ctx.unavailable.update(dict.fromkeys(SAS_KEYS, f"frozen: {self._off_reason}"))
+        ctx.unavailable["replica_checkpoint_bytes"] = (
+            "no checkpoint saved yet" if self.checkpoint_replicas else "checkpoint_replicas=False")
+        ctx.unavailable["paper_coefficient_se"] = "the jackknife over runs needs K >= 2 perturbed replicas"
         if self._world > 1 and self.enabled and distributed_ready():
             flag = torch.tensor([float(self._local_failed)], device=self._probe_device())
             if float(ctx.trainer.strategy.reduce(flag, reduce_op="sum").item()) > 0:  # sync-ok: flush time
                 self.enabled = False
                 self._local_failed = False
+                self._off_reason = self._off_reason or "a replica step failed on another rank"
                 warn_once(self, "failed_elsewhere", "SASReplicas: a replica step failed on some rank; the SAS "
                           "estimate is switched off on every rank, training goes on.")
         start = ctx.late_phase_start if ctx.late_phase_found else None
@@ -548,9 +618,6 @@ class SASReplicas(StreamCallback):
                 self.engine.load_state_dict(state["engine"])
             else:
                 self.engine.load_state_dict(select_engine_state(state["engine"], self._rows))
-        elif self.engine is not None and state.get("engine") is None and state.get("fork_step") is not None:
-            warn_once(self, "noreplicas", "SASReplicas: the checkpoint has no replica weights (checkpoint_replicas=False); "
-                      "the replicas restart from the current weights.")
 
 
 def _tensor_bytes(obj: Any) -> int:

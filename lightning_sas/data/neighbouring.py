@@ -46,13 +46,21 @@ class NeighbouringDataset(Dataset):
         return self.dataset[index]
 
 
-def split_holdout(n: int, holdout_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Seeded split of ``range(n)`` into sorted, disjoint (train ``S``, held-out) index arrays."""
+def split_holdout(n: int, holdout_fraction: float, seed: int, min_holdout: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded split of ``range(n)`` into sorted, disjoint (train ``S``, held-out) index arrays.
+
+    The held-out side has ``round(n * holdout_fraction)`` samples, but at least ``min_holdout``
+    (a small dataset still gets the held-out samples an estimate needs); ``S`` keeps at least 2.
+    The split depends on ``(n, seed)`` and the held-out size only."""
     if not 0.0 < holdout_fraction < 1.0:
         raise ValueError(f"holdout_fraction must be in (0, 1), got {holdout_fraction!r}")
-    n_hold = int(round(n * holdout_fraction))
-    if n_hold < 1 or n_hold >= n:
-        raise ValueError(f"holdout_fraction={holdout_fraction} of {n} samples leaves an empty side; use a larger dataset or fraction")
+    n_hold = max(int(round(n * holdout_fraction)), int(min_holdout))
+    if n_hold < 1 or n - n_hold < 2:
+        raise ValueError(
+            f"a training set of {n} samples is too small: the held-out split needs {n_hold} samples "
+            f"(holdout_fraction={holdout_fraction}, at least {min_holdout}) and S at least 2; use more data, "
+            "fewer replicas or swaps, or the multi-run protocol"
+        )
     perm = np.random.default_rng([seed, 0x5A5]).permutation(n)
     return np.sort(perm[n_hold:]), np.sort(perm[:n_hold])
 

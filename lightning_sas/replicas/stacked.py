@@ -11,8 +11,9 @@ from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
 from lightning_sas.losses import PerSampleLoss, per_sample_loss
-from lightning_sas.replicas.generic import ClipConfig, _silence_logging
-from lightning_sas.replicas.optim import ELEMENTWISE_OPTIMIZERS, OptimizerSet, parse_optimizers
+from lightning_sas.isolation import eval_mode
+from lightning_sas.replicas.generic import ClipConfig, detached_copies, precision_context, replica_optimizers
+from lightning_sas.replicas.optim import ELEMENTWISE_OPTIMIZERS, OptimizerSet
 
 __all__ = ["StackedReplicas", "stacked_unsupported_reason", "stack_batches"]
 
@@ -71,18 +72,11 @@ class StackedReplicas:
     path = "fast"
 
     def __init__(self, template: Any, n: int, loss_fn: PerSampleLoss | None, clip: ClipConfig = None,
-                 optimizer_state: list[dict[str, Any]] | None = None) -> None:
+                 optimizer_state: list[dict[str, Any]] | None = None, trainer: Any = None) -> None:
         self.n = n
         self.clip = clip
-        trainer_ref = getattr(template, "_trainer", None)
-        try:
-            template._trainer = None
-            functional_template = copy.deepcopy(template)
-            holder = copy.deepcopy(template)
-        finally:
-            template._trainer = trainer_ref
-        _silence_logging(functional_template)
-        _silence_logging(holder)
+        self._context = precision_context(trainer)
+        functional_template, holder = detached_copies(template, 2, trainer)
         self.wrapper = _PerSampleLossModule(functional_template, loss_fn)
         self.wrapper.train(template.training)
         for name, param in list(holder.named_parameters()):
@@ -92,7 +86,7 @@ class StackedReplicas:
             setattr(owner, attr, nn.Parameter(stacked, requires_grad=param.requires_grad))
         self.params: dict[str, nn.Parameter] = dict(holder.named_parameters())
         self.buffers = {f"template.{k}": v for k, v in functional_template.named_buffers()}
-        self.optim: OptimizerSet = parse_optimizers(holder.configure_optimizers())
+        self.optim: OptimizerSet = replica_optimizers(holder)
         for opt in self.optim.optimizers:
             if not isinstance(opt, ELEMENTWISE_OPTIMIZERS):
                 raise TypeError(f"{type(opt).__name__} is not an elementwise optimizer")
@@ -120,7 +114,9 @@ class StackedReplicas:
         if not self._layout_matched:
             self._match_gradient_layout(lambda: step_losses(params, batch).sum())
         self.optim.zero_grad()
-        step_losses(params, batch).sum().backward()
+        with self._context():
+            total = step_losses(params, batch).sum()
+        total.backward()
         self._clip({k: p.grad for k, p in self.params.items() if p.grad is not None})
         self.optim.step(step_index)
 
@@ -132,7 +128,9 @@ class StackedReplicas:
         names = [k for k, p in self.params.items() if p.requires_grad]
         device = next(iter(self.params.values())).device
         with torch.random.fork_rng(devices=[device] if device.type != "cpu" else [], device_type=device.type):
-            grads = torch.autograd.grad(total_loss(), [self.params[k] for k in names], allow_unused=True)
+            with self._context():
+                total = total_loss()
+            grads = torch.autograd.grad(total, [self.params[k] for k in names], allow_unused=True)
         with torch.no_grad():
             for name, grad in zip(names, grads):
                 param = self.params[name]
@@ -169,19 +167,13 @@ class StackedReplicas:
     @torch.no_grad()
     def per_sample_losses(self, probe_batches: Sequence[Any]) -> Tensor:
         """``(n, P)`` losses of every replica on the probe batches, in eval mode."""
-        modes = [m.training for m in self.wrapper.modules()]
-        self.wrapper.eval()
         params = {k: p.detach() for k, p in self.params.items()}
 
         def losses(p: dict[str, Tensor], b: Any) -> Tensor:
             return functional_call(self.wrapper, {**self._named(p), **self.buffers}, (b,))
 
-        try:
-            out = torch.cat([vmap(losses, in_dims=(0, None))(params, b).to(torch.float64) for b in probe_batches], dim=1)
-        finally:
-            for m, mode in zip(self.wrapper.modules(), modes):
-                m.training = mode
-        return out
+        with eval_mode(self.wrapper), self._context():
+            return torch.cat([vmap(losses, in_dims=(0, None))(params, b).to(torch.float64) for b in probe_batches], dim=1)
 
     def parameters_of(self, r: int) -> dict[str, Tensor]:
         return {k: v.detach()[r] for k, v in self.params.items()}
