@@ -103,7 +103,7 @@ def _learning_rate(s: Mapping[str, Any], unavailable: Mapping[str, str], used: s
     if constant is False:
         return StatusLine(
             "Learning rate",
-            f"changes in the late phase (now {_f(lr)}): a learning rate that decays leaves no "
+            f"changes in the late phase (now {_f(lr)}): a changing learning rate leaves no "
             "invariant measure, so the time averages describe no stationary state.",
         )
     reason = _reason(unavailable, used, "lr_constant_in_late_phase", "lr")
