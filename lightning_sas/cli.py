@@ -10,34 +10,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
-__all__ = ["main", "format_table"]
+from lightning_sas.formatting import format_table
 
-
-def _fmt(value: Any) -> str:
-    if value is None:
-        return "n/a"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, float):
-        return "n/a" if not math.isfinite(value) else f"{value:.4g}"
-    if isinstance(value, dict):
-        return ", ".join(f"{k}={_fmt(v)}" for k, v in value.items())
-    return str(value)
-
-
-def format_table(rows: dict[str, Any], title: str | None = None) -> str:
-    """Aligned two-column table of ``rows`` (None as "n/a", floats to 4 significant digits)."""
-    width = max((len(k) for k in rows), default=0)
-    lines = [title, "-" * len(title)] if title else []
-    lines += [f"{k.ljust(width)}  {_fmt(v)}" for k, v in rows.items()]
-    return "\n".join(lines)
+__all__ = ["main", "format_table", "report_summary"]
 
 
 def _progress(label: str) -> Callable[[int, int], None]:
@@ -59,16 +40,44 @@ def _load(path: str) -> Any:
     return run
 
 
+#: keys the live monitor measures otherwise than :func:`~lightning_sas.diagnostics.summarize_run`
+#: rebuilds them from the main model's probe stream: with replicas on, ``ergodic_gap`` is the
+#: control replica's on the held-out split, the gap that ``stability_gap`` estimates
+REPLICA_GAP_KEYS = ("ergodic_gap", "ergodic_gap_se", "ergodic_gap_source")
+
+
+def report_summary(run: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(summary, status_summary)`` of a stored run: ``summary`` is
+    :func:`~lightning_sas.diagnostics.summarize_run` (rebuilt from the streams, the report's
+    table); ``status_summary`` adds what that lacks from the last live summary (``summary.json``:
+    the SAS keys, ``unavailable``, ...) for the status, and with replicas takes the live
+    ``ergodic_gap`` (:data:`REPLICA_GAP_KEYS`) so that both gaps are measured alike."""
+    from lightning_sas.diagnostics import summarize_run
+
+    summary = summarize_run(run)
+    stored = dict(run.summary or {})
+    merged = dict(summary)
+    for key, value in stored.items():
+        if merged.get(key) is None:
+            merged[key] = value
+    if stored.get("stability_gap") is not None:
+        merged.update({key: stored.get(key) for key in REPLICA_GAP_KEYS})
+    return summary, merged
+
+
 def _report(args: argparse.Namespace) -> int:
-    from lightning_sas.diagnostics import figure_inputs, summarize_run
+    from lightning_sas.diagnostics import figure_inputs
     from lightning_sas.loggers import figures
+    from lightning_sas.loggers.status import status_text
 
     run = _load(args.run_dir)
-    summary = summarize_run(run)
+    summary, for_status = report_summary(run)
     if args.json:
         print(json.dumps(summary, indent=1, default=str))
     else:
-        print(format_table(summary, title=f"lightning-sas report: {run.root}"))
+        title = f"lightning-sas report: {run.root}"
+        print("\n".join([title, "=" * len(title), "", "Status", "------", status_text(for_status), ""]))
+        print(format_table(summary, title="Diagnostics"))
     out = Path(args.out) if args.out else run.root / "report"
     out.mkdir(parents=True, exist_ok=True)
     data = figure_inputs(run)
@@ -85,7 +94,8 @@ def _report(args: argparse.Namespace) -> int:
 
         pngs = {name.removesuffix(".png"): figures.figure_to_png_bytes(fig) for name, fig in drawn.items()}
         notes = [f"{p.kind}: {p.path}: {p.message}" for p in run.problems]
-        Path(args.html).write_text(html_page(f"lightning-sas report: {run.root}", summary, pngs, notes))
+        page = html_page(f"lightning-sas report: {run.root}", summary, pngs, notes, status=for_status)
+        Path(args.html).write_text(page)
     if not args.json:
         print(f"\nfigures written to {out}" + (f", HTML report to {args.html}" if args.html else ""))
     return 0
