@@ -43,10 +43,10 @@ class SASMonitor(Callback):
         window: raw loss values kept for the ACF, IAT, periodogram and Geweke z.
         max_blocks: blocks of the bounded loss summary (MSER, time average, batch means).
         late_phase_start: fixed late-phase start; None finds it with MSER at each flush.
-        snapshot_every, sketch_every, sketch_dim, max_layers, layer_filter, track_init,
-        track_ergodic_mean: see :class:`WeightSnapshots`.
-        probe_every, num_train_probes, num_test_probes, probe_batch_size, loss_fn: see
-        :class:`ProbeLosses` (``num_train_probes=0`` switches probes off).
+        snapshot_every, sketch_every, sketch_dim, max_layers, layer_filter, track_init, track_ergodic_mean:
+            see :class:`WeightSnapshots`.
+        probe_every, num_train_probes, num_test_probes, probe_batch_size, loss_fn:
+            see :class:`ProbeLosses` (``num_train_probes=0`` switches probes off).
         figure_every: flushes between TensorBoard figures (0: never).
         figure_budget: largest share of wall time the live figures may take (default 0.02);
             a due figure set waits until it fits (:class:`~lightning_sas.loggers.FigureSchedule`;
