@@ -52,7 +52,7 @@ def report_summary(run: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     table); ``status_summary`` adds what that lacks from the last live summary (``summary.json``:
     the SAS keys, ``unavailable``, ...) for the status, and with replicas takes the live
     ``ergodic_gap`` (:data:`REPLICA_GAP_KEYS`) so that both gaps are measured alike."""
-    from lightning_sas.diagnostics import summarize_run
+    from lightning_sas.diagnostics import summarize_run, unavailable_reasons
 
     summary = summarize_run(run)
     stored = dict(run.summary or {})
@@ -62,6 +62,9 @@ def report_summary(run: Any) -> tuple[dict[str, Any], dict[str, Any]]:
             merged[key] = value
     if stored.get("stability_gap") is not None:
         merged.update({key: stored.get(key) for key in REPLICA_GAP_KEYS})
+    # what is still missing after the merge, with the live run's reason where it stored one
+    reasons = {**(summary.get("unavailable") or {}), **(stored.get("unavailable") or {})}
+    merged["unavailable"] = unavailable_reasons(merged, reasons)
     return summary, merged
 
 

@@ -197,7 +197,9 @@ def test_report_status_merges_the_stored_summary() -> None:
     run = SimpleNamespace(streams={}, meta={}, summary=stored, root=".")
     table, for_status = report_summary(run)
     assert "sas_max" not in table and for_status["sas_max"] == 0.3
-    assert for_status["late_phase_found"] is False and for_status["unavailable"] == stored["unavailable"]
+    assert for_status["late_phase_found"] is False
+    assert for_status["unavailable"]["grad_norm"] == "manual optimization"  # the live reason is kept
+    assert "sas_max" not in for_status["unavailable"]  # filled from summary.json: not missing
     assert _line(for_status, "SAS estimate").startswith("`sas_max` resolved (")
     # with replicas, the status compares stability_gap with the live (control replica) ergodic_gap
     live = {**stored, "stability_gap": 0.2, "stability_gap_se": 0.05, "ergodic_gap": 0.25, "ergodic_gap_se": 0.01,
