@@ -38,31 +38,63 @@ class SASMonitor(Callback):
         trainer.fit(model, datamodule)
         print(trainer.callbacks[0].summary()["iat"])
 
+    The settings come in groups. Each group is either the flat keywords below (short calls,
+    LightningCLI) or one configured part: ``loss_stream=LossStream(...)``,
+    ``weights=WeightSnapshots(...)``, ``probes=ProbeLosses(...)``, ``replicas=SASReplicas(...)``;
+    a part given together with a flat keyword of its group is an error naming both.
+
     Args:
-        flush_every: stream entries (optimizer steps; batches in manual optimization) per flush.
+        flush_every: stream entries (optimizer steps; batches in manual optimization) per flush,
+            for every part.
+
+        *The loss stream* (or ``loss_stream``):
         window: raw loss values kept for the ACF, IAT, periodogram and Geweke z.
         max_blocks: blocks of the bounded loss summary (MSER, time average, batch means).
         late_phase_start: fixed late-phase start; None finds it with MSER at each flush.
+
+        *The weights* (or ``weights``):
         snapshot_every, sketch_every, sketch_dim, max_layers, layer_filter, track_init, track_ergodic_mean:
             see :class:`WeightSnapshots`.
-        probe_every, num_train_probes, num_test_probes, probe_batch_size, loss_fn:
+
+        *The probes and the ergodic gap* (or ``probes``):
+        probe_every, num_train_probes, num_test_probes, probe_batch_size:
             see :class:`ProbeLosses` (``num_train_probes=0`` switches probes off).
+        loss_fn: per-sample loss ``(module, batch) -> Tensor[B]`` or its import path, for the
+            probes and the replicas (default: the module's ``sas_per_sample_loss`` or inferred).
+
+        *The SAS estimate* (or ``replicas=SASReplicas(...)``):
+        replicas: ``K`` perturbed replicas for the in-run SAS estimate (0: off), or a configured
+            :class:`SASReplicas`.
+        swaps, fork_at, replica_sampler, holdout_fraction, replica_path: passed to
+            :class:`SASReplicas` (``replica_sampler`` is its ``sampler``, ``replica_path`` its
+            ``path``); ``swaps`` is ``m``, the samples each replica swaps (``"auto"``: the
+            default from the bias study, about 1 % of the data at most).
+
+        *What is written where*:
         figure_every: flushes between TensorBoard figures (0: never).
         figure_budget: largest share of wall time the live figures may take (default 0.02);
             a due figure set waits until it fits (:class:`~lightning_sas.loggers.FigureSchedule`;
             0: the cadence alone). ``lightning-sas report`` draws every figure offline.
-        progress_bar: show the running SAS estimate (``sas``), IAT (``sas_iat``) and ergodic
-            gap (``sas_gap``) in Lightning's progress bar, updated at every flush.
         histograms: log histograms of time-averaged probe losses and per-layer update sizes.
         store: where the streams go: ``True`` (default) ``<log_dir>/sas`` of the first logger
             with a log directory (nothing is written without one: ``logger=False``,
             ``fast_dev_run``), a path (that directory, logger or not), or ``False`` (nothing
             written; the summary lives in memory).
-        replicas: ``K`` perturbed replicas for the in-run SAS estimate (0: off), or a configured
-            :class:`SASReplicas`; ``fork_at``, ``replica_sampler``, ``holdout_fraction``,
-            ``replica_path`` (and ``loss_fn``) are passed to it.
-        seed: the one seed of all randomness (probe choice, sketch, split, replacements, sampler).
+        progress_bar: show the running SAS estimate (``sas``), IAT (``sas_iat``) and ergodic
+            gap (``sas_gap``) in Lightning's progress bar, updated at every flush.
+
+        seed: the one seed of all randomness (probe choice, sketch, split, swaps, sampler).
+        loss_stream, weights, probes: configured parts, instead of their groups' keywords.
     """
+
+    #: each group's flat keywords, and the part that can be given instead
+    GROUPS: dict[str, tuple[str, ...]] = {
+        "loss_stream": ("window", "max_blocks", "late_phase_start"),
+        "weights": ("snapshot_every", "sketch_every", "sketch_dim", "max_layers", "layer_filter", "track_init",
+                    "track_ergodic_mean"),
+        "probes": ("probe_every", "num_train_probes", "num_test_probes", "probe_batch_size"),
+        "replicas": ("swaps", "fork_at", "replica_sampler", "holdout_fraction", "replica_path"),
+    }
 
     def __init__(
         self,
@@ -93,14 +125,20 @@ class SASMonitor(Callback):
         replica_path: str = "auto",
         progress_bar: bool = False,
         seed: int = 0,
+        swaps: int | str = "auto",
+        loss_stream: LossStream | None = None,
+        weights: WeightSnapshots | None = None,
+        probes: ProbeLosses | None = None,
     ) -> None:
         from lightning_sas.loggers.figure_schedule import FigureSchedule
 
+        given = dict(locals())
+        self._check_groups(given)
         self.figure_schedule = FigureSchedule(figure_every, figure_budget)
-        self.loss_stream = LossStream(
+        self.loss_stream = loss_stream or LossStream(
             flush_every=flush_every, window=window, max_blocks=max_blocks, late_phase_start=late_phase_start
         )
-        self.weights = WeightSnapshots(
+        self.weights = weights or WeightSnapshots(
             snapshot_every=snapshot_every,
             sketch_every=sketch_every,
             sketch_dim=sketch_dim,
@@ -111,7 +149,7 @@ class SASMonitor(Callback):
             layer_filter=layer_filter,
             seed=seed,
         )
-        self.probes = ProbeLosses(
+        self.probes = probes or ProbeLosses(
             probe_every=probe_every,
             num_train_probes=num_train_probes,
             num_test_probes=num_test_probes,
@@ -129,6 +167,7 @@ class SASMonitor(Callback):
         elif replicas > 0:
             self.replicas = SASReplicas(
                 replicas=replicas,
+                swaps=swaps,
                 fork_at=fork_at,
                 sampler=replica_sampler,
                 holdout_fraction=holdout_fraction,
@@ -141,6 +180,7 @@ class SASMonitor(Callback):
             self.replicas = None
         for part in self.parts:
             part.owned = True
+            part.flush_every = flush_every  # the monitor flushes every part together
         self.flush_every = flush_every
         self.progress_bar = progress_bar
         self.histograms = histograms
@@ -151,6 +191,25 @@ class SASMonitor(Callback):
         self._summary: dict[str, Any] = dict.fromkeys(self._keys())
         self._restored_step: int | None = None
         self._layout_written = False
+
+    @classmethod
+    def _check_groups(cls, given: dict[str, Any]) -> None:
+        """A configured part together with a flat keyword of its group is ambiguous: one error
+        naming both (LightningCLI passes every default, so only non-default values count)."""
+        import inspect
+
+        defaults = {k: p.default for k, p in inspect.signature(cls.__init__).parameters.items()}
+        for part, keywords in cls.GROUPS.items():
+            value = given.get(part)
+            if part == "replicas":
+                if not isinstance(value, SASReplicas):
+                    continue
+            elif value is None:
+                continue
+            clashing = [k for k in keywords if given.get(k) != defaults.get(k)]
+            if clashing:
+                raise ValueError(f"SASMonitor: {part}= is a configured {type(value).__name__}, so {', '.join(clashing)} "
+                                 f"must be set on it (or drop {part}=)")
 
     @property
     def parts(self) -> tuple[Any, ...]:
@@ -242,6 +301,9 @@ class SASMonitor(Callback):
                     probe_train_indices=[int(i) for i in self.probes.train_indices],
                     probe_test_indices=[int(i) for i in self.probes.test_indices],
                     ergodic_gap_source=self.probes.ergodic_gap_source,
+                    probe_num_swap=int(len(self.probes.swap_indices)),
+                    plan_run=self.probes.plan_run,
+                    plan_swaps=self.probes.plan_swaps,
                     automatic_optimization=bool(pl_module.automatic_optimization),
                     layer_names=self.weights.layer_names,
                 )
