@@ -10,7 +10,7 @@ from torch import Tensor
 
 from lightning_sas.data.probes import SwapLayout
 from lightning_sas.metrics.time_average import TimeAverage
-from lightning_sas.stats.batch_means import batch_means_se_from_blocks
+from lightning_sas.stats.batch_means import batch_means_se_from_blocks, gap_standard_error
 from lightning_sas.stats.sas import (
     estimate_by_window,
     forgetting_curve,
@@ -143,7 +143,8 @@ class SASEstimate(TimeAverage):
         out["ergodic_gap"] = float(control_avg[test_cols].mean() - control_avg[train_cols].mean())
         block_gap = np.nanmean(full[:, test_cols], axis=1) - np.nanmean(full[:, train_cols], axis=1)
         ok = np.isfinite(block_gap)
-        out["ergodic_gap_se"] = batch_means_se_from_blocks(counts[ok], block_gap[ok] * counts[ok])
+        temporal = batch_means_se_from_blocks(counts[ok], block_gap[ok] * counts[ok])
+        out["ergodic_gap_se"] = gap_standard_error(temporal, control_avg[train_cols], control_avg[test_cols])
         out["probe_train_loss"] = float(control_avg[train_cols].mean())
         out["probe_test_loss"] = float(control_avg[test_cols].mean())
         return out
