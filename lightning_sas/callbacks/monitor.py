@@ -21,6 +21,16 @@ from lightning_sas.diagnostics import LOSS_KEYS, PROBE_KEYS, WEIGHT_KEYS, unavai
 __all__ = ["SASMonitor"]
 
 
+def _forget_our_hparams(logger: Any, ours: dict[str, Any]) -> None:
+    """Take our keys out of the hparams dicts a logger keeps for its ``hparams.yaml`` (the
+    TensorBoard and CSV loggers' own, and their experiment writer's)."""
+    for holder in (logger, vars(logger).get("_experiment")):
+        kept = getattr(holder, "hparams", None) if holder is not None else None
+        if isinstance(kept, dict):
+            for key in ours:
+                kept.pop(key, None)
+
+
 class SASMonitor(Callback):
     """Late-phase training diagnostics for any LightningModule, unchanged.
 
@@ -250,7 +260,9 @@ class SASMonitor(Callback):
 
         The merge is a wrapper set on the logger instance for that one call: it removes itself
         when called (and :meth:`_unhook_hparams` removes it at ``on_train_start`` if Lightning
-        never called it), so after ``fit`` the logger and the trainer pickle as before."""
+        never called it), so after ``fit`` the logger and the trainer pickle as before. Our keys go
+        to the hparams session only: they are taken out of the hparams the logger keeps for its
+        ``hparams.yaml`` (which ``load_from_checkpoint(hparams_file=...)`` passes to the model)."""
         ours = {f"sas/{k}": v for k, v in self.config().items() if isinstance(v, (int, float, str, bool))}
         for logger in getattr(trainer, "loggers", []) or []:
             if "log_hyperparams" in vars(logger) or not hasattr(logger, "log_hyperparams"):
@@ -265,7 +277,10 @@ class SASMonitor(Callback):
                     params = dict(_convert_params(params) or {})
                 except Exception:
                     params = dict(params or {})
-                return _original({**params, **ours}, *args, **kwargs)
+                try:
+                    return _original({**params, **ours}, *args, **kwargs)
+                finally:
+                    _forget_our_hparams(_logger, ours)
 
             merged._sas_merged_for = self  # type: ignore[attr-defined]
             logger.log_hyperparams = merged  # type: ignore[method-assign]

@@ -142,7 +142,7 @@ def export_flush(trainer: Any, ctx: Any, figures: bool) -> None:
     for logger in getattr(trainer, "loggers", []) or []:
         scalars = without_flags if is_tensorboard_logger(logger) else numbers
         if scalars:
-            logger.log_metrics(scalars, step=step)
+            logger.log_metrics(metrics=scalars, step=step)  # by keyword, as Lightning calls it
     writers = tensorboard_writers(trainer)
     if not writers:
         if figures:
