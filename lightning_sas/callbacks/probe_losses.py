@@ -107,6 +107,15 @@ class ProbeLosses(StreamCallback):
         """Evaluate the probes at stream entry ``index``? Default: every ``probe_every``."""
         return index % self.probe_every == 0
 
+    def next_due(self, index: int) -> int | None:
+        """The first entry at or after ``index`` with a probe evaluation (None: probes off).
+        Computed from ``probe_every`` unless :meth:`should_probe` is overridden."""
+        if not self.enabled or self.metric is None:
+            return None
+        if type(self).should_probe is not ProbeLosses.should_probe:
+            return index
+        return -(-index // self.probe_every) * self.probe_every
+
     # -- setup ----------------------------------------------------------------------------
     def on_train_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
         self.attach(trainer, pl_module)
@@ -229,20 +238,26 @@ class ProbeLosses(StreamCallback):
         if not self.enabled or self.metric is None:
             return
         stepped = (not pl_module.automatic_optimization) or trainer.global_step > self._index
-        if not stepped or not self.should_probe(self._index):
+        if stepped and self.should_probe(self._index):
+            self.probe(trainer, pl_module, self._index)
+
+    def probe(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", index: int) -> None:
+        """Evaluate the probe losses at entry ``index`` (after its optimizer step)."""
+        self._index = index
+        if not self.enabled or self.metric is None:
             return
         try:
             values = self.evaluate(trainer, pl_module)
         except Exception as err:
             self._disable(f"the per-sample loss failed during training ({type(err).__name__}: {err})")
             return
-        self.metric.update(values, self._index, weight=self._owned_mask)
+        self.metric.update(values, index, weight=self._owned_mask)
         assert self._rows is not None
         slot = len(self._row_steps)
         if slot >= self._rows.shape[0]:
             self._rows = torch.cat([self._rows, torch.zeros_like(self._rows)])
         self._rows[slot].copy_(values)
-        self._row_steps.append(self._index)
+        self._row_steps.append(index)
 
     # -- flush ----------------------------------------------------------------------------
     def flush(self, ctx: FlushContext) -> None:

@@ -512,12 +512,17 @@ class SASReplicas(StreamCallback):
             self._fork(trainer, pl_module, self._index)
 
     def record(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", batch_idx: int) -> None:
-        """One step of every replica (and their probes when due) after a main optimizer step."""
+        """After each batch (when used on its own): :meth:`step` when the main run took a step."""
         self._batches_seen += 1
-        if not self.enabled or self.metric is None:
-            return
         stepped = (not pl_module.automatic_optimization) or trainer.global_step > self._index
-        if not stepped:
+        if stepped:
+            self.step(trainer, pl_module, self._index, batch_idx)
+
+    def step(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", index: int, batch_idx: int) -> None:
+        """One step of every replica (and their probes when due) after entry ``index`` of the
+        main run (its optimizer step in automatic optimization, its batch in manual)."""
+        self._index = index
+        if not self.enabled or self.metric is None:
             return
         if self.engine is None and isinstance(self.fork_at, int) and self._index + 1 >= self.fork_at:
             self._fork(trainer, pl_module, self._index + 1)
