@@ -74,7 +74,8 @@ class CharDataModule(pl.LightningDataModule):
         self.vocab = {c: i for i, c in enumerate(chars)}
         ids = torch.tensor([self.vocab[c] for c in text], dtype=torch.long)
         split = int(0.9 * len(ids))
-        self.train_set = CharWindows(ids[:split], self.context, stride=self.context // 2)
+        # windows do not overlap: a held-out window shares no character with a training window
+        self.train_set = CharWindows(ids[:split], self.context, stride=self.context)
         self.val_set = CharWindows(ids[split:], self.context, stride=self.context)
 
     def train_dataloader(self) -> DataLoader:

@@ -261,6 +261,10 @@ def _perturb(args: argparse.Namespace) -> int:
         m = auto_swaps(args.n - n_hold, n_hold, args.runs)
     elif str(args.swaps).isdigit() and int(args.swaps) >= 1:
         m = int(args.swaps)
+        if args.runs * m + 1 > n_hold:
+            raise ValueError(f"--swaps {m} with --runs {args.runs} needs {args.runs * m + 1} held-out samples, but "
+                             f"--holdout-fraction {args.holdout_fraction} of {args.n} gives {n_hold}: lower --swaps (or "
+                             "use auto), or raise --holdout-fraction")
     else:
         raise ValueError(f"--swaps must be 'auto' or a positive integer, got {args.swaps!r}")
     s_idx, holdout = split_holdout(args.n, args.holdout_fraction, args.seed, min_holdout=args.runs * m + 1)

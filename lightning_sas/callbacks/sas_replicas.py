@@ -57,21 +57,27 @@ class SASReplicas(StreamCallback):
     At ``fork_at`` (default ``"start"``: the main model's initial weights at ``on_train_start``)
     the callback forks a **control** replica, trained on ``S`` (the training data minus a seeded
     held-out split of ``holdout_fraction``), and ``K`` **perturbed** replicas, replica ``k``
-    trained on ``S^(k)``: ``S`` with sample ``i_k`` replaced by held-out sample ``z'_k``. Every
-    main optimizer step, every replica takes one step on a batch from one seeded sampler
-    (``sampler="common"``: common random numbers) or from its own (``"independent"``: the
-    paper's protocol). Every ``probe_every`` steps all replicas evaluate per-sample losses on the
-    probe set ``{i_k} ∪ P_train ∪ {z'_k} ∪ P_test`` (``P_test`` from the held-out split, disjoint
-    from the replacements); a :class:`~lightning_sas.metrics.SASEstimate` metric keeps their
-    late-phase time averages. With :math:`d_k(z) = \langle l_k(z)\rangle - \langle l_0(z)\rangle`
-    (Chandramoorthy et al., NeurIPS 2022, arXiv 2208.07951):
+    trained on ``S^(k)``: ``S`` with ``m`` samples ``I_k`` swapped for ``m`` held-out samples
+    ``Z'_k`` (``swaps``; disjoint across replicas). Every main optimizer step, every replica takes
+    one step on a batch from one seeded sampler (``sampler="common"``: common random numbers) or
+    from its own (``"independent"``: the paper's protocol). Every ``probe_every`` steps each
+    replica evaluates per-sample losses on the shared probe sets ``P_train`` and ``P_test``
+    (``P_test`` from the held-out split, disjoint from the swaps) and on its own ``2m`` swapped
+    samples, the control on every replica's; a :class:`~lightning_sas.metrics.SASEstimate`
+    metric keeps their late-phase time averages. With
+    :math:`d_k(z) = \langle l_k(z)\rangle - \langle l_0(z)\rangle` (Chandramoorthy et al.,
+    NeurIPS 2022, arXiv 2208.07951):
 
-    * ``sas_max`` = mean_k max over ``{i_k, z'_k} ∪ P_test`` of ``|d_k(z)|`` (the definition's sup,
-      averaged over the random replaced pairs: the average case, not the worst case);
+    * ``sas_max`` = mean_k max over ``I_k ∪ Z'_k ∪ P_test`` of ``|d_k(z)|`` (the definition's sup,
+      averaged over the random swaps: the average case, not the worst case);
     * ``sas_mean`` = mean over k and ``P_test`` of ``|d_k(z)|`` (held-out sensitivity);
-    * ``sas_replaced`` = mean_k ``|d_k(i_k)|``; ``stability_gap`` = mean_k ``d_k(i_k)``, the
-      replace-one estimate of the generalization gap, next to ``ergodic_gap`` measured directly on
-      the control replica (``P_test`` minus ``P_train``) against the same held-out split;
+    * ``sas_replaced`` = mean over k and ``I_k`` of ``|d_k(i)|``;
+    * ``stability_gap``: the replace-one estimate of the generalization gap from both sides of
+      every swap, the mean over replicas of each replica's mean of ``d_k(i)`` (``i`` in ``I_k``,
+      the removed side ``stability_gap_removed``) and ``-d_k(z')`` (``z'`` in ``Z'_k``, the
+      added side ``stability_gap_added``); next to ``ergodic_gap`` measured directly on the
+      control replica (``P_test`` minus ``P_train``) against the same held-out split
+      (:func:`~lightning_sas.stats.sas.sas_statistics`);
     * each with a standard error (spread over replicas combined with batch means over time), a
       null level and a ``*_resolved`` flag; ``sas_converged`` compares the last two doublings of
       the averaging window; ``paper_coefficient`` is the authors' statistic over the neighbouring
@@ -98,6 +104,9 @@ class SASReplicas(StreamCallback):
 
     Args:
         replicas: ``K >= 1`` perturbed replicas.
+        swaps: ``m``, the samples each replica swaps (``"auto"``: the default of the bias study,
+            at most about 1 % of ``S`` and what the held-out split allows; see
+            :meth:`resolve_swaps`). ``swaps=1`` is v0.1's one-replacement estimator.
         fork_at: ``"start"``, ``"late_phase"`` (first stable late-phase start) or a step.
         sampler: ``"common"`` or ``"independent"``.
         holdout_fraction: share of the training data held out for replacements and ``P_test``.
@@ -196,6 +205,7 @@ class SASReplicas(StreamCallback):
         self.fallback_reason: str | None = None
         #: why the estimate stopped (a replica failed mid-run), for ``summary()["unavailable"]``
         self._off_reason: str | None = None
+        self._meta_written = False
         self._source: SampleSource | None = None
         self.pooled = False
         self._trainer: Any = None
@@ -601,7 +611,8 @@ class SASReplicas(StreamCallback):
             ctx.summary["ergodic_gap_validation"] = ctx.summary.get("ergodic_gap")
             ctx.summary["ergodic_gap_validation_se"] = ctx.summary.get("ergodic_gap_se")
         ctx.summary.update(self._last)
-        if ctx.writer is not None and self.metric is not None:
+        if ctx.writer is not None and self.metric is not None and not self._meta_written:
+            self._meta_written = True  # the swaps and probe points are fixed for the run: written once
             ctx.writer.update_meta(sas_swaps=self._swaps_json(), sas_m=self.m,
                                    sas_shared_indices=[int(i) for i in self.probe_set.shared_indices],
                                    sas_num_train=int(len(self.probe_set.extra_train_indices)))

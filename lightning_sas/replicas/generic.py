@@ -101,11 +101,12 @@ class GenericReplicas:
         self.automatic = bool(getattr(template, "automatic_optimization", True))
         self.clip = clip
         self._context = precision_context(trainer)
-        self.modules = detached_copies(template, n, trainer)
+        self.modules = detached_copies(template, n, trainer)  # each submodule keeps its own mode
         self._pass_batch_idx = takes_batch_idx(template)
+        self._template_modules = list(template.modules())
+        self._template_params = list(template.parameters())
         self.optim: list[OptimizerSet] = []
         for module in self.modules:
-            module.train(template.training)
             opt = replica_optimizers(module)
             if optimizer_state is not None:
                 for o, st in zip(opt.optimizers, optimizer_state):
@@ -124,8 +125,20 @@ class GenericReplicas:
             return loss
         return per_sample_loss(module, batch, self.loss_fn).mean()
 
+    def follow(self) -> None:
+        """Give every replica the main module's current train/eval mode of each submodule and
+        ``requires_grad`` of each parameter: a model that keeps a part in eval mode, or a
+        fine-tuning callback that freezes and unfreezes layers, trains its replicas alike."""
+        for module in self.modules:
+            for own, main in zip(module.modules(), self._template_modules):
+                own.training = main.training
+            for own_p, main_p in zip(module.parameters(), self._template_params):
+                if own_p.requires_grad != main_p.requires_grad:
+                    own_p.requires_grad_(main_p.requires_grad)
+
     def step(self, batches: Sequence[Any], batch_idx: int, step_index: int) -> None:
         """One step of every replica, replica ``r`` on ``batches[r]``."""
+        self.follow()
         for module, opt, batch in zip(self.modules, self.optim, batches):
             with self._context():
                 if not self.automatic and self.use_training_step:
@@ -142,6 +155,9 @@ class GenericReplicas:
                 loss = self._loss(module, batch, batch_idx)
             computed.append(loss)
             if loss is None:  # training_step returned None: the step is skipped, as in Lightning
+                return None
+            if not loss.requires_grad:  # nothing trainable now (every layer frozen): no update
+                computed[-1] = None
                 return None
             loss.backward()
             clip_gradients(list(module.parameters()), self.clip)

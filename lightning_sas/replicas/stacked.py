@@ -78,7 +78,8 @@ class StackedReplicas:
         self._context = precision_context(trainer)
         functional_template, holder = detached_copies(template, 2, trainer)
         self.wrapper = _PerSampleLossModule(functional_template, loss_fn)
-        self.wrapper.train(template.training)
+        self.wrapper.training = template.training  # the copy's submodules keep their own modes
+        self._template_modules = list(template.modules())
         for name, param in list(holder.named_parameters()):
             owner_name, _, attr = name.rpartition(".")
             owner = holder.get_submodule(owner_name) if owner_name else holder
@@ -102,6 +103,8 @@ class StackedReplicas:
 
     def step(self, batches: Sequence[Any], batch_idx: int, step_index: int) -> None:
         """One optimizer step of every replica, replica ``r`` on ``batches[r]``."""
+        for own, main in zip(self.wrapper.template.modules(), self._template_modules):
+            own.training = main.training  # follow the main module's modes (dropout on or off)
         shared = all(b is batches[0] for b in batches)
         batch = batches[0] if shared else stack_batches(batches)
         # vmapped forward, ordinary autograd backward: the replicas are independent, so the

@@ -283,6 +283,7 @@ def estimate_by_window(
         if None not in (a, c, sa, sc):
             converged = abs(a - c) <= 2.0 * math.sqrt(sa * sa + sc * sc)
     out["converged"] = bool(converged)
+    out["t"] = student_t_975(pert.shape[0] - 1) if pert.shape[0] >= 2 else 2.0
     return out
 
 
