@@ -125,13 +125,22 @@ def compare_runs(runs: Sequence[Any], pairs: Sequence[tuple[int, int]], from_ste
     ``sas_mean`` (mean over pairs and ``P_test`` of ``|<l_p(z)> - <l_q(z)>|``, with SE),
     ``sas_max`` (mean over pairs of the max over ``P_test``), the authors' ``paper_coefficient``
     and per-run time-averaged test losses.
+
+    Runs of a ``lightning-sas perturb`` plan (trained on
+    :meth:`~lightning_sas.data.NeighbouringDataset.from_plan` sets) also probed every run's
+    swapped samples: then the neighbours are the control (run 0) and each run ``k``, and the
+    statistics are those of :func:`~lightning_sas.stats.sas.sas_statistics` with ``m`` swaps per
+    run: ``sas_max`` over the swapped samples and ``P_test``, ``sas_replaced``, and the
+    ``stability_gap`` from both sides of every swap (``stability_gap_removed``,
+    ``stability_gap_added``), each with its SE (runs as the independent units, Student's t with
+    K - 1 dof) and resolved flag.
     """
     from lightning_sas.diagnostics import summarize_run
     from lightning_sas.stats.sas import mean_pairwise_abs_difference, paper_coefficient
 
     if len(runs) < 2:
         raise ValueError("compare needs at least two runs")
-    probes, n_train = [], None
+    probes, n_train, n_test = [], None, None
     for run in runs:
         stream = run.streams.get("probes")
         if not stream or "losses" not in stream:
@@ -141,6 +150,7 @@ def compare_runs(runs: Sequence[Any], pairs: Sequence[tuple[int, int]], from_ste
         if n_train is not None and nt != n_train or (probes and stream["losses"].shape[1] != probes[0]["losses"].shape[1]):
             raise ValueError("the runs probed different point sets: use the same seed and dataset sizes in every run")
         n_train = nt
+        n_test = int(cfg.get("probe_num_test", stream["losses"].shape[1] - nt))
         probes.append(stream)
     if from_step is None:
         starts = [summarize_run(r).get("late_phase_start") for r in runs]
@@ -152,7 +162,7 @@ def compare_runs(runs: Sequence[Any], pairs: Sequence[tuple[int, int]], from_ste
             raise ValueError(f"no probe rows at or after step {from_step}")
         per_point.append(np.nanmean(stream["losses"][keep], axis=0))
     means = np.stack(per_point)  # (R, P)
-    test = means[:, n_train:]
+    test = means[:, n_train : n_train + n_test]
     if test.shape[1] == 0:
         raise ValueError("the runs have no held-out probe points (P_test)")
     coef, coef_se = paper_coefficient(test.mean(axis=1), pairs)
@@ -168,11 +178,56 @@ def compare_runs(runs: Sequence[Any], pairs: Sequence[tuple[int, int]], from_ste
         "paper_coefficient": coef,
         "paper_coefficient_se": coef_se,
     }
+    plan = [run.meta.get("plan_swaps") for run in runs]
+    if all(p is not None for p in plan):
+        out.update(_swap_statistics(runs, probes, n_train, n_test, int(from_step)))
     for r, run in enumerate(runs):
         out[f"run{r}_test_loss"] = float(test[r].mean())
         out[f"run{r}"] = str(run.root)
     out["_abs_diff"] = np.concatenate([np.abs(test[p] - test[q]) for p, q in pairs])
     return out
+
+
+def _swap_statistics(runs: Sequence[Any], probes: Sequence[dict[str, np.ndarray]], n_train: int, n_test: int,
+                     from_step: int) -> dict[str, Any]:
+    """The swap statistics across the runs of one perturb plan (run 0 the control): each probe row
+    at or after ``from_step`` that every run has is one block of :func:`sas_statistics`."""
+    from lightning_sas.stats.sas import sas_statistics
+
+    order = [run.meta.get("plan_run") for run in runs]
+    if sorted(order) != list(range(len(runs))):
+        raise ValueError(f"the runs are runs {order} of the plan: pass the control (run 0) and every run of the plan once")
+    swaps = runs[0].meta["plan_swaps"]
+    k, m = len(swaps), len(swaps[0]) if swaps else 0
+    if k != len(runs) - 1 or m < 1:
+        raise ValueError(f"the plan has {k} perturbed runs with {m} swaps each, but {len(runs)} runs were given")
+    by_run = {order[r]: probes[r] for r in range(len(runs))}
+    common = set(by_run[0]["step"][by_run[0]["step"] >= from_step].tolist())
+    for stream in by_run.values():
+        common &= set(stream["step"].tolist())
+    steps = np.asarray(sorted(common), dtype=np.int64)
+    if steps.size < 2:
+        raise ValueError(f"the runs share fewer than 2 probe steps at or after step {from_step}")
+
+    def rows(run: int) -> np.ndarray:
+        stream = by_run[run]
+        index = {int(s): i for i, s in enumerate(stream["step"])}
+        return stream["losses"][[index[int(s)] for s in steps]]
+
+    test = n_train + np.arange(n_test)
+    swap0 = n_train + n_test  # the swap group: every run's removed samples, then every run's added samples
+    perturbed, control = [], []
+    control_rows = rows(0)
+    for r in range(1, k + 1):
+        cols = np.concatenate([test, swap0 + (r - 1) * m + np.arange(m), swap0 + k * m + (r - 1) * m + np.arange(m)])
+        perturbed.append(rows(r)[:, cols])
+        control.append(control_rows[:, cols])
+    stats = sas_statistics(np.stack(perturbed), np.stack(control), np.ones(steps.size), n_test + np.arange(m),
+                           n_test + m + np.arange(m), np.arange(n_test))
+    keys = ("swaps", "sas_max", "sas_max_se", "sas_max_resolved", "sas_replaced", "sas_replaced_se", "stability_gap",
+            "stability_gap_se", "stability_gap_resolved", "stability_gap_removed", "stability_gap_removed_se",
+            "stability_gap_added", "stability_gap_added_se", "sas_critical_t")
+    return {key: stats[key] for key in keys}
 
 
 def _compare(args: argparse.Namespace) -> int:
@@ -199,23 +254,32 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def _perturb(args: argparse.Namespace) -> int:
-    from lightning_sas.data import choose_replacements, split_holdout
+    from lightning_sas.data import auto_swaps, choose_swaps, split_holdout
 
-    s_idx, holdout = split_holdout(args.n, args.holdout_fraction, args.seed)
-    pairs = choose_replacements(s_idx, holdout, args.runs, args.seed)
+    n_hold = max(int(round(args.n * args.holdout_fraction)), args.runs + 1)
+    if str(args.swaps) == "auto":
+        m = auto_swaps(args.n - n_hold, n_hold, args.runs)
+    elif str(args.swaps).isdigit() and int(args.swaps) >= 1:
+        m = int(args.swaps)
+    else:
+        raise ValueError(f"--swaps must be 'auto' or a positive integer, got {args.swaps!r}")
+    s_idx, holdout = split_holdout(args.n, args.holdout_fraction, args.seed, min_holdout=args.runs * m + 1)
+    swaps = choose_swaps(s_idx, holdout, args.runs, m, args.seed)
     plan = {
         "n": args.n,
         "seed": args.seed,
         "holdout_fraction": args.holdout_fraction,
+        "swaps": m,
         "train_indices": [int(i) for i in s_idx],
         "holdout_indices": [int(i) for i in holdout],
         "runs": [{"run": 0, "replace": {}}]
-        + [{"run": k, "replace": {str(i): int(j)}} for k, (i, j) in enumerate(pairs, start=1)],
+        + [{"run": k, "replace": {str(i): int(j) for i, j in pairs}} for k, pairs in enumerate(swaps, start=1)],
     }
     text = json.dumps(plan, indent=1)
     if args.out:
         Path(args.out).write_text(text)
-        print(f"plan for {args.runs + 1} runs (control + {args.runs} neighbours) written to {args.out}")
+        print(f"plan for {args.runs + 1} runs (control + {args.runs} neighbours, {m} swaps each) "
+              f"written to {args.out}")
     else:
         print(text)
     return 0
@@ -241,6 +305,9 @@ def _build_parser() -> argparse.ArgumentParser:
     per = sub.add_parser("perturb", help="plan neighbouring datasets for the multi-run protocol")
     per.add_argument("--n", type=int, required=True, help="size of the training set")
     per.add_argument("--runs", type=int, default=4, help="number of perturbed runs (plus one control)")
+    per.add_argument("--swaps", default="auto",
+                     help="samples each run swaps for held-out ones: m, or 'auto' (the default of SASReplicas: at most "
+                          "about 1 %% of S and what the held-out split allows)")
     per.add_argument("--holdout-fraction", type=float, default=0.1)
     per.add_argument("--seed", type=int, default=0)
     per.add_argument("--out", help="write the plan JSON here (default: stdout)")

@@ -251,7 +251,8 @@ def summarize_run(run: Any) -> dict[str, Any]:
     num_train = meta.get("probe_num_train")
     num_test = meta.get("probe_num_test")
     if probes is not None and num_train and num_test:
-        metric = ErgodicGap(int(num_train), int(num_test), max_blocks=int(cfg.get("probe_max_blocks", 128)))
+        metric = ErgodicGap(int(num_train), int(num_test), max_blocks=int(cfg.get("probe_max_blocks", 128)),
+                            num_extra=int(meta.get("probe_num_swap") or 0))
         for step, row in zip(probes["step"], probes["losses"]):
             metric.update(torch.from_numpy(np.asarray(row, dtype=np.float64)), int(step))
         metric.start_step = summary.get("late_phase_start") if summary.get("late_phase_found") else None

@@ -114,6 +114,9 @@ def test_custom_scalars_layout_and_hparams_merged(tb_run: tuple[str, SASMonitor]
     assert len(sessions) == 1
     info = plugin_data_pb2.HParamsPluginData.FromString(sessions[0]).session_start_info
     assert "lr" in info.hparams and "sas/flush_every" in info.hparams
+    # ours are in the TensorBoard session only, not in the hparams.yaml that reloads the model
+    saved = (Path(log_dir) / "hparams.yaml").read_text()
+    assert "lr" in saved and "sas/" not in saved
 
 
 def test_report_reproduces_live_summary(tb_run: tuple[str, SASMonitor], tmp_path: Any, capsys: pytest.CaptureFixture) -> None:

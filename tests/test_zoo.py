@@ -177,3 +177,65 @@ def test_observer_contract_without_replicas(tmp_path: Any) -> None:
                          figure_every=1, figure_budget=0)
     assert_observer(plain, run_shape(shape, tmp_path / "monitored", monitor))
     assert monitor.summary()["ergodic_gap"] is not None
+
+
+DDP_SCRIPT = """
+import os, random, sys
+sys.path.insert(0, {tests!r})
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader
+import zoo
+from lightning_sas import SASMonitor, SASReplicas
+
+out, mode = sys.argv[1], sys.argv[2]
+pl.seed_everything(3)
+np.random.seed(3)
+random.seed(3)
+batches = []
+
+class Recorder(pl.Callback):
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        batches.append([t.clone() for t in batch])
+
+callbacks = [Recorder()]
+if mode != "plain":
+    replicas = SASReplicas(replicas=3, probe_every=5, num_train_probes=16, num_heldout_probes=16, flush_every=10,
+                           path=mode, loss_fn=zoo.cross_entropy)
+    callbacks.append(SASMonitor(flush_every=10, probe_every=5, num_train_probes=16, num_test_probes=16,
+                                figure_every=0, store=False, replicas=replicas))
+trainer = pl.Trainer(accelerator="cpu", devices=2, strategy="ddp", max_steps=30, callbacks=callbacks, logger=False,
+                     enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                     num_sanity_val_steps=0, default_root_dir=out)
+module = zoo.DropoutMLP()
+trainer.fit(module, DataLoader(zoo.classification_data(256), batch_size=16, shuffle=True),
+            DataLoader(zoo.classification_data(64, seed=1), batch_size=32))
+torch.save({{"state": module.state_dict(), "optim": trainer.optimizers[0].state_dict(), "batches": batches,
+            "torch": torch.get_rng_state(), "numpy": np.random.get_state()[1].copy(), "python": random.getstate()}},
+           os.path.join(out, f"{{mode}}-rank{{trainer.global_rank}}.pt"))
+"""
+
+
+@pytest.mark.parametrize("path", ["fast", "generic"])
+def test_observer_contract_under_ddp(path: str, tmp_path: Any) -> None:
+    """Two gloo ranks with dropout and Lightning's shuffled DistributedSampler: per rank, the
+    monitored run (replicas spread over the ranks) ends bitwise where the plain run ends."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = tmp_path / "ddp_observer.py"
+    script.write_text(DDP_SCRIPT.format(tests=str(Path(__file__).parent)))
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    for mode in ("plain", path):
+        proc = subprocess.run([sys.executable, str(script), str(tmp_path), mode], capture_output=True, text=True,
+                              timeout=600, env=env)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    for rank in (0, 1):
+        plain = torch.load(tmp_path / f"plain-rank{rank}.pt", weights_only=False)
+        monitored = torch.load(tmp_path / f"{path}-rank{rank}.pt", weights_only=False)
+        assert len(plain["batches"]) == 30
+        for key in ("batches", "state", "optim", "torch", "numpy", "python"):
+            assert_same_tree(plain[key], monitored[key], f"rank{rank}.{key}")

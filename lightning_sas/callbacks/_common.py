@@ -102,18 +102,12 @@ def resolve_callable(value: str | Callable | None, argument: str) -> Callable | 
     raise ValueError(f"{argument} must be a callable or an import path 'package.module.function', got {value!r}")
 
 
-def learning_rate(trainer: Any) -> float | Tensor:
-    """Learning rate of the first parameter group of the first optimizer (NaN when none)."""
+def first_param_group(trainer: Any) -> dict[str, Any] | None:
+    """The first parameter group of the first optimizer (its ``"lr"`` is the stream's learning
+    rate: schedulers change it in place), or None without one."""
     optimizers = getattr(trainer, "optimizers", None) or []
-    if not optimizers:
-        return float("nan")
-    groups = getattr(optimizers[0], "param_groups", None) or []
-    if not groups:
-        return float("nan")
-    lr = groups[0].get("lr", float("nan"))
-    if isinstance(lr, Tensor):
-        return lr.detach().reshape(())
-    return float(lr)
+    groups = getattr(optimizers[0], "param_groups", None) if optimizers else None
+    return groups[0] if groups else None
 
 
 def device_float_dtype(device: torch.device) -> torch.dtype:

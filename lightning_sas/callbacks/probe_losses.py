@@ -88,6 +88,11 @@ class ProbeLosses(StreamCallback):
         #: summary keys this part cannot give, with the reason (shown in the summary and status)
         self.unavailable: dict[str, str] = {}
         self.pool_note: str | None = None
+        #: a multi-run plan's swapped samples (every run's removed, then every run's added), probed
+        #: by every run so that ``lightning-sas compare`` can form the stability gap
+        self.swap_indices = np.zeros(0, dtype=np.int64)
+        self.plan_swaps: list[list[tuple[int, int]]] | None = None
+        self.plan_run: int | None = None
 
     def config(self) -> dict[str, Any]:
         return {
@@ -101,6 +106,15 @@ class ProbeLosses(StreamCallback):
     def should_probe(self, index: int) -> bool:
         """Evaluate the probes at stream entry ``index``? Default: every ``probe_every``."""
         return index % self.probe_every == 0
+
+    def next_due(self, index: int) -> int | None:
+        """The first entry at or after ``index`` with a probe evaluation (None: probes off).
+        Computed from ``probe_every`` unless :meth:`should_probe` is overridden."""
+        if not self.enabled or self.metric is None:
+            return None
+        if type(self).should_probe is not ProbeLosses.should_probe:
+            return index
+        return -(-index // self.probe_every) * self.probe_every
 
     # -- setup ----------------------------------------------------------------------------
     def on_train_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
@@ -120,6 +134,9 @@ class ProbeLosses(StreamCallback):
         heldout, where = (None, "num_test_probes=0") if self.num_test_probes == 0 else validation_source(trainer)
         if heldout is not None and len(heldout) == 0:
             heldout, where = None, "the validation dataset is empty"
+        plan_data = self._plan_dataset(train.dataset)
+        if plan_data is not None:  # every run of a multi-run plan probes the same points of S
+            train = SampleSource.of(train.loader, plan_data.dataset)
         rng = np.random.default_rng(self.seed)
         self.train_indices = np.sort(rng.choice(len(train), size=min(self.num_train_probes, len(train)), replace=False))
         if heldout is not None:
@@ -132,6 +149,13 @@ class ProbeLosses(StreamCallback):
         if pooled:
             self.pool_note = "probe samples of iterable data come from a pool read once at the start"
         groups = [(train, self.train_indices)] + ([(heldout, self.test_indices)] if heldout is not None else [])
+        if plan_data is not None and heldout is not None:
+            swaps = [[(int(i), int(j)) for i, j in run["replace"].items()] for run in plan_data.plan["runs"][1:]]
+            self.plan_swaps = swaps
+            self.plan_run = plan_data.run
+            self.swap_indices = np.asarray([i for run in swaps for i, _ in run] + [j for run in swaps for _, j in run],
+                                           dtype=np.int64)
+            groups.append((SampleSource.of(train.loader, plan_data.base), self.swap_indices))
         try:
             self._batches = [
                 prepare_batch(trainer, source.collate(source.samples(indices[i : i + self.probe_batch_size])), pl_module.device)
@@ -141,7 +165,7 @@ class ProbeLosses(StreamCallback):
         except Exception as err:  # samples that cannot be batched: probes off, training goes on
             self._disable(f"the probe samples could not be batched ({type(err).__name__}: {err})")
             return
-        self._activate(trainer, pl_module, len(self.train_indices), len(self.test_indices))
+        self._activate(trainer, pl_module, len(self.train_indices), len(self.test_indices), len(self.swap_indices))
         if heldout is None and self.enabled:
             for key in ("ergodic_gap", "ergodic_gap_se", "probe_test_loss"):
                 self.unavailable[key] = no_heldout
@@ -151,7 +175,14 @@ class ProbeLosses(StreamCallback):
                           "SASMonitor(replicas=K), whose control replica measures the gap on holdout_fraction of the "
                           "training data.")
 
-    def _activate(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", num_train: int, num_test: int) -> None:
+    @staticmethod
+    def _plan_dataset(dataset: Any) -> Any:
+        """The training set when it is a run of a multi-run plan
+        (:meth:`~lightning_sas.data.NeighbouringDataset.from_plan`), else None."""
+        return dataset if getattr(dataset, "plan", None) is not None and getattr(dataset, "base", None) is not None else None
+
+    def _activate(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", num_train: int, num_test: int,
+                  num_extra: int = 0) -> None:
         """Dry-run the per-sample loss on the probe batches and set up the metric and buffers."""
         try:
             first = self.evaluate(trainer, pl_module, self._batches[:1])
@@ -163,8 +194,8 @@ class ProbeLosses(StreamCallback):
             self._disable(f"the per-sample loss returned shape {tuple(first.shape)}, expected ({expected},)")
             return
         device = pl_module.device
-        total = num_train + num_test
-        self.metric = (ErgodicGap(num_train, num_test, max_blocks=self.max_blocks) if num_test else
+        total = num_train + num_test + num_extra
+        self.metric = (ErgodicGap(num_train, num_test, max_blocks=self.max_blocks, num_extra=num_extra) if num_test else
                        TimeAverage(total, max_blocks=self.max_blocks)).to(device)
         self.metric.num_train = num_train  # type: ignore[attr-defined]
         world, rank = int(getattr(trainer, "world_size", 1)), int(getattr(trainer, "global_rank", 0))
@@ -207,20 +238,26 @@ class ProbeLosses(StreamCallback):
         if not self.enabled or self.metric is None:
             return
         stepped = (not pl_module.automatic_optimization) or trainer.global_step > self._index
-        if not stepped or not self.should_probe(self._index):
+        if stepped and self.should_probe(self._index):
+            self.probe(trainer, pl_module, self._index)
+
+    def probe(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", index: int) -> None:
+        """Evaluate the probe losses at entry ``index`` (after its optimizer step)."""
+        self._index = index
+        if not self.enabled or self.metric is None:
             return
         try:
             values = self.evaluate(trainer, pl_module)
         except Exception as err:
             self._disable(f"the per-sample loss failed during training ({type(err).__name__}: {err})")
             return
-        self.metric.update(values, self._index, weight=self._owned_mask)
+        self.metric.update(values, index, weight=self._owned_mask)
         assert self._rows is not None
         slot = len(self._row_steps)
         if slot >= self._rows.shape[0]:
             self._rows = torch.cat([self._rows, torch.zeros_like(self._rows)])
         self._rows[slot].copy_(values)
-        self._row_steps.append(self._index)
+        self._row_steps.append(index)
 
     # -- flush ----------------------------------------------------------------------------
     def flush(self, ctx: FlushContext) -> None:

@@ -14,7 +14,7 @@ from torch.utils.data import TensorDataset, default_collate
 
 from lightning_sas.callbacks._common import prepare_batch, resolve_callable, warn_once
 from lightning_sas.callbacks.base import FlushContext, StreamCallback
-from lightning_sas.data import choose_replacements, make_probe_set, split_holdout
+from lightning_sas.data import auto_swaps, choose_swaps, make_probe_set, split_holdout
 from lightning_sas.data.loaders import DEFAULT_POOL_SIZE, SampleSource, training_source
 from lightning_sas.isolation import isolated_rng, observed
 from lightning_sas.losses import per_sample_loss
@@ -40,8 +40,10 @@ __all__ = ["SASReplicas", "SAS_KEYS", "replica_rows"]
 #: summary keys added by the replicas
 SAS_KEYS = (
     "sas_max", "sas_max_se", "sas_mean", "sas_mean_se", "sas_replaced", "sas_replaced_se",
-    "stability_gap", "stability_gap_se", "sas_max_null", "sas_mean_null", "sas_replaced_null",
+    "stability_gap", "stability_gap_se", "stability_gap_removed", "stability_gap_removed_se",
+    "stability_gap_added", "stability_gap_added_se", "sas_max_null", "sas_mean_null", "sas_replaced_null",
     "sas_max_resolved", "sas_mean_resolved", "sas_replaced_resolved", "stability_gap_resolved",
+    "stability_gap_removed_resolved", "stability_gap_added_resolved", "swaps",
     "sas_resolved", "sas_converged", "paper_coefficient", "paper_coefficient_se",
     "mean_pairwise_abs_difference", "mean_pairwise_abs_difference_se", "replicas", "replica_path",
     "replica_sampler", "fork_step", "steps_since_fork", "replica_checkpoint_bytes",
@@ -112,8 +114,8 @@ class SASReplicas(StreamCallback):
             :class:`~lightning_sas.metrics.TimeAverage`.
         probe_batch_size: probe samples per forward pass of a replica.
         pool_size: samples read once from iterable (not map-style) training data, which then
-            play the role of ``S`` and its held-out split for the replicas (``pooled`` in the
-            summary); map-style data is indexed in place.
+            play the role of ``S`` and its held-out split for the replicas (the attribute
+            ``pooled`` says so); map-style data is indexed in place.
         seed: seed of the split, the replacements, the probes, the sampler and the replicas' RNG.
 
     Small datasets: the held-out split holds at least ``K + 1`` samples (one replacement per
@@ -127,6 +129,7 @@ class SASReplicas(StreamCallback):
     def __init__(
         self,
         replicas: int = 4,
+        swaps: int | str = "auto",
         fork_at: str | int = "start",
         sampler: str = "common",
         holdout_fraction: float = 0.1,
@@ -147,6 +150,8 @@ class SASReplicas(StreamCallback):
         super().__init__(flush_every=flush_every)
         if isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 1:
             raise ValueError(f"replicas must be an integer K >= 1 (perturbed replicas), got {replicas!r}")
+        if swaps != "auto" and (isinstance(swaps, bool) or not isinstance(swaps, int) or swaps < 1):
+            raise ValueError(f"swaps must be 'auto' or a positive integer m (samples swapped per replica), got {swaps!r}")
         if not (fork_at in ("start", "late_phase") or (isinstance(fork_at, int) and fork_at >= 0)):
             raise ValueError(f"fork_at must be 'start', 'late_phase' or a non-negative step, got {fork_at!r}")
         if sampler not in ("common", "independent"):
@@ -165,6 +170,7 @@ class SASReplicas(StreamCallback):
         if not isinstance(pool_size, int) or pool_size < 2:
             raise ValueError(f"pool_size must be an integer >= 2, got {pool_size!r}")
         self.replicas = replicas
+        self.swaps = swaps
         self.fork_at = fork_at
         self.sampler_mode = sampler
         self.holdout_fraction = holdout_fraction
@@ -194,8 +200,13 @@ class SASReplicas(StreamCallback):
         self.pooled = False
         self._trainer: Any = None
         self._s_indices = np.zeros(0, dtype=np.int64)
-        self._pairs: list[tuple[int, int]] = []
+        #: the resolved m and each replica's swaps [(i, z'), ...] (dataset indices)
+        self.m: int | None = None
+        self._swaps: list[list[tuple[int, int]]] = []
+        #: per replica: sorted removed indices and their replacements, for the batch lookup
+        self._swap_lookup: list[tuple[np.ndarray, np.ndarray]] = []
         self._probe_batches: list[Any] = []
+        self._swap_batches: list[list[Any]] = []
         self._sampler: ReplicaSampler | None = None
         self._rng = PrivateRNG(self.seed + 1)
         self._batches_seen = 0
@@ -215,6 +226,7 @@ class SASReplicas(StreamCallback):
     def config(self) -> dict[str, Any]:
         return {
             "replicas": self.replicas,
+            "swaps": str(self.swaps) if self.m is None else self.m,
             "fork_at": str(self.fork_at),
             "replica_sampler": self.sampler_mode,
             "holdout_fraction": self.holdout_fraction,
@@ -229,12 +241,32 @@ class SASReplicas(StreamCallback):
     def holdout_indices(self, n: int) -> np.ndarray:
         """Indices of the held-out split of a training set of size ``n`` (exclude them from the
         main run, e.g. with ``torch.utils.data.Subset``, to allow late forks)."""
-        return split_holdout(n, self.holdout_fraction, self.seed, min_holdout=self._min_holdout())[1]
+        return self._split(n)[1]
 
-    def _min_holdout(self) -> int:
-        """Smallest held-out split the estimate needs: one replacement per replica and one
-        ``P_test`` point (small datasets get this many even when ``holdout_fraction`` gives fewer)."""
-        return self.replicas + 1
+    def resolve_swaps(self, n: int) -> tuple[int, int]:
+        """``(m, held-out size)`` for a training set of ``n`` samples.
+
+        The held-out split has ``round(n * holdout_fraction)`` samples, at least ``K + 1`` (a
+        small dataset still gets one replacement per replica and a ``P_test`` point).
+        ``swaps="auto"`` takes :func:`~lightning_sas.data.auto_swaps`: the default m from the bias
+        study, at most about 1 % of ``S`` and what the held-out pool allows (``K m`` replacements
+        and a ``P_test`` point), at least 1. An explicit ``swaps`` that does not fit is an error
+        naming ``swaps`` and ``holdout_fraction``."""
+        n_hold = max(int(round(n * self.holdout_fraction)), self.replicas + 1)
+        if self.swaps == "auto":
+            return auto_swaps(n - n_hold, n_hold, self.replicas), n_hold
+        m = int(self.swaps)
+        if self.replicas * m + 1 > n_hold:
+            raise ValueError(
+                f"swaps={m} with replicas={self.replicas} needs {self.replicas * m + 1} held-out samples (K * m "
+                f"replacements and one P_test point), but holdout_fraction={self.holdout_fraction} of {n} samples gives "
+                f"{n_hold}: lower swaps (or use swaps='auto'), or raise holdout_fraction."
+            )
+        return m, n_hold
+
+    def _split(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """The seeded split of ``range(n)`` into ``S`` and the held-out samples."""
+        return split_holdout(n, self.holdout_fraction, self.seed, min_holdout=self.resolve_swaps(n)[1])
 
     def should_probe(self, index: int) -> bool:
         """Evaluate the replicas' probes at stream entry ``index``? Default: every ``probe_every``."""
@@ -264,11 +296,24 @@ class SASReplicas(StreamCallback):
                              "dataset. Run the multi-run protocol instead (lightning-sas perturb).")
         self.pooled = source.pooled
         n = len(source)
-        s_idx, holdout = split_holdout(n, self.holdout_fraction, self.seed, min_holdout=self._min_holdout())
+        self.m = self.resolve_swaps(n)[0]
+        s_idx, holdout = self._split(n)
         loader_batch = getattr(source.loader, "batch_size", None)
         batch_size = min(self.batch_size or loader_batch or 32, len(s_idx))
-        self._pairs = choose_replacements(s_idx, holdout, self.replicas, self.seed)
-        probes = make_probe_set(s_idx, holdout, self._pairs, self.num_train_probes, self.num_heldout_probes, self.seed)
+        saved = (self._restored or {}).get("swaps")
+        if saved is not None:  # resume: the swaps of the checkpoint, never redrawn
+            self._swaps = [[(int(i), int(z)) for i, z in pairs] for pairs in saved]
+            if len(self._swaps) != self.replicas or any(len(p) != self.m for p in self._swaps):
+                raise ValueError(f"the checkpoint's swaps ({len(self._swaps)} replicas) do not fit replicas={self.replicas}, "
+                                 f"swaps={self.m}: resume with the settings of the checkpointed run")
+        else:
+            self._swaps = choose_swaps(s_idx, holdout, self.replicas, self.m, self.seed)
+        self._swap_lookup = []
+        for pairs in self._swaps:
+            removed = np.asarray([i for i, _ in pairs], dtype=np.int64)
+            order = np.argsort(removed)
+            self._swap_lookup.append((removed[order], np.asarray([z for _, z in pairs], dtype=np.int64)[order]))
+        probes = make_probe_set(s_idx, holdout, self._swaps, self.num_train_probes, self.num_heldout_probes, self.seed)
         self.probe_set = probes
         self._source = source
         self._trainer = trainer
@@ -280,30 +325,30 @@ class SASReplicas(StreamCallback):
             self._rng = PrivateRNG(rank_seed(self.seed + 1, self._rank) if self._rank else self.seed + 1)
             self._rng_rank = self._rank
         self._sampler = ReplicaSampler(len(s_idx), batch_size, self.replicas + 1, self.sampler_mode, self.seed)
-        order = probes.order
         device = pl_module.device
+        shared = probes.shared_indices
+        chunk = max(1, self.probe_batch_size)
         try:
             self._probe_batches = [
-                prepare_batch(trainer, source.collate(source.samples(order[i : i + self.probe_batch_size])), device)
-                for i in range(0, len(order), self.probe_batch_size)
+                prepare_batch(trainer, source.collate(source.samples(shared[i : i + chunk])), device)
+                for i in range(0, len(shared), chunk)
+            ]
+            swap_points = [probes.replica_swap_indices(k) for k in range(1, self.replicas + 1)]
+            self._swap_batches = [
+                [prepare_batch(trainer, source.collate(source.samples(points[i : i + chunk])), device) for points in swap_points]
+                for i in range(0, 2 * self.m, chunk)
             ]
             with observed(pl_module, trainer):
-                first = per_sample_loss(pl_module, self._probe_batches[0], self.loss_fn)
-            if first.ndim != 1 or first.shape[0] != min(self.probe_batch_size, len(order)):
-                raise ValueError(f"it returned shape {tuple(first.shape)}, expected ({min(self.probe_batch_size, len(order))},)")
+                first = per_sample_loss(pl_module, self._swap_batches[0][0], self.loss_fn)
+            if first.ndim != 1 or first.shape[0] != min(chunk, 2 * self.m):
+                raise ValueError(f"it returned shape {tuple(first.shape)}, expected ({min(chunk, 2 * self.m)},)")
         except Exception as err:
             raise ValueError(
                 f"SASReplicas needs the per-sample loss of probe samples ({type(err).__name__}: {err}). Define "
                 "`sas_per_sample_loss(self, batch) -> Tensor[B]` on the module or pass loss_fn=(module, batch) -> "
                 "Tensor[B] (a callable or an import path)."
             ) from err
-        self._cols = {
-            "replaced": probes.replaced_columns,
-            "replacement": probes.replacement_columns,
-            "heldout": probes.heldout_columns,
-            "train": probes.train_columns,
-        }
-        self.metric = SASEstimate(self.replicas + 1, len(order), max_blocks=self.max_blocks).to(device)
+        self.metric = SASEstimate(probes.layout(), max_blocks=self.max_blocks).to(device)
         restored, self._restored = self._restored, None
         if restored is not None and restored.get("engine") is not None:
             self._fork(trainer, pl_module, restored.get("fork_step", 0))
@@ -350,14 +395,18 @@ class SASReplicas(StreamCallback):
         n = len(self._rows)
         clip = self._clip(trainer)
         opt_state = [copy.deepcopy(o.state_dict()) for o in trainer.optimizers] if step > 0 else None
-        use_step = self.loss_fn is None and not callable(getattr(pl_module, "sas_per_sample_loss", None))
-        reason = stacked_unsupported_reason(pl_module, self.loss_fn)
+        # manual optimization: the module's own training_step steps its optimizers (a per-sample
+        # loss there is for the probes only; two optimizers cannot train on one mean loss)
+        manual = not pl_module.automatic_optimization
+        use_step = manual or (self.loss_fn is None and not callable(getattr(pl_module, "sas_per_sample_loss", None)))
+        reason = ("manual optimization (the module's own training_step steps its optimizers)" if manual
+                  else stacked_unsupported_reason(pl_module, self.loss_fn))
         engine: Any = None
         if n == 0:  # more ranks than replicas: this rank only keeps the collectives in step
             if self.path == "fast" and reason is not None:
                 raise ValueError(f"SASReplicas(path='fast') cannot run this module: {reason}. Use path='auto' or 'generic'.")
             path = "fast" if self.path in ("auto", "fast") and reason is None else "generic"
-            self.engine = NoLocalReplicas(path, len(self.probe_set.order), self._probe_device())
+            self.engine = NoLocalReplicas(path, self._probe_device())
             self.fork_step = int(step)
             return
         if self.path in ("auto", "fast") and reason is None:
@@ -398,7 +447,7 @@ class SASReplicas(StreamCallback):
         try:
             with self._rng.active(self._probe_device()):
                 engine.step(batches, 0, 0)
-                engine.per_sample_losses(self._probe_batches[:1])
+                engine.per_sample_losses(self._probe_batches[:1], self._swap_batches[:1], self._rows[: engine.n])
         finally:
             self._rng.load_state_dict(saved)
 
@@ -430,10 +479,11 @@ class SASReplicas(StreamCallback):
             pos = positions[r]
             indices = self._s_indices[pos]
             if r > 0:
-                replaced, replacement = self._pairs[r - 1]
-                hit = indices == replaced
-                if hit.any():
-                    out.append(self._fetch(np.where(hit, replacement, indices), device))
+                removed, added = self._swap_lookup[r - 1]
+                where = np.minimum(np.searchsorted(removed, indices), len(removed) - 1)
+                hit = removed[where] == indices
+                if hit.any():  # replica r trains on S^(r): its removed samples are swapped for its added ones
+                    out.append(self._fetch(np.where(hit, added[where], indices), device))
                     continue
             key = id(pos)
             if key not in cache:
@@ -462,12 +512,17 @@ class SASReplicas(StreamCallback):
             self._fork(trainer, pl_module, self._index)
 
     def record(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", batch_idx: int) -> None:
-        """One step of every replica (and their probes when due) after a main optimizer step."""
+        """After each batch (when used on its own): :meth:`step` when the main run took a step."""
         self._batches_seen += 1
-        if not self.enabled or self.metric is None:
-            return
         stepped = (not pl_module.automatic_optimization) or trainer.global_step > self._index
-        if not stepped:
+        if stepped:
+            self.step(trainer, pl_module, self._index, batch_idx)
+
+    def step(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", index: int, batch_idx: int) -> None:
+        """One step of every replica (and their probes when due) after entry ``index`` of the
+        main run (its optimizer step in automatic optimization, its batch in manual)."""
+        self._index = index
+        if not self.enabled or self.metric is None:
             return
         if self.engine is None and isinstance(self.fork_at, int) and self._index + 1 >= self.fork_at:
             self._fork(trainer, pl_module, self._index + 1)
@@ -477,7 +532,7 @@ class SASReplicas(StreamCallback):
         assert self._sampler is not None
         if self._local_failed:  # until the next flush tells every rank: zero rows keep the cursor in step
             if self.should_probe(self._index):
-                empty = torch.zeros((0, self.metric.points_per_replica), dtype=torch.float64, device=self._probe_device())
+                empty = torch.zeros(0, dtype=torch.float64, device=self._probe_device())
                 self.metric.update(empty, self._index, rows=[])
             return
         device = self._probe_device()
@@ -487,11 +542,8 @@ class SASReplicas(StreamCallback):
                 self.engine.step(batches, batch_idx, self._steps_taken)
                 self._steps_taken += 1
                 if self.should_probe(self._index):
-                    values = self.engine.per_sample_losses(self._probe_batches)
-                    if self._world == 1:
-                        self.metric.update(values, self._index)
-                    else:
-                        self.metric.update(values, self._index, rows=self._rows)
+                    values = self.engine.per_sample_losses(self._probe_batches, self._swap_batches, self._rows)
+                    self.metric.update(values, self._index, rows=self._rows)
         except Exception as err:  # a replica failing mid-run is switched off; training goes on
             self._off_reason = f"a replica step failed mid-run at step {self._index} ({type(err).__name__}: {err})"
             warn_once(self, "failed", f"SASReplicas: a replica step failed mid-run ({type(err).__name__}: {err}); "
@@ -526,10 +578,11 @@ class SASReplicas(StreamCallback):
         if self.fork_step is not None and (start is None or start < self.fork_step):
             start = self.fork_step if start is not None else None
         with self.metric.synced():
-            estimate = self.metric.estimate(self._cols, from_step=start, fork_step=self.fork_step or 0)
+            estimate = self.metric.estimate(from_step=start, fork_step=self.fork_step or 0)
         estimate.update(
             {
                 "replicas": self.replicas,
+                "swaps": self.m,
                 "replica_path": self.engine.path,
                 "replica_sampler": self.sampler_mode,
                 "fork_step": self.fork_step,
@@ -544,13 +597,18 @@ class SASReplicas(StreamCallback):
         ctx.figure_data["sas_windows"] = estimate.pop("windows", None)
         ctx.figure_data["sas_forgetting"] = estimate.pop("forgetting", None)
         self._last = estimate
-        if "ergodic_gap" in ctx.summary and ctx.summary.get("ergodic_gap_source") == "validation":
+        if "ergodic_gap" in ctx.summary and str(ctx.summary.get("ergodic_gap_source") or "").startswith("validation"):
             ctx.summary["ergodic_gap_validation"] = ctx.summary.get("ergodic_gap")
             ctx.summary["ergodic_gap_validation_se"] = ctx.summary.get("ergodic_gap_se")
         ctx.summary.update(self._last)
         if ctx.writer is not None and self.metric is not None:
-            ctx.writer.update_meta(sas_columns={k: [int(x) for x in v] for k, v in self._cols.items()},
-                                   sas_pairs=[[int(a), int(b)] for a, b in self._pairs])
+            ctx.writer.update_meta(sas_swaps=self._swaps_json(), sas_m=self.m,
+                                   sas_shared_indices=[int(i) for i in self.probe_set.shared_indices],
+                                   sas_num_train=int(len(self.probe_set.extra_train_indices)))
+
+    def _swaps_json(self) -> list[list[list[int]]]:
+        """Each replica's swaps as ``[[i, z'], ...]`` (primitives: checkpoints and meta.json)."""
+        return [[[int(i), int(z)] for i, z in pairs] for pairs in self._swaps]
 
     # -- state ----------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -566,6 +624,7 @@ class SASReplicas(StreamCallback):
             "rng": self._rng.state_dict(),
             "sampler": None if self._sampler is None else self._sampler.state_dict(),
             "engine": None,
+            "swaps": self._swaps_json() if self._swaps else None,
         }
         if self.metric is not None:
             if distributed:

@@ -86,6 +86,14 @@ class SampleSource:
             self.dataset = dataset
         self._collate: Callable[[list[Any]], Any] | None = None
 
+    @classmethod
+    def of(cls, loader: DataLoader, dataset: Any) -> "SampleSource":
+        """Samples of a map-style ``dataset`` other than the loader's own, batched like the
+        loader's (a multi-run plan's base dataset, for instance)."""
+        source = cls.__new__(cls)
+        source.loader, source.dataset, source.pooled, source._collate = loader, dataset, False, None
+        return source
+
     def __len__(self) -> int:
         return len(self.dataset)
 

@@ -133,16 +133,34 @@ def _figures(ctx: Any) -> dict[str, Any]:
     return out
 
 
-def export_flush(trainer: Any, ctx: Any, figures: bool) -> None:
-    """Log ``ctx.summary`` (scalars), ``ctx.histograms`` and, when ``figures``, the figures."""
+def write_scalars(logger: Any, scalars: dict[str, float], step: int) -> None:
+    """All of a flush's scalars to a TensorBoard logger as one event (one ``Summary`` with a value
+    per tag, which TensorBoard reads like separate ``add_scalar`` calls) instead of one event per
+    tag: a fourth of the cost. Other writers (tensorboardX) get ``log_metrics``."""
+    writer = logger.experiment
+    file_writer = getattr(writer, "_get_file_writer", None)
+    if type(writer).__module__.startswith("torch.utils.tensorboard") and callable(file_writer):
+        from tensorboard.compat.proto.summary_pb2 import Summary
+
+        values = [Summary.Value(tag=tag, simple_value=value) for tag, value in scalars.items()]
+        file_writer().add_summary(Summary(value=values), step)
+        return
+    logger.log_metrics(metrics=scalars, step=step)
+
+
+def export_flush(trainer: Any, ctx: Any, figures: bool, histograms: bool = True) -> None:
+    """Log ``ctx.summary`` (scalars), ``ctx.histograms`` (when ``histograms``) and, when
+    ``figures``, the figures."""
     step = int(ctx.step)
     numbers = scalars_from_summary(ctx.summary, flags=True)
     # TensorBoard draws every scalar as a smoothed line: its flags go into the status text
     without_flags = scalars_from_summary(ctx.summary, flags=False)
     for logger in getattr(trainer, "loggers", []) or []:
-        scalars = without_flags if is_tensorboard_logger(logger) else numbers
-        if scalars:
-            logger.log_metrics(scalars, step=step)
+        if is_tensorboard_logger(logger):
+            if without_flags:
+                write_scalars(logger, without_flags, step)
+        elif numbers:
+            logger.log_metrics(metrics=numbers, step=step)  # by keyword, as Lightning calls it
     writers = tensorboard_writers(trainer)
     if not writers:
         if figures:
@@ -151,7 +169,7 @@ def export_flush(trainer: Any, ctx: Any, figures: bool) -> None:
     status = status_markdown(ctx.summary)
     for writer in writers:
         writer.add_text(STATUS_TAG, status, step)
-    for writer in writers:
+    for writer in writers if histograms else []:
         for tag, values in ctx.histograms.items():
             values = np.asarray(values, dtype=np.float64)
             values = values[np.isfinite(values)]

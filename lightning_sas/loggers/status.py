@@ -129,7 +129,9 @@ def _gaps(s: Mapping[str, Any], unavailable: Mapping[str, str], used: set[str]) 
     stability = _num(s, "stability_gap")
     if stability is None:
         return StatusLine("Generalization gap", f"`stability_gap` not estimated yet; {measured}.")
-    text = f"`stability_gap` {_pm(s, 'stability_gap')} (replace-one estimate) vs {measured}"
+    m, k = _num(s, "swaps"), _num(s, "replicas")
+    design = f" over K = {int(k)} replicas × m = {int(m)} swaps" if m is not None and k is not None else ""
+    text = f"`stability_gap` {_pm(s, 'stability_gap')} (replace-one estimate{design}) vs {measured}"
     se_a, se_b = _num(s, "stability_gap_se"), _num(s, "ergodic_gap_se")
     if ergodic is not None and se_a is not None and se_b is not None:
         diff, width = stability - ergodic, 2.0 * math.hypot(se_a, se_b)
@@ -165,6 +167,10 @@ def _sas(s: Mapping[str, Any], unavailable: Mapping[str, str], used: set[str]) -
         else:
             verdict = "resolved: |gap| above" if s.get("stability_gap_resolved") else "not resolved: |gap| below"
             details.append(f"{head}: {verdict} t·SE = {_f(t)} × {_f(gap_se)} = {_f(t * gap_se)}.")
+    removed, added = _num(s, "stability_gap_removed"), _num(s, "stability_gap_added")
+    if removed is not None and added is not None:
+        details.append(f"its two sides: removed samples {_pm(s, 'stability_gap_removed')}, added samples "
+                       f"{_pm(s, 'stability_gap_added')} (each side alone is biased; their mean is the estimate).")
     share = _num(s, "stability_gap_max_share")
     if share is not None and k is not None and k > 1 and share > 0.5:
         details.append(f"one replica carries {share:.0%} of `stability_gap`: its SE from K = {int(k)} samples is fragile; raise K.")

@@ -60,6 +60,12 @@ SCALAR_TAGS: dict[str, tuple[str, str]] = {
     "sas_replaced_se": ("SAS", "sas/sas/sas_replaced_se"),
     "stability_gap": ("SAS", "sas/sas/stability_gap"),
     "stability_gap_se": ("SAS", "sas/sas/stability_gap_se"),
+    "stability_gap_removed": ("SAS", "sas/sas/stability_gap_removed"),
+    "stability_gap_removed_se": ("SAS", "sas/sas/stability_gap_removed_se"),
+    "stability_gap_added": ("SAS", "sas/sas/stability_gap_added"),
+    "stability_gap_added_se": ("SAS", "sas/sas/stability_gap_added_se"),
+    "replicas": ("SAS", "sas/sas/replicas"),
+    "swaps": ("SAS", "sas/sas/swaps"),
     "sas_resolved": ("SAS", "sas/sas/resolved"),
     "sas_converged": ("SAS", "sas/sas/converged"),
     "stability_gap_max_share": ("SAS", "sas/sas/stability_gap_max_share"),
@@ -74,11 +80,14 @@ MARGIN_CHARTS: list[tuple[str, str, str, str]] = [
     ("SAS", "ergodic generalization gap ± 2 SE", "ergodic_gap", "ergodic_gap_se"),
     ("SAS", "SAS (sup over probes) ± t SE", "sas_max", "sas_max_se"),
     ("SAS", "SAS on held-out points ± t SE", "sas_mean", "sas_mean_se"),
-    ("SAS", "stability gap (replace-one) ± t SE", "stability_gap", "stability_gap_se"),
+    ("SAS", "stability gap (replace-one, both sides of m swaps) ± t SE", "stability_gap", "stability_gap_se"),
+    ("SAS", "stability gap, removed side ± t SE", "stability_gap_removed", "stability_gap_removed_se"),
+    ("SAS", "stability gap, added side ± t SE", "stability_gap_added", "stability_gap_added_se"),
 ]
 
 #: statistics averaged over the K replicas, whose margins use Student's t with K - 1 dof
-REPLICA_STATISTICS = frozenset({"sas_max", "sas_mean", "sas_replaced", "stability_gap"})
+REPLICA_STATISTICS = frozenset({"sas_max", "sas_mean", "sas_replaced", "stability_gap", "stability_gap_removed",
+                                "stability_gap_added"})
 
 #: several tags on one chart: (group, title, keys)
 SHARED_CHARTS: list[tuple[str, str, tuple[str, ...]]] = [

@@ -164,13 +164,24 @@ class GenericReplicas:
             opt.epoch_end(epoch)
 
     @torch.no_grad()
-    def per_sample_losses(self, probe_batches: Sequence[Any]) -> Tensor:
-        """``(n, P)`` losses of every replica on the probe batches, in eval mode."""
-        rows = []
-        for module in self.modules:
+    def per_sample_losses(self, shared: Sequence[Any], swaps: Sequence[Sequence[Any]], rows: Sequence[int]) -> Tensor:
+        """Per-sample losses of the replicas ``rows`` (their global indices, one per module) in
+        eval mode, as their segments of :class:`~lightning_sas.data.SwapLayout` concatenated: the
+        ``shared`` probe batches, then a perturbed replica ``r``'s own swapped points
+        (``swaps[c][r - 1]`` for each chunk ``c``) or, for the control (``r = 0``), every
+        replica's swapped points in replica order."""
+        parts = []
+        for module, r in zip(self.modules, rows):
             with eval_mode(module), self._context():
-                rows.append(torch.cat([per_sample_loss(module, b, self.loss_fn).detach().to(torch.float64) for b in probe_batches]))
-        return torch.stack(rows)
+                def losses(batches: Sequence[Any]) -> Tensor:
+                    return torch.cat([per_sample_loss(module, b, self.loss_fn).detach().to(torch.float64) for b in batches])
+
+                parts.append(losses(shared))
+                if r == 0:
+                    parts.extend(losses([chunk[k] for chunk in swaps]) for k in range(len(swaps[0]) if swaps else 0))
+                else:
+                    parts.append(losses([chunk[r - 1] for chunk in swaps]))
+        return torch.cat(parts)
 
     def parameters_of(self, r: int) -> dict[str, Tensor]:
         return {k: v.detach() for k, v in self.modules[r].named_parameters()}

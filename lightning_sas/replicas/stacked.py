@@ -95,6 +95,7 @@ class StackedReplicas:
                 opt.load_state_dict(_stack_optimizer_state(st, n))
         self._holder = holder
         self._layout_matched = False
+        self._stack_cache: dict[tuple[int, tuple[int, ...]], tuple[Any, Any]] = {}
 
     def _named(self, params: Mapping[str, Tensor]) -> dict[str, Tensor]:
         return {f"template.{k}": v for k, v in params.items()}
@@ -165,15 +166,50 @@ class StackedReplicas:
         self.optim.epoch_end(epoch)
 
     @torch.no_grad()
-    def per_sample_losses(self, probe_batches: Sequence[Any]) -> Tensor:
-        """``(n, P)`` losses of every replica on the probe batches, in eval mode."""
+    def per_sample_losses(self, shared: Sequence[Any], swaps: Sequence[Sequence[Any]], rows: Sequence[int]) -> Tensor:
+        """Per-sample losses of the replicas ``rows`` (global indices, in stacked order) in eval
+        mode, as their :class:`~lightning_sas.data.SwapLayout` segments concatenated: the shared
+        batches through one ``vmap`` over every replica, each perturbed replica's own swapped
+        points through one ``vmap`` over replicas and their stacked batches, and the control's
+        swapped points of every replica through one ``vmap`` over the batches."""
         params = {k: p.detach() for k, p in self.params.items()}
 
         def losses(p: dict[str, Tensor], b: Any) -> Tensor:
             return functional_call(self.wrapper, {**self._named(p), **self.buffers}, (b,))
 
+        rows = list(rows)
+        perturbed = [i for i, r in enumerate(rows) if r > 0]
         with eval_mode(self.wrapper), self._context():
-            return torch.cat([vmap(losses, in_dims=(0, None))(params, b).to(torch.float64) for b in probe_batches], dim=1)
+            common = torch.cat([vmap(losses, in_dims=(0, None))(params, b).to(torch.float64) for b in shared], dim=1)
+            own = None
+            if perturbed and swaps:
+                index = torch.as_tensor(perturbed, device=common.device)
+                sub = {k: v.index_select(0, index) for k, v in params.items()}
+                own = torch.cat([vmap(losses, in_dims=(0, 0))(sub, self._stacked(chunk, [rows[i] - 1 for i in perturbed]))
+                                 .to(torch.float64) for chunk in swaps], dim=1)
+            control = None
+            if 0 in rows and swaps:
+                p0 = {k: v[rows.index(0)] for k, v in params.items()}
+                control = torch.cat([vmap(losses, in_dims=(None, 0))(p0, self._stacked(chunk, range(len(chunk))))
+                                     .to(torch.float64) for chunk in swaps], dim=1).reshape(-1)
+        parts = []
+        for i, r in enumerate(rows):
+            parts.append(common[i])
+            if r == 0 and control is not None:
+                parts.append(control)
+            elif own is not None:
+                parts.append(own[perturbed.index(i)])
+        return torch.cat(parts)
+
+    def _stacked(self, chunk: Sequence[Any], which: Sequence[int]) -> Any:
+        """The batches ``chunk[j]`` for ``j`` in ``which``, stacked leaf-wise (cached: probe
+        batches are fixed for the run)."""
+        key = (id(chunk), tuple(which))
+        cached = self._stack_cache.get(key)
+        if cached is None or cached[0] is not chunk:
+            cached = (chunk, stack_batches([chunk[j] for j in which]))
+            self._stack_cache[key] = cached
+        return cached[1]
 
     def parameters_of(self, r: int) -> dict[str, Tensor]:
         return {k: v.detach()[r] for k, v in self.params.items()}
