@@ -234,3 +234,26 @@ def test_replicas_resume_matches_uninterrupted_run(tmp_path: Any, path: str) -> 
     assert second.summary()["replica_checkpoint_bytes"] is None or second.summary()["replica_checkpoint_bytes"] > 0
     _assert_same(second.summary(), full.summary(),
                  keys=("sas_max", "sas_mean", "sas_replaced", "stability_gap", "ergodic_gap", "paper_coefficient"))
+
+
+def test_a_failing_store_never_stops_training(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The store writes in a worker thread; a write that fails (a full disk) is reported once and
+    the store stops, while training, the summary and the loggers go on."""
+    import lightning_sas.store.writer as writer
+    from lightning_sas import SASWarning
+
+    real = writer.atomic_write
+    calls = {"n": 0}
+
+    def failing(path: Any, data: bytes, durable: bool = True) -> None:
+        calls["n"] += 1
+        if calls["n"] > 4:
+            raise OSError(28, "No space left on device")
+        real(path, data, durable)
+
+    monkeypatch.setattr(writer, "atomic_write", failing)
+    monitor = SASMonitor(flush_every=10, figure_every=0, store=str(tmp_path / "sas"))
+    with pytest.warns(SASWarning, match="No space left"):
+        pl.Trainer(callbacks=[monitor], **trainer_kwargs(tmp_path, max_steps=60)).fit(
+            TinyClassifier(), DataLoader(make_classification(320), batch_size=32))
+    assert monitor.summary()["steps"] == 60

@@ -237,8 +237,12 @@ class LossStream(StreamCallback):
 
     def _stacked_losses(self) -> Tensor:
         """One device tensor of the pending losses (float64 where the device has it)."""
-        device = self._pending_losses[0].device
-        return torch.stack([v.to(device_float_dtype(device)) for v in self._pending_losses])
+        losses = self._pending_losses
+        dtype = device_float_dtype(losses[0].device)
+        try:  # one kernel for the common case (every loss of one dtype and device)
+            return torch.stack(losses).to(dtype)
+        except (RuntimeError, TypeError):
+            return torch.stack([v.to(dtype) for v in losses])
 
     def _lr_array(self) -> np.ndarray:
         """Host learning rates of the new pending entries (device scalars are read here, at flush)."""

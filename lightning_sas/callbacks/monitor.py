@@ -330,7 +330,8 @@ class SASMonitor(Callback):
             if directory is not None and self._writer is None:
                 from lightning_sas.store import RunWriter
 
-                self._writer = RunWriter(directory, config=self.config())
+                # writes run in a worker thread: a flush hands its arrays over and goes on
+                self._writer = RunWriter(directory, config=self.config(), background=True)
                 self._writer.update_meta(
                     probe_num_train=int(len(self.probes.train_indices)),
                     probe_num_test=int(len(self.probes.test_indices)),
@@ -413,6 +414,12 @@ class SASMonitor(Callback):
             self._writer.close()
             self._writer = None
 
+    def on_exception(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", exception: BaseException) -> None:
+        """Training failed: the pending store writes still reach the disk (the run stays readable)."""
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
     def teardown(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:
         self._unhook_hparams(trainer)
 
@@ -449,6 +456,9 @@ class SASMonitor(Callback):
                 self.figure_schedule.drawn(time.perf_counter() - started)
             if self._writer is not None:
                 self._writer.write_summary(self._json_summary())
+                if self._writer.error is not None:
+                    warn_once(self, "store", f"SASMonitor: writing the run store failed ({type(self._writer.error).__name__}: "
+                              f"{self._writer.error}); the store stops here, the summary and the loggers go on.")
         return self.summary()
 
     def _keys(self) -> tuple[str, ...]:

@@ -111,6 +111,7 @@ class WeightSnapshots(StreamCallback):
         self._index = 0
         #: the entry whose gradient norm and pre-step weights were captured (once per entry)
         self._captured_index: int | None = None
+        self._column_index: dict[tuple[tuple[int, ...], str], Tensor] = {}
         self._grad_sq: Tensor | None = None
         self._rows: Tensor | None = None
         self._layer_rows: Tensor | None = None
@@ -240,6 +241,13 @@ class WeightSnapshots(StreamCallback):
         if self._layer_index is None or self._layer_index.device != device:
             self._layer_index = torch.tensor(self._layer_idx, dtype=torch.int64, device=device)
 
+    def _columns_on(self, columns: tuple[int, ...], device: torch.device) -> Tensor:
+        """Row positions of the quantities a snapshot has, on ``device`` (one copy per set)."""
+        key = (columns, str(device))
+        if key not in self._column_index:
+            self._column_index[key] = torch.tensor(columns, dtype=torch.int64, device=device)
+        return self._column_index[key]
+
     @staticmethod
     def _grow(buffer: Tensor, needed: int) -> Tensor:
         if needed < buffer.shape[0]:
@@ -275,28 +283,34 @@ class WeightSnapshots(StreamCallback):
         self._rows = self._grow(self._rows, slot)
         self._layer_rows = self._grow(self._layer_rows, slot)
         self._update_rows = self._grow(self._update_rows, slot)
-        row = self._rows[slot]
-        row.fill_(float("nan"))
-        per_param = layout.squared_norms(params)
-        row[0].copy_(per_param.sum())
-        if self._layer_idx:
-            self._layer_rows[slot].copy_(per_param.index_select(0, self._layer_index))
+        # every squared norm of this snapshot from one fused _foreach_norm: the weights, then the
+        # differences the row needs (update, from init, from the ergodic mean), one group each
+        groups, columns = [params], [0]
         if self._prev is not None and captured:
-            update = layout.squared_norms(torch._foreach_sub(params, self._prev))
-            self._update_rows[slot].copy_(update)
-            row[1].copy_(update.sum())
-        else:
-            self._update_rows[slot].fill_(float("nan"))
+            groups.append(torch._foreach_sub(params, self._prev))
+            columns.append(1)
         if self._init is not None:
-            row[2].copy_(layout.squared_norm(torch._foreach_sub(params, self._init)))
-        if self.track_ergodic_mean and self._frozen_start is not None and self._index >= self._frozen_start:
+            groups.append(torch._foreach_sub(params, self._init))
+            columns.append(2)
+        if self.track_ergodic_mean and self._frozen_start is not None and index >= self._frozen_start:
             if self._mean is None:
                 self._mean = [p.clone() for p in params]
                 self._mean_count = 1
             else:
                 self._mean_count += 1
                 torch._foreach_lerp_(self._mean, params, 1.0 / self._mean_count)
-            row[3].copy_(layout.squared_norm(torch._foreach_sub(params, self._mean)))
+            groups.append(torch._foreach_sub(params, self._mean))
+            columns.append(3)
+        squares = layout.squared_norms([t for group in groups for t in group]).view(len(groups), len(params))
+        row = self._rows[slot]
+        row.fill_(float("nan"))
+        row.index_copy_(0, self._columns_on(tuple(columns), row.device), squares.sum(1))
+        if self._layer_idx:
+            self._layer_rows[slot].copy_(squares[0].index_select(0, self._layer_index))
+        if 1 in columns:
+            self._update_rows[slot].copy_(squares[1])
+        else:
+            self._update_rows[slot].fill_(float("nan"))
         if self._grad_sq is not None and captured:
             row[4].copy_(self._grad_sq)
         self._row_steps.append(self._index)

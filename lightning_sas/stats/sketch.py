@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -76,6 +77,10 @@ class RandomProjection:
     before projecting, so every dtype gives the same sketch of the same values.
     """
 
+    #: slots kept between sketches, in elements (int32, 4 bytes each): small models are sketched
+    #: without rehashing; larger ones rehash each chunk (bounded temporary memory)
+    CACHE_ELEMENTS = 1 << 21
+
     def __init__(self, k: int = 32, seed: int = 0, chunk_size: int = 1 << 22) -> None:
         if not 1 <= k < (1 << 30):
             raise ValueError(f"k must be in [1, 2^30), got {k}")
@@ -83,6 +88,8 @@ class RandomProjection:
         self.seed = int(seed)
         self.chunk_size = int(chunk_size)
         self._seed_key = _mix64_py(_mix64_py(self.seed) + _GOLDEN)
+        self._slot_cache: dict[tuple[str, int, int, str], Tensor] = {}
+        self._cached_elements = 0
 
     def _name_key(self, name: str) -> int:
         crc = zlib.crc32(name.encode("utf-8"))
@@ -130,7 +137,21 @@ class RandomProjection:
         ``chunk_size`` elements, then returns ``slot[0::2] - slot[1::2]``.
         """
         flat = flat_tensor.detach().reshape(-1)
-        return self._accumulate(flat, lambda start, n: self._slots(name, offset + start, n, flat.device))
+        return self._accumulate(flat, lambda start, n: self._cached_slots(name, offset + start, n, flat.device))
+
+    def _cached_slots(self, name: str, offset: int, numel: int, device: Any) -> Tensor:
+        """:meth:`_slots`, kept (as int32) while the cache holds at most :attr:`CACHE_ELEMENTS`
+        elements: the same slots, hashed once per run for small models."""
+        key = (name, int(offset), int(numel), str(device))
+        cached = self._slot_cache.get(key)
+        if cached is not None:
+            return cached
+        slots = self._slots(name, offset, numel, device)
+        if self._cached_elements + numel <= self.CACHE_ELEMENTS:
+            slots = slots.to(torch.int32)
+            self._slot_cache[key] = slots
+            self._cached_elements += numel
+        return slots
 
     def project_indexed(self, name: str, values: Tensor, indices: Tensor) -> Tensor:
         """Sketch (``(k,)`` float64) of the elements ``values`` of parameter ``name`` whose global
