@@ -271,6 +271,10 @@ class ShardedParameters:
         """Count-sketch of the owned pieces at their global element indices (``(k,)`` float64);
         the sum over ranks is the sketch of the whole model."""
         tensors = self.local_tensors() if tensors is None else tensors
+        pieces = [(name, t, spec) for name, t, spec in zip(self.names, tensors, self.specs) if spec.owned and t.numel()]
+        starts = [spec.contiguous_start() for _, _, spec in pieces]
+        if pieces and all(start is not None for start in starts):  # one accumulation for every piece
+            return projection.project_many([(name, t, int(start)) for (name, t, _), start in zip(pieces, starts)])
         out: Tensor | None = None
         for name, t, spec in zip(self.names, tensors, self.specs):
             if not spec.owned or t.numel() == 0:

@@ -23,7 +23,7 @@ numbers are drawn per weight; memory is a few int64 temporaries per chunk.
 from __future__ import annotations
 
 import zlib
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -89,6 +89,7 @@ class RandomProjection:
         self.chunk_size = int(chunk_size)
         self._seed_key = _mix64_py(_mix64_py(self.seed) + _GOLDEN)
         self._slot_cache: dict[tuple[str, int, int, str], Tensor] = {}
+        self._many_cache: dict[Any, Tensor] = {}
         self._cached_elements = 0
 
     def _name_key(self, name: str) -> int:
@@ -171,6 +172,29 @@ class RandomProjection:
         for start in range(0, flat.numel(), self.chunk_size):
             chunk = flat[start : start + self.chunk_size].to(torch.float64)
             acc.index_add_(0, slots_of(start, chunk.numel()), chunk)
+        return acc[0::2] - acc[1::2]
+
+    def project_many(self, items: Sequence[tuple[str, Tensor, int]]) -> Tensor:
+        """Sum of :meth:`project_flat` over ``(name, flat tensor, offset)`` items as one
+        accumulation: the items' values are concatenated (float64) and added into the slots with
+        one ``index_add_``, their slots concatenated once and kept (while the total is within
+        :attr:`CACHE_ELEMENTS`; else each item is projected on its own)."""
+        total = sum(int(t.numel()) for _, t, _ in items)
+        if not items or total > self.CACHE_ELEMENTS:
+            out = torch.zeros(self.k, dtype=torch.float64, device=items[0][1].device if items else None)
+            for name, t, offset in items:
+                out = out + self.project_flat(name, t, offset).to(out.device)
+            return out
+        device = items[0][1].device
+        key = ("\0".join(name for name, _, _ in items), tuple(int(o) for _, _, o in items),
+               tuple(int(t.numel()) for _, t, _ in items), str(device))
+        slots = self._many_cache.get(key)
+        if slots is None:
+            slots = torch.cat([self._slots(name, offset, t.numel(), device) for name, t, offset in items]).to(torch.int32)
+            self._many_cache = {key: slots}  # one set of pieces per run
+        values = torch.cat([t.detach().reshape(-1) for _, t, _ in items]).to(torch.float64)
+        acc = torch.zeros(2 * self.k, dtype=torch.float64, device=device)
+        acc.index_add_(0, slots, values)
         return acc[0::2] - acc[1::2]
 
     def project(

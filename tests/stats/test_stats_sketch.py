@@ -198,3 +198,21 @@ def test_hash_matches_python_reference(k, seed):
         h, s = rp.buckets_and_signs(name, off, 40)
         ref = [_ref_slot(rp, name, off + i) for i in range(40)]
         assert list(zip(h.tolist(), s.tolist())) == ref
+
+
+def test_project_many_equals_the_sum_of_the_pieces() -> None:
+    """One accumulation over every piece (cached slots) = the sum of per-piece sketches, cached or
+    not, within float64 rounding."""
+    from lightning_sas.stats.sketch import RandomProjection
+
+    g = torch.Generator().manual_seed(0)
+    items = [("a.weight", torch.randn(30, 20, generator=g), 0), ("a.bias", torch.randn(20, generator=g), 0),
+             ("b.weight", torch.randn(500, generator=g), 1000)]
+    many = RandomProjection(16, seed=3)
+    uncached = RandomProjection(16, seed=3)
+    uncached.CACHE_ELEMENTS = 0
+    expected = sum(uncached.project_flat(name, t, off) for name, t, off in items)
+    for _ in range(2):  # the second call uses the cached slots
+        torch.testing.assert_close(many.project_many(items), expected, rtol=1e-12, atol=1e-12)
+    uncached_many = uncached.project_many(items)  # over the budget: per piece
+    torch.testing.assert_close(uncached_many, expected, rtol=1e-12, atol=1e-12)
