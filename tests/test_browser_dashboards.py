@@ -42,6 +42,19 @@ def _get(url: str) -> Any:
         return json.loads(response.read().decode())
 
 
+def _written_scalar_tags(logdir: Path) -> set[str]:
+    """Every scalar tag in the run's event files, read directly (TensorBoard's own reader)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tags: set[str] = set()
+    for events in Path(logdir).rglob("events.out.tfevents.*"):
+        accumulator = EventAccumulator(str(events.parent), size_guidance={"scalars": 0})
+        accumulator.Reload()
+        tags |= set(accumulator.Tags().get("scalars", []))
+    assert tags, "the run wrote no scalars"
+    return tags
+
+
 def _cross_entropy(module: Any, batch: Any) -> Any:
     import torch
 
@@ -65,13 +78,18 @@ def tensorboard_url(tmp_path_factory: pytest.TempPathFactory) -> Any:
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 90
+        written = _written_scalar_tags(tmp)
+        deadline = time.time() + 120
         while time.time() < deadline:
+            # TensorBoard loads event files in the background: wait until it serves every scalar
+            # the run wrote, not merely the first ones (a slow machine otherwise sees half a run)
             try:
-                if _get(f"{url}/data/plugin/scalars/tags"):
+                served = {t for run_tags in _get(f"{url}/data/plugin/scalars/tags").values() for t in run_tags}
+                if written <= served:
                     break
             except Exception:
-                time.sleep(1)
+                pass
+            time.sleep(1)
         yield url
     finally:
         server.terminate()

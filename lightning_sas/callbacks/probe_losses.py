@@ -44,7 +44,7 @@ class ProbeLosses(StreamCallback):
 
     def __init__(
         self,
-        probe_every: int = 100,
+        probe_every: int = 200,
         num_train_probes: int = 256,
         num_test_probes: int = 256,
         probe_batch_size: int = 256,

@@ -56,7 +56,7 @@ class WeightSnapshots(StreamCallback):
 
     def __init__(
         self,
-        snapshot_every: int = 50,
+        snapshot_every: int = 100,
         sketch_every: int = 100,
         sketch_dim: int = 32,
         flush_every: int = 200,
