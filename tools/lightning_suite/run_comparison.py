@@ -31,7 +31,7 @@ from typing import Any, Iterable
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from categories import categorize  # noqa: E402
+from categories import REPLICA_HINT, categorize, cause  # noqa: E402
 
 DEFAULT_REPO = os.environ.get("LIGHTNING_REPO", "/work/.mirror/Lightning-AI+pytorch-lightning/repo")
 DEFAULT_TAG = "2.6.5"
@@ -98,12 +98,12 @@ def run_pytest(python: str, export_root: Path, mode: str, targets: list[str], ju
                timeout: int, extra: list[str]) -> int:
     """One pytest process, cwd ``tests/tests_pytorch`` of the export (as Lightning's CI does)."""
     cwd = export_root / "tests" / "tests_pytorch"
+    junit.parent.mkdir(parents=True, exist_ok=True)
     if len(targets) > 50:  # long id lists go through an args file (pytest >= 8.2)
         args_file = junit.with_suffix(".args")
         args_file.write_text("\n".join(targets) + "\n")
         targets = [f"@{args_file}"]
     cmd = pytest_command(python, junit, timeout, targets, extra)
-    junit.parent.mkdir(parents=True, exist_ok=True)
     start = time.time()
     with open(log, "w") as out:
         out.write(f"# SAS_INJECT={mode} cwd={cwd}\n# {' '.join(cmd)}\n")
@@ -281,7 +281,12 @@ def key_line(entry: dict[str, Any]) -> str:
         e_lines = [ln[1:].strip() for ln in text.splitlines() if ln.startswith("E ")]
         if e_lines:
             msg = e_lines[0] if not msg else f"{msg}: {e_lines[0]}"
-    msg = " ".join(msg.split())
+    msg = REPLICA_HINT.sub("", " ".join(msg.split()))
+    first_text = text.split("--- further error ---", 1)[0]
+    underlying = cause(entry.get("message") or "", first_text)
+    if underlying and underlying[:60] not in msg:
+        # the test reports something else (a regex mismatch, a missing warning) because our error came first
+        msg = f"{msg[:200]} <- {underlying}"
     return msg[:400]
 
 
@@ -354,8 +359,9 @@ def compare(work: Path, out: Path) -> dict[str, Any]:
                     "phase": entry["phase"],
                     "category": category,
                     "error": key_line(entry),
-                    "our_frame": our_frame(entry["text"]),
-                    "crash_frame": crash_frame(entry["text"]),
+                    "our_frame": our_frame(entry["text"].split("--- further error ---", 1)[0]),
+                    "crash_frame": crash_frame(entry["text"].split("--- further error ---", 1)[0]),
+                    "also_fails_in_teardown": "--- further error ---" in entry["text"],
                     "reruns": entry["reruns"],
                     "also_with_monitor": (mode == "replicas" and results.get("monitor", {}).get(nodeid, {}).get("outcome") == "failed"),
                 })
@@ -438,11 +444,16 @@ def render_markdown(summary: dict[str, Any], folders: list[str]) -> str:
             for x in by_cat[cat]:
                 where = f" [{x['our_frame']}]" if x["our_frame"] else ""
                 extra = " (also fails with monitor)" if x.get("also_with_monitor") else ""
+                extra += " (and again in teardown)" if x.get("also_fails_in_teardown") else ""
                 lines.append(f"- `{x['id'].removeprefix(NODE_PREFIX)}` ({x['phase']}){extra}: {x['error']}{where}")
             lines.append("")
-    lines += ["## Failing without injection", ""]
+    lines += ["## Failing without injection (grouped by error, numbers and paths masked)", ""]
+    groups: dict[str, list[str]] = defaultdict(list)
     for x in summary["failed_plain"]:
-        lines.append(f"- `{x['id'].removeprefix(NODE_PREFIX)}`: {x['error']}")
+        groups[_mask(x["error"])].append(x["id"].removeprefix(NODE_PREFIX))
+    for err, ids in sorted(groups.items(), key=lambda kv: -len(kv[1])):
+        shown = ", ".join(f"`{i}`" for i in ids[:3]) + (f" and {len(ids) - 3} more" if len(ids) > 3 else "")
+        lines.append(f"- {len(ids)} x {err[:300]}: {shown}")
     lines.append("")
     fixed = summary["passed_with_injection_but_failed_plain"]
     if any(fixed.values()):
@@ -452,6 +463,11 @@ def render_markdown(summary: dict[str, Any], folders: list[str]) -> str:
                 lines.append(f"- {k}: `{n.removeprefix(NODE_PREFIX)}`")
         lines.append("")
     return "\n".join(lines)
+
+
+def _mask(error: str) -> str:
+    error = re.sub(r"/\S+/", "<path>/", error)
+    return re.sub(r"\d+(?:\.\d+)*", "N", error)
 
 
 def cmd_compare(args: argparse.Namespace) -> None:
@@ -466,8 +482,8 @@ def cmd_compare(args: argparse.Namespace) -> None:
 def read_ids(path: str) -> list[str]:
     ids = []
     for line in Path(path).read_text().splitlines():
-        line = line.split("#", 1)[0].strip()
-        if line:
+        line = line.strip()
+        if line and not line.startswith("#"):  # ids may contain spaces and '#'; whole-line comments only
             ids.append(line)
     return ids
 
@@ -483,8 +499,9 @@ def cmd_rerun(args: argparse.Namespace) -> None:
     work = Path(args.workdir).resolve() / ("rerun-" + _dt.datetime.now().strftime("%Y%m%d-%H%M%S"))
     export_root = work / "src"
     export(args.repo, args.tag, export_root)
-    outcome: dict[str, dict[str, str]] = defaultdict(dict)
-    errors: dict[str, dict[str, str]] = defaultdict(dict)
+    (work / "ids.txt").write_text("".join(i + "\n" for i in ids))
+    (work / "rerun-meta.json").write_text(json.dumps(
+        {"ids_file": str(args.ids_file), "isolated": args.isolated, "modes": args.modes}, indent=2) + "\n")
     for mode in args.modes:
         if args.isolated:
             for i, nodeid in enumerate(ids):
@@ -495,30 +512,45 @@ def cmd_rerun(args: argparse.Namespace) -> None:
             junit = work / mode / "all.xml"
             run_pytest(args.python, export_root, mode, [_target(n) for n in ids], junit, junit.with_suffix(".log"),
                        args.timeout, args.pytest_args)
-        res = read_junit(sorted((work / mode).glob("*.xml")))
-        for nodeid in ids:
-            entry = res.get(nodeid)
-            outcome[nodeid][mode] = entry["outcome"] if entry else "not run"
-            if entry and entry["outcome"] == "failed":
-                errors[nodeid][mode] = key_line(entry)
+    print(rerun_report(work))
+    print(f"wrote {work / 'rerun.md'}")
+
+
+def rerun_report(work: Path) -> str:
+    """rerun.md/rerun.json of a rerun folder: per id the outcome in each mode, and for each
+    injected mode whether the test fails with it and not without injection."""
+    meta = json.loads((work / "rerun-meta.json").read_text())
+    ids = read_ids(str(work / "ids.txt"))
+    modes = meta["modes"]
+    injected = [m for m in modes if m != "off"]
+    results = {mode: read_junit(sorted((work / mode).glob("*.xml"))) for mode in modes}
     rows = []
     for nodeid in ids:
-        o = outcome[nodeid]
-        injected = [m for m in args.modes if m != "off"]
-        deterministic = o.get("off") in ("passed", "skipped", "xfailed") and all(o.get(m) == "failed" for m in injected)
-        rows.append({"id": nodeid, "outcomes": o, "deterministic": deterministic, "errors": errors.get(nodeid, {})})
-    report = {"ids_file": str(args.ids_file), "isolated": args.isolated, "modes": args.modes, "tests": rows}
-    (work / "rerun.json").write_text(json.dumps(report, indent=2) + "\n")
-    md = [f"# Rerun of {len(ids)} test ids ({'one pytest per id' if args.isolated else 'one pytest per mode'})", "",
-          "| test | " + " | ".join(args.modes) + " | fails only with injection |", "|---|" + "---|" * (len(args.modes) + 1)]
+        outcomes = {m: (results[m][nodeid]["outcome"] if nodeid in results[m] else "not run") for m in modes}
+        errors = {m: key_line(results[m][nodeid]) for m in modes
+                  if nodeid in results[m] and results[m][nodeid]["outcome"] == "failed"}
+        clean = outcomes.get("off") in ("passed", "skipped", "xfailed")
+        only = [m for m in injected if clean and outcomes[m] == "failed"]
+        rows.append({"id": nodeid, "outcomes": outcomes, "fails_only_with": only, "errors": errors})
+    (work / "rerun.json").write_text(json.dumps({**meta, "tests": rows}, indent=2) + "\n")
+    how = "one pytest per id" if meta["isolated"] else "one pytest per mode"
+    md = [f"# Rerun of {len(ids)} test ids ({how})", "",
+          "| test | " + " | ".join(modes) + " | fails only with |", "|---|" + "---|" * (len(modes) + 1)]
     for r in rows:
-        md.append(f"| `{r['id'].removeprefix(NODE_PREFIX)}` | " + " | ".join(r["outcomes"].get(m, "") for m in args.modes)
-                  + f" | {'yes' if r['deterministic'] else 'NO'} |")
-    n_det = sum(r["deterministic"] for r in rows)
-    md += ["", f"{n_det} of {len(rows)} fail with every injected mode and pass without.", ""]
-    (work / "rerun.md").write_text("\n".join(md))
-    print("\n".join(md))
-    print(f"wrote {work / 'rerun.md'}")
+        md.append(f"| `{r['id'].removeprefix(NODE_PREFIX)}` | " + " | ".join(r["outcomes"][m] for m in modes)
+                  + f" | {', '.join(r['fails_only_with']) or '-'} |")
+    md.append("")
+    for m in injected:
+        n = sum(m in r["fails_only_with"] for r in rows)
+        md.append(f"- {n} of {len(rows)} fail with {m} and pass (or skip) without injection.")
+    md.append("")
+    text = "\n".join(md)
+    (work / "rerun.md").write_text(text)
+    return text
+
+
+def cmd_rerun_report(args: argparse.Namespace) -> None:
+    print(rerun_report(Path(args.dir).resolve()))
 
 
 def cmd_export(args: argparse.Namespace) -> None:
@@ -561,6 +593,10 @@ def main(argv: list[str] | None = None) -> None:
     p_re.add_argument("--isolated", action="store_true", help="one pytest process per id")
     common(p_re)
     p_re.set_defaults(func=cmd_rerun)
+
+    p_rr = sub.add_parser("rerun-report", help="rewrite rerun.md/json of a rerun folder from its junit files")
+    p_rr.add_argument("--dir", required=True, help="a rerun-<time> folder")
+    p_rr.set_defaults(func=cmd_rerun_report)
 
     p_ex = sub.add_parser("export", help="only export tests/ (and pyproject.toml) of a tag")
     p_ex.add_argument("--dest", required=True)
