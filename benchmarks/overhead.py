@@ -15,6 +15,14 @@ Timings are never asserted in tests: this script is where they live.
     python benchmarks/overhead.py --replicas 4             # + K=4 replicas, fast and generic paths
     python benchmarks/overhead.py --replicas 4 --workload digits --loggers none
     python benchmarks/overhead.py --device cuda --sync-debug --json cuda.json
+    python benchmarks/overhead.py --pairs 40 --pair-steps 400 --repeats 0   # paired short fits, bootstrap CI
+
+``--pairs`` runs many short paired fits (plain, an empty callback with the monitor's hooks, and
+``SASMonitor()``), order rotated every pair, each timed from its first training batch to its last
+(the fixed costs of a fit, the monitor's set-up and teardown included, are excluded here and
+reported by ``--profile``); the ratio of each pair's times is taken and the median ratio gets a
+95 % bootstrap confidence interval (resampling the pairs). Pairs absorb the drift of the machine
+between fits, and many short pairs average its noise: the interval resolves about 1 %.
 
 ``--sync-debug`` (CUDA only) counts synchronising CUDA calls per training step with
 ``torch.cuda.set_sync_debug_mode("warn")``, with and without the monitor, separately for flush
@@ -144,6 +152,102 @@ def time_fit(data: Workload, variant: str, logger: str, steps: int, device: str,
         trainer.fit(model, datamodule=datamodule)
         _synchronize(device)
         return time.perf_counter() - start
+
+
+# -- paired short fits with a bootstrap interval -------------------------------------------------
+class EmptyCallback(pl.Callback):
+    """A callback with the hooks ``SASMonitor`` implements, doing nothing: Lightning's dispatch
+    cost of one more callback, the baseline the monitor cannot go below."""
+
+    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+        pass
+
+    def on_before_optimizer_step(self, trainer: Any, pl_module: Any, optimizer: Any) -> None:
+        pass
+
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        pass
+
+    def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        pass
+
+    def on_train_end(self, trainer: Any, pl_module: Any) -> None:
+        pass
+
+
+class LoopClock(pl.Callback):
+    """Wall time from the first training batch's start to the last batch's end (put it last, so
+    the other callbacks' work at the last step counts)."""
+
+    def __init__(self) -> None:
+        self.started: float | None = None
+        self.ended = 0.0
+
+    def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
+        if self.started is None:
+            self.started = time.perf_counter()
+
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self.ended = time.perf_counter()
+
+    @property
+    def seconds(self) -> float:
+        return self.ended - (self.started or self.ended)
+
+
+def time_loop(data: Workload, variant: str, logger: str, steps: int, device: str, seed: int) -> float:
+    """Seconds of the training loop alone (first batch to last) of one fit of ``variant``:
+    ``plain``, ``empty`` (:class:`EmptyCallback`) or ``monitor``."""
+    pl.seed_everything(seed, verbose=False)
+    datamodule = data.datamodule(seed)
+    model = data.model()
+    clock = LoopClock()
+    callbacks: list[pl.Callback] = {"plain": [], "empty": [EmptyCallback()], "monitor": [SASMonitor()]}[variant]
+    with tempfile.TemporaryDirectory(prefix="sas-pair-") as root:
+        trainer = make_trainer(steps, device, logger, root, callbacks + [clock])
+        trainer.fit(model, datamodule=datamodule)
+    _synchronize(device)
+    return clock.seconds
+
+
+def bootstrap_median(ratios: list[float], draws: int = 4000, seed: int = 0) -> tuple[float, float, float]:
+    """Median of ``ratios`` and its 95 % percentile-bootstrap interval (pairs resampled)."""
+    values = np.asarray(ratios, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    medians = np.median(values[rng.integers(0, values.size, size=(draws, values.size))], axis=1)
+    low, high = np.quantile(medians, [0.025, 0.975])
+    return float(np.median(values)), float(low), float(high)
+
+
+def run_pairs(data: Workload, args: argparse.Namespace) -> dict[str, Any]:
+    """``--pairs`` paired fits per logger setting; ratios with bootstrap intervals."""
+    variants = ["plain", "empty", "monitor"]
+    results: dict[str, Any] = {}
+    for logger in args.loggers:
+        for variant in variants:  # warm-up: imports, allocator, the first writer and figure
+            time_loop(data, variant, logger, min(args.pair_steps, 100), args.device, 0)
+        times: dict[str, list[float]] = {v: [] for v in variants}
+        for pair in range(args.pairs):
+            order = variants[pair % 3:] + variants[: pair % 3]  # rotate which goes first
+            for variant in order:
+                times[variant].append(time_loop(data, variant, logger, args.pair_steps, args.device, pair))
+        out: dict[str, Any] = {"times": times, "plain_ms_per_step": 1000 * statistics.median(times["plain"]) / args.pair_steps}
+        for num, den in (("monitor", "plain"), ("empty", "plain"), ("monitor", "empty")):
+            ratios = [a / b for a, b in zip(times[num], times[den])]
+            median, low, high = bootstrap_median(ratios)
+            extra = 1000 * statistics.median(a - b for a, b in zip(times[num], times[den])) / args.pair_steps
+            out[f"{num}/{den}"] = {"median": median, "ci_low": low, "ci_high": high, "extra_ms_per_step": extra}
+        results[logger] = out
+    print(f"\npaired fits: {args.pairs} pairs x {args.pair_steps} steps per logger setting, training loop timed "
+          f"(first batch to last), order rotated")
+    print(f"{'logger':<12} {'plain ms/step':>13} {'ratio':<16} {'median':>7} {'95 % CI':>15} {'+ms/step':>9}")
+    for logger, out in results.items():
+        for key in ("monitor/plain", "empty/plain", "monitor/empty"):
+            r = out[key]
+            print(f"{logger:<12} {out['plain_ms_per_step']:>13.3f} {key:<16} {r['median']:>7.4f} "
+                  f"{r['ci_low']:>7.4f}-{r['ci_high']:<7.4f} {r['extra_ms_per_step']:>9.4f}")
+    print("monitor/plain: the goal; empty/plain: Lightning's dispatch of one more callback; monitor/empty: the monitor's own work")
+    return results
 
 
 # -- interleaved timings ----------------------------------------------------------------------
@@ -342,9 +446,14 @@ def time_monitor_parts(data: Workload, args: argparse.Namespace) -> dict[str, An
     monitor = SASMonitor()
     clock = StepClock()
     timer = HookTimer(clock, args.device)
-    for hook in ("on_train_start", "on_train_batch_start", "on_before_optimizer_step", "on_train_batch_end", "on_train_end", "flush"):
+    for hook in ("setup", "on_train_start", "on_before_optimizer_step", "on_train_batch_end", "on_train_epoch_end",
+                 "on_train_end", "teardown", "flush"):
         timer.add(f"monitor.{hook}", monitor, hook)
-    for part, name in (("loss_stream", "record"), ("weights", "on_before_optimizer_step"), ("weights", "record"), ("probes", "record"),
+    for part, name in (("weights", "attach"), ("probes", "attach")):
+        timer.add(f"{part}.{name}", getattr(monitor, part), name)
+    timer.add("write_layout", export, "write_layout")
+    timer.add("store.open", RunWriter, "__init__")
+    for part, name in (("loss_stream", "record"), ("weights", "capture"), ("weights", "snapshot"), ("probes", "probe"),
                        ("loss_stream", "flush"), ("weights", "flush"), ("probes", "flush")):
         timer.add(f"{part}.{name}", getattr(monitor, part), name)
     timer.add("export_flush", export, "export_flush", lambda args, kwargs: "+figures" if kwargs.get("figures") else "")
@@ -367,14 +476,15 @@ def time_monitor_parts(data: Workload, args: argparse.Namespace) -> dict[str, An
         if key in timer.calls:
             rows.append((label, cadence, *timer.row(key, keep)))
 
-    hooks = [k for k in timer.calls if k.startswith("monitor.on_")]
+    hooks = [k for k in timer.calls if k.startswith("monitor.on_") or k in ("monitor.setup", "monitor.teardown")]
     rows.append(("all monitor hooks", "", len(timer.calls["monitor.on_train_batch_end"]), sum(timer.row(k)[1] for k in hooks)))
-    add("  loss stream hot path", "every step", "loss_stream.record")
-    add("  weight snapshot: grad norm, copy before step", f"every {w.snapshot_every}", "weights.on_before_optimizer_step", snapshot)
-    add("  weight snapshot: norms, distances", f"every {w.snapshot_every}", "weights.record", lambda s: snapshot(s) and not sketch(s))
-    add("  weight snapshot + sketch", f"every {w.sketch_every}", "weights.record", sketch)
-    add("  probe losses", f"every {p.probe_every}", "probes.record", lambda s: s % p.probe_every == 0)
-    add("  weights.record on other steps (cadence check)", "every step", "weights.record", lambda s: not snapshot(s))
+    add("  on_train_batch_end", "every step", "monitor.on_train_batch_end")
+    add("    loss stream hot path", "every step", "loss_stream.record")
+    add("  on_before_optimizer_step", "every step", "monitor.on_before_optimizer_step")
+    add("    weight snapshot: grad norm, copy before step", f"every {w.snapshot_every}", "weights.capture")
+    add("  weight snapshot: norms, distances", f"every {w.snapshot_every}", "weights.snapshot", lambda s: not sketch(s))
+    add("  weight snapshot + sketch", f"every {w.sketch_every}", "weights.snapshot", sketch)
+    add("  probe losses", f"every {p.probe_every}", "probes.probe")
     add("  flush, total", f"every {monitor.flush_every}", "monitor.flush")
     add("    loss stream (MSER, ACF, IAT, spectrum)", f"every {monitor.flush_every}", "loss_stream.flush")
     add("    weights", f"every {monitor.flush_every}", "weights.flush")
@@ -384,21 +494,68 @@ def time_monitor_parts(data: Workload, args: argparse.Namespace) -> dict[str, An
     add("      of which drawing the figures", f"every {monitor.figure_every} flushes", "figures")
     add("    store: stream chunks", f"every {monitor.flush_every}", "store.append")
     add("    store: summary", f"every {monitor.flush_every}", "store.write_summary")
-    add("  on_train_start (probe set, layout)", "once", "monitor.on_train_start")
-    add("  on_train_end (last flush, close)", "once", "monitor.on_train_end")
+    add("  on_train_epoch_end", "every epoch", "monitor.on_train_epoch_end")
+    add("  fixed: setup (hparams merge)", "once", "monitor.setup")
+    add("  fixed: on_train_start", "once", "monitor.on_train_start")
+    add("    of which probe set (choice, batches, dry run)", "once", "probes.attach")
+    add("    of which weight copies", "once", "weights.attach")
+    add("    of which store (open, meta)", "once", "store.open")
+    add("    of which custom-scalars layout", "once", "write_layout")
+    add("  fixed: on_train_end (last flush, close)", "once", "monitor.on_train_end")
+    add("  fixed: teardown", "once", "monitor.teardown")
 
     print(f"\nwhere SASMonitor()'s time goes: one fit of {args.profile_steps} steps, TensorBoard logger, {fit_s:.2f} s")
     print(f"{'part':<47} {'cadence':<16} {'calls':>6} {'total s':>8} {'ms/call':>8} {'% of fit':>8}")
     for label, cadence, n, seconds in rows:
         print(f"{label:<47} {cadence:<16} {n:>6} {seconds:>8.3f} {1000 * seconds / max(n, 1):>8.3f} {100 * seconds / fit_s:>8.2f}")
     flushes = [s for _, s in timer.calls.get("monitor.flush", [])]
-    print("each flush, ms: " + " ".join(f"{1000 * s:.0f}" for s in flushes))
+    print("each flush, ms: " + " ".join(f"{1000 * s:.1f}" for s in flushes))
+    dispatch = dispatch_cost(data, args)
+    per_step = dispatch["dispatches_per_step"] * dispatch["us_per_dispatch"] / 1000
+    print(f"Lightning's dispatch of one more callback: {dispatch['dispatches_per_step']:.2f} hook calls per step x "
+          f"{dispatch['us_per_dispatch']:.2f} us = {per_step:.4f} ms per step ({100 * per_step * args.profile_steps / fit_s / 1000:.2f} % of this fit)")
+    fixed = sum(timer.row(k)[1] for k in ("monitor.setup", "monitor.on_train_start", "monitor.on_train_end", "monitor.teardown"))
+    print(f"fixed costs (setup, on_train_start, on_train_end, teardown): {1000 * fixed:.1f} ms")
     return {
+        "dispatch": dispatch,
+        "fixed_ms": 1000 * fixed,
         "steps": args.profile_steps,
         "fit_s": fit_s,
         "rows": [{"part": lbl.strip(), "cadence": c, "calls": n, "seconds": s} for lbl, c, n, s in rows],
         "flush_ms": [1000 * s for s in flushes],
     }
+
+
+def dispatch_cost(data: Workload, args: argparse.Namespace) -> dict[str, float]:
+    """Lightning's cost of one more callback: the hook dispatches per training step (counted on a
+    short fit) times the time one dispatch takes (with and without an empty callback)."""
+    import timeit
+
+    from pytorch_lightning.trainer import call
+
+    counted = collections.Counter()
+    original = call._call_callback_hooks
+
+    def counting(trainer: Any, hook_name: str, *a: Any, **k: Any) -> Any:
+        counted[hook_name] += 1
+        return original(trainer, hook_name, *a, **k)
+
+    steps = 200
+    with tempfile.TemporaryDirectory(prefix="sas-dispatch-") as root:
+        call._call_callback_hooks = counting  # type: ignore[assignment]
+        try:
+            trainer = make_trainer(steps, args.device, "none", root, [EmptyCallback()])
+            trainer.fit(data.model(), datamodule=data.datamodule())
+        finally:
+            call._call_callback_hooks = original  # type: ignore[assignment]
+        per_step = sum(n for hook, n in counted.items() if counted[hook] >= steps) / steps
+        timings = []
+        for callbacks in ([], [EmptyCallback()]):
+            trainer = make_trainer(1, args.device, "none", root, callbacks)
+            trainer.fit(data.model(), datamodule=data.datamodule())
+            n = 20000
+            timings.append(min(timeit.repeat(lambda: original(trainer, "on_before_zero_grad", None), number=n, repeat=5)) / n)
+    return {"dispatches_per_step": per_step, "us_per_dispatch": 1e6 * (timings[1] - timings[0])}
 
 
 def cprofile_monitor(data: Workload, args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -441,6 +598,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--profile", action="store_true", help="report where the monitor's time goes (timers and cProfile)")
     parser.add_argument("--profile-steps", type=int, default=4000, help="steps of each profiled fit (default 4000: the loss window fills)")
     parser.add_argument("--profile-top", type=int, default=30, help="cProfile entries shown (default 30)")
+    parser.add_argument("--pairs", type=int, default=0, help="paired short fits per logger setting (0: off)")
+    parser.add_argument("--pair-steps", type=int, default=400, help="optimizer steps of each paired fit (default 400)")
     parser.add_argument("--json", metavar="OUT", help="also write the results to this JSON file")
     return parser.parse_args()
 
@@ -479,6 +638,8 @@ def main() -> None:
         times = run_timings(data, args, variants)
         results["times"] = times
         results["ratios"] = print_timing_table(times, args.steps)
+    if args.pairs > 0:
+        results["pairs"] = run_pairs(data, args)
     if args.sync_debug:
         if args.device != "cuda":
             print("\n--sync-debug needs --device cuda: skipped")

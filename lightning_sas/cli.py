@@ -10,34 +10,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
-__all__ = ["main", "format_table"]
+from lightning_sas.formatting import format_table
 
-
-def _fmt(value: Any) -> str:
-    if value is None:
-        return "n/a"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, float):
-        return "n/a" if not math.isfinite(value) else f"{value:.4g}"
-    if isinstance(value, dict):
-        return ", ".join(f"{k}={_fmt(v)}" for k, v in value.items())
-    return str(value)
-
-
-def format_table(rows: dict[str, Any], title: str | None = None) -> str:
-    """Aligned two-column table of ``rows`` (None as "n/a", floats to 4 significant digits)."""
-    width = max((len(k) for k in rows), default=0)
-    lines = [title, "-" * len(title)] if title else []
-    lines += [f"{k.ljust(width)}  {_fmt(v)}" for k, v in rows.items()]
-    return "\n".join(lines)
+__all__ = ["main", "format_table", "report_summary"]
 
 
 def _progress(label: str) -> Callable[[int, int], None]:
@@ -59,16 +40,47 @@ def _load(path: str) -> Any:
     return run
 
 
+#: keys the live monitor measures otherwise than :func:`~lightning_sas.diagnostics.summarize_run`
+#: rebuilds them from the main model's probe stream: with replicas on, ``ergodic_gap`` is the
+#: control replica's on the held-out split, the gap that ``stability_gap`` estimates
+REPLICA_GAP_KEYS = ("ergodic_gap", "ergodic_gap_se", "ergodic_gap_source")
+
+
+def report_summary(run: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(summary, status_summary)`` of a stored run: ``summary`` is
+    :func:`~lightning_sas.diagnostics.summarize_run` (rebuilt from the streams, the report's
+    table); ``status_summary`` adds what that lacks from the last live summary (``summary.json``:
+    the SAS keys, ``unavailable``, ...) for the status, and with replicas takes the live
+    ``ergodic_gap`` (:data:`REPLICA_GAP_KEYS`) so that both gaps are measured alike."""
+    from lightning_sas.diagnostics import summarize_run, unavailable_reasons
+
+    summary = summarize_run(run)
+    stored = dict(run.summary or {})
+    merged = dict(summary)
+    for key, value in stored.items():
+        if merged.get(key) is None:
+            merged[key] = value
+    if stored.get("stability_gap") is not None:
+        merged.update({key: stored.get(key) for key in REPLICA_GAP_KEYS})
+    # what is still missing after the merge, with the live run's reason where it stored one
+    reasons = {**(summary.get("unavailable") or {}), **(stored.get("unavailable") or {})}
+    merged["unavailable"] = unavailable_reasons(merged, reasons)
+    return summary, merged
+
+
 def _report(args: argparse.Namespace) -> int:
-    from lightning_sas.diagnostics import figure_inputs, summarize_run
+    from lightning_sas.diagnostics import figure_inputs
     from lightning_sas.loggers import figures
+    from lightning_sas.loggers.status import status_text
 
     run = _load(args.run_dir)
-    summary = summarize_run(run)
+    summary, for_status = report_summary(run)
     if args.json:
         print(json.dumps(summary, indent=1, default=str))
     else:
-        print(format_table(summary, title=f"lightning-sas report: {run.root}"))
+        title = f"lightning-sas report: {run.root}"
+        print("\n".join([title, "=" * len(title), "", "Status", "------", status_text(for_status), ""]))
+        print(format_table(summary, title="Diagnostics"))
     out = Path(args.out) if args.out else run.root / "report"
     out.mkdir(parents=True, exist_ok=True)
     data = figure_inputs(run)
@@ -85,7 +97,8 @@ def _report(args: argparse.Namespace) -> int:
 
         pngs = {name.removesuffix(".png"): figures.figure_to_png_bytes(fig) for name, fig in drawn.items()}
         notes = [f"{p.kind}: {p.path}: {p.message}" for p in run.problems]
-        Path(args.html).write_text(html_page(f"lightning-sas report: {run.root}", summary, pngs, notes))
+        page = html_page(f"lightning-sas report: {run.root}", summary, pngs, notes, status=for_status)
+        Path(args.html).write_text(page)
     if not args.json:
         print(f"\nfigures written to {out}" + (f", HTML report to {args.html}" if args.html else ""))
     return 0
@@ -112,13 +125,22 @@ def compare_runs(runs: Sequence[Any], pairs: Sequence[tuple[int, int]], from_ste
     ``sas_mean`` (mean over pairs and ``P_test`` of ``|<l_p(z)> - <l_q(z)>|``, with SE),
     ``sas_max`` (mean over pairs of the max over ``P_test``), the authors' ``paper_coefficient``
     and per-run time-averaged test losses.
+
+    Runs of a ``lightning-sas perturb`` plan (trained on
+    :meth:`~lightning_sas.data.NeighbouringDataset.from_plan` sets) also probed every run's
+    swapped samples: then the neighbours are the control (run 0) and each run ``k``, and the
+    statistics are those of :func:`~lightning_sas.stats.sas.sas_statistics` with ``m`` swaps per
+    run: ``sas_max`` over the swapped samples and ``P_test``, ``sas_replaced``, and the
+    ``stability_gap`` from both sides of every swap (``stability_gap_removed``,
+    ``stability_gap_added``), each with its SE (runs as the independent units, Student's t with
+    K - 1 dof) and resolved flag.
     """
     from lightning_sas.diagnostics import summarize_run
     from lightning_sas.stats.sas import mean_pairwise_abs_difference, paper_coefficient
 
     if len(runs) < 2:
         raise ValueError("compare needs at least two runs")
-    probes, n_train = [], None
+    probes, n_train, n_test = [], None, None
     for run in runs:
         stream = run.streams.get("probes")
         if not stream or "losses" not in stream:
@@ -128,6 +150,7 @@ def compare_runs(runs: Sequence[Any], pairs: Sequence[tuple[int, int]], from_ste
         if n_train is not None and nt != n_train or (probes and stream["losses"].shape[1] != probes[0]["losses"].shape[1]):
             raise ValueError("the runs probed different point sets: use the same seed and dataset sizes in every run")
         n_train = nt
+        n_test = int(cfg.get("probe_num_test", stream["losses"].shape[1] - nt))
         probes.append(stream)
     if from_step is None:
         starts = [summarize_run(r).get("late_phase_start") for r in runs]
@@ -139,7 +162,7 @@ def compare_runs(runs: Sequence[Any], pairs: Sequence[tuple[int, int]], from_ste
             raise ValueError(f"no probe rows at or after step {from_step}")
         per_point.append(np.nanmean(stream["losses"][keep], axis=0))
     means = np.stack(per_point)  # (R, P)
-    test = means[:, n_train:]
+    test = means[:, n_train : n_train + n_test]
     if test.shape[1] == 0:
         raise ValueError("the runs have no held-out probe points (P_test)")
     coef, coef_se = paper_coefficient(test.mean(axis=1), pairs)
@@ -155,11 +178,56 @@ def compare_runs(runs: Sequence[Any], pairs: Sequence[tuple[int, int]], from_ste
         "paper_coefficient": coef,
         "paper_coefficient_se": coef_se,
     }
+    plan = [run.meta.get("plan_swaps") for run in runs]
+    if all(p is not None for p in plan):
+        out.update(_swap_statistics(runs, probes, n_train, n_test, int(from_step)))
     for r, run in enumerate(runs):
         out[f"run{r}_test_loss"] = float(test[r].mean())
         out[f"run{r}"] = str(run.root)
     out["_abs_diff"] = np.concatenate([np.abs(test[p] - test[q]) for p, q in pairs])
     return out
+
+
+def _swap_statistics(runs: Sequence[Any], probes: Sequence[dict[str, np.ndarray]], n_train: int, n_test: int,
+                     from_step: int) -> dict[str, Any]:
+    """The swap statistics across the runs of one perturb plan (run 0 the control): each probe row
+    at or after ``from_step`` that every run has is one block of :func:`sas_statistics`."""
+    from lightning_sas.stats.sas import sas_statistics
+
+    order = [run.meta.get("plan_run") for run in runs]
+    if sorted(order) != list(range(len(runs))):
+        raise ValueError(f"the runs are runs {order} of the plan: pass the control (run 0) and every run of the plan once")
+    swaps = runs[0].meta["plan_swaps"]
+    k, m = len(swaps), len(swaps[0]) if swaps else 0
+    if k != len(runs) - 1 or m < 1:
+        raise ValueError(f"the plan has {k} perturbed runs with {m} swaps each, but {len(runs)} runs were given")
+    by_run = {order[r]: probes[r] for r in range(len(runs))}
+    common = set(by_run[0]["step"][by_run[0]["step"] >= from_step].tolist())
+    for stream in by_run.values():
+        common &= set(stream["step"].tolist())
+    steps = np.asarray(sorted(common), dtype=np.int64)
+    if steps.size < 2:
+        raise ValueError(f"the runs share fewer than 2 probe steps at or after step {from_step}")
+
+    def rows(run: int) -> np.ndarray:
+        stream = by_run[run]
+        index = {int(s): i for i, s in enumerate(stream["step"])}
+        return stream["losses"][[index[int(s)] for s in steps]]
+
+    test = n_train + np.arange(n_test)
+    swap0 = n_train + n_test  # the swap group: every run's removed samples, then every run's added samples
+    perturbed, control = [], []
+    control_rows = rows(0)
+    for r in range(1, k + 1):
+        cols = np.concatenate([test, swap0 + (r - 1) * m + np.arange(m), swap0 + k * m + (r - 1) * m + np.arange(m)])
+        perturbed.append(rows(r)[:, cols])
+        control.append(control_rows[:, cols])
+    stats = sas_statistics(np.stack(perturbed), np.stack(control), np.ones(steps.size), n_test + np.arange(m),
+                           n_test + m + np.arange(m), np.arange(n_test))
+    keys = ("swaps", "sas_max", "sas_max_se", "sas_max_resolved", "sas_replaced", "sas_replaced_se", "stability_gap",
+            "stability_gap_se", "stability_gap_resolved", "stability_gap_removed", "stability_gap_removed_se",
+            "stability_gap_added", "stability_gap_added_se", "sas_critical_t")
+    return {key: stats[key] for key in keys}
 
 
 def _compare(args: argparse.Namespace) -> int:
@@ -186,23 +254,36 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def _perturb(args: argparse.Namespace) -> int:
-    from lightning_sas.data import choose_replacements, split_holdout
+    from lightning_sas.data import auto_swaps, choose_swaps, split_holdout
 
-    s_idx, holdout = split_holdout(args.n, args.holdout_fraction, args.seed)
-    pairs = choose_replacements(s_idx, holdout, args.runs, args.seed)
+    n_hold = max(int(round(args.n * args.holdout_fraction)), args.runs + 1)
+    if str(args.swaps) == "auto":
+        m = auto_swaps(args.n - n_hold, n_hold, args.runs)
+    elif str(args.swaps).isdigit() and int(args.swaps) >= 1:
+        m = int(args.swaps)
+        if args.runs * m + 1 > n_hold:
+            raise ValueError(f"--swaps {m} with --runs {args.runs} needs {args.runs * m + 1} held-out samples, but "
+                             f"--holdout-fraction {args.holdout_fraction} of {args.n} gives {n_hold}: lower --swaps (or "
+                             "use auto), or raise --holdout-fraction")
+    else:
+        raise ValueError(f"--swaps must be 'auto' or a positive integer, got {args.swaps!r}")
+    s_idx, holdout = split_holdout(args.n, args.holdout_fraction, args.seed, min_holdout=args.runs * m + 1)
+    swaps = choose_swaps(s_idx, holdout, args.runs, m, args.seed)
     plan = {
         "n": args.n,
         "seed": args.seed,
         "holdout_fraction": args.holdout_fraction,
+        "swaps": m,
         "train_indices": [int(i) for i in s_idx],
         "holdout_indices": [int(i) for i in holdout],
         "runs": [{"run": 0, "replace": {}}]
-        + [{"run": k, "replace": {str(i): int(j)}} for k, (i, j) in enumerate(pairs, start=1)],
+        + [{"run": k, "replace": {str(i): int(j) for i, j in pairs}} for k, pairs in enumerate(swaps, start=1)],
     }
     text = json.dumps(plan, indent=1)
     if args.out:
         Path(args.out).write_text(text)
-        print(f"plan for {args.runs + 1} runs (control + {args.runs} neighbours) written to {args.out}")
+        print(f"plan for {args.runs + 1} runs (control + {args.runs} neighbours, {m} swaps each) "
+              f"written to {args.out}")
     else:
         print(text)
     return 0
@@ -228,6 +309,9 @@ def _build_parser() -> argparse.ArgumentParser:
     per = sub.add_parser("perturb", help="plan neighbouring datasets for the multi-run protocol")
     per.add_argument("--n", type=int, required=True, help="size of the training set")
     per.add_argument("--runs", type=int, default=4, help="number of perturbed runs (plus one control)")
+    per.add_argument("--swaps", default="auto",
+                     help="samples each run swaps for held-out ones: m, or 'auto' (the default of SASReplicas: at most "
+                          "about 1 %% of S and what the held-out split allows)")
     per.add_argument("--holdout-fraction", type=float, default=0.1)
     per.add_argument("--seed", type=int, default=0)
     per.add_argument("--out", help="write the plan JSON here (default: stdout)")

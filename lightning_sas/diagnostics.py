@@ -28,6 +28,7 @@ __all__ = [
     "loss_diagnostics",
     "summarize_run",
     "figure_inputs",
+    "unavailable_reasons",
 ]
 
 #: keys produced by :func:`loss_diagnostics`
@@ -61,6 +62,35 @@ WEIGHT_KEYS = (
 #: keys produced by the probe losses
 PROBE_KEYS = ("ergodic_gap", "ergodic_gap_se", "probe_train_loss", "probe_test_loss", "nonfinite_probe_losses")
 
+#: why a summary key is None when its part gave no more specific reason (``summary["unavailable"]``)
+GENERIC_REASONS: dict[str, str] = {
+    "late_phase_start": "the late phase has not started: MSER-5 finds the loss still trending (the statistics "
+                        "use the second half of the stream and are provisional)",
+    "loss_mean": "no finite training loss recorded yet (training_step returned no loss tensor, or all were NaN/Inf)",
+    "loss_se": "too few late-phase blocks for a batch-means standard error",
+    "loss_std": "no finite training loss recorded yet",
+    "iat": "too few late-phase loss values, or a constant loss (no autocorrelation to measure)",
+    "ess": "no IAT (too few late-phase loss values, or a constant loss)",
+    "dominant_period": "fewer than 8 late-phase loss values, or a constant loss",
+    "power_fraction": "fewer than 8 late-phase loss values, or a constant loss",
+    "geweke_z": "fewer than 20 late-phase loss values, or a constant loss",
+    "stationary": "no Geweke z (fewer than 20 late-phase loss values, or a constant loss)",
+    "lr": "the run has no optimizer with a learning rate",
+    "lr_constant_in_late_phase": "no learning rate recorded in the late phase",
+    "weight_norm": "no weight snapshot yet (snapshot_every) or no trainable parameters",
+    "update_size": "no optimizer step was seen at a snapshot step yet (or track_update=False)",
+    "distance_from_init": "track_init=False, or no snapshot yet",
+    "distance_to_ergodic_mean": "the ergodic mean of the weights starts once the late phase is stable "
+                                "(or track_ergodic_mean=False)",
+    "ergodic_mean_start": "the late phase has not been stable over two flushes yet",
+    "grad_norm": "no gradients at a snapshot step yet (on_before_optimizer_step not reached)",
+    "ergodic_gap": "no held-out probe data",
+    "ergodic_gap_se": "no ergodic gap, or too few probe evaluations for a standard error",
+    "probe_train_loss": "no probe evaluation yet (probe_every)",
+    "probe_test_loss": "no held-out probe data",
+    "nonfinite_probe_losses": "probe losses are off",
+}
+
 #: relative change of the learning rate inside the late phase above which it is "not constant"
 LR_TOLERANCE = 1e-6
 
@@ -70,6 +100,17 @@ def _finite(x: float | None) -> float | None:
         return None
     x = float(x)
     return x if math.isfinite(x) else None
+
+
+def unavailable_reasons(summary: Mapping[str, Any], reasons: Mapping[str, str]) -> dict[str, str]:
+    """Why each None value of ``summary`` is missing: the part's own reason from ``reasons`` when
+    it gave one, else the generic one (a key is never None without a reason in the summary)."""
+    out: dict[str, str] = {}
+    for key, value in summary.items():
+        if value is None and key != "unavailable":
+            out[key] = reasons.get(key) or GENERIC_REASONS.get(key) or (
+                "not computed yet: too few steps or probe evaluations in the late phase")
+    return out
 
 
 def late_phase_from_blocks(arrays: Mapping[str, np.ndarray]) -> int | None:
@@ -210,7 +251,8 @@ def summarize_run(run: Any) -> dict[str, Any]:
     num_train = meta.get("probe_num_train")
     num_test = meta.get("probe_num_test")
     if probes is not None and num_train and num_test:
-        metric = ErgodicGap(int(num_train), int(num_test), max_blocks=int(cfg.get("probe_max_blocks", 128)))
+        metric = ErgodicGap(int(num_train), int(num_test), max_blocks=int(cfg.get("probe_max_blocks", 128)),
+                            num_extra=int(meta.get("probe_num_swap") or 0))
         for step, row in zip(probes["step"], probes["losses"]):
             metric.update(torch.from_numpy(np.asarray(row, dtype=np.float64)), int(step))
         metric.start_step = summary.get("late_phase_start") if summary.get("late_phase_found") else None
@@ -222,6 +264,8 @@ def summarize_run(run: Any) -> dict[str, Any]:
         summary["nonfinite_probe_losses"] = int(metric.nonfinite.sum())
         if meta.get("ergodic_gap_source"):
             summary["ergodic_gap_source"] = meta["ergodic_gap_source"]
+    # why a key is missing: the live run's reason where it stored one, else the generic one
+    summary["unavailable"] = unavailable_reasons(summary, (run.summary or {}).get("unavailable") or {})
     return summary
 
 

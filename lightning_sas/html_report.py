@@ -6,6 +6,9 @@ import base64
 import html
 from typing import Any, Mapping
 
+from lightning_sas.formatting import format_value
+from lightning_sas.loggers.status import status_html
+
 __all__ = ["EXPLANATIONS", "html_page"]
 
 #: plain-words explanation of each summary key
@@ -36,43 +39,54 @@ EXPLANATIONS: dict[str, str] = {
     "ergodic_gap_se": "Standard error of the ergodic gap.",
     "probe_train_loss": "Time-averaged loss on the training probe points.",
     "probe_test_loss": "Time-averaged loss on the held-out probe points.",
-    "sas_max": "SAS estimate: largest change of a time-averaged loss when one training sample is replaced (averaged over replicas).",
+    "sas_max": "SAS estimate: largest change of a time-averaged loss on a probe point (the swapped samples and the held-out points) between a replica and the control (averaged over replicas).",
     "sas_mean": "Mean change of the time-averaged loss on held-out points (held-out sensitivity).",
     "sas_replaced": "Change of the time-averaged loss on the replaced sample itself.",
-    "stability_gap": "Signed loss rise on the replaced sample: the replace-one estimate of the generalization gap.",
+    "stability_gap": "The replace-one estimate of the generalization gap from both sides of every swap: the loss rise on the samples a replica lost and the loss drop on the held-out samples it gained (mean over a replica's 2m values, then over replicas).",
+    "stability_gap_removed": "The removed side alone: loss of the replica minus the control on the samples the replica no longer trains on.",
+    "stability_gap_added": "The added side alone: loss of the control minus the replica on the held-out samples the replica trains on.",
+    "swaps": "m, the training samples each replica swaps for held-out ones (disjoint across replicas).",
+    "replicas": "K, the perturbed replicas (plus one control).",
     "sas_resolved": "Whether sas_max exceeds its noise level by t standard errors (Student's t with K - 1 degrees of freedom, sas_critical_t).",
     "sas_critical_t": "Critical value used for the replica statistics: they average over K random replaced samples, so their uncertainty is that of a K-sample mean.",
-    "stability_gap_max_share": "Share of the largest replica in the sum of |loss rise on the replaced sample|: near 1, one replica carries stability_gap and its SE from K samples is not to be trusted (raise K).",
+    "stability_gap_max_share": "Share of the largest replica in the sum of its |per-replica stability gap|: near 1, one replica carries stability_gap and its SE from K samples is not to be trusted (raise K or swaps).",
     "sas_converged": "Whether the last two doublings of the averaging window agree.",
     "paper_coefficient": "The authors' statistic: mean |difference| of time-averaged mean test losses over neighbouring runs.",
 }
 
 
-def _fmt(value: Any) -> str:
-    from lightning_sas.cli import _fmt as fmt
-
-    return fmt(value)
-
-
-def html_page(title: str, rows: Mapping[str, Any], figures: Mapping[str, bytes], notes: list[str] | None = None) -> str:
-    """One HTML page: a table of ``rows`` with explanations, then each PNG figure inline."""
+def html_page(
+    title: str,
+    rows: Mapping[str, Any],
+    figures: Mapping[str, bytes],
+    notes: list[str] | None = None,
+    status: Mapping[str, Any] | None = None,
+) -> str:
+    """One HTML page: the run's status (from the summary ``status``, when given; see
+    :func:`~lightning_sas.loggers.status.status_lines`), a table of ``rows`` with explanations,
+    then each PNG figure inline."""
     lines = [
         "<!doctype html>",
         "<html lang='en'><head><meta charset='utf-8'>",
         f"<title>{html.escape(title)}</title>",
         "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
         "table{border-collapse:collapse}td,th{border-bottom:1px solid #ddd;padding:4px 10px;text-align:left;vertical-align:top}"
-        "td.v{font-family:monospace;white-space:nowrap}img{max-width:100%;margin:1em 0}.note{color:#a33}</style>",
+        "td.v{font-family:monospace;white-space:nowrap}img{max-width:100%;margin:1em 0}.note{color:#a33}"
+        "ul.status{background:#f6f6f6;padding:0.8em 2em;border-left:4px solid #f57c00}ul.status li{margin:0.2em 0}</style>",
         "</head><body>",
         f"<h1>{html.escape(title)}</h1>",
     ]
+    if status is not None:
+        lines += ["<h2>Status</h2>", status_html(status)]
     for note in notes or []:
         lines.append(f"<p class='note'>{html.escape(note)}</p>")
+    if status is not None:
+        lines.append("<h2>Diagnostics</h2>")
     lines.append("<table><tr><th>quantity</th><th>value</th><th>what it means</th></tr>")
     for key, value in rows.items():
         explanation = EXPLANATIONS.get(key, EXPLANATIONS.get(key.removesuffix("_se"), ""))
         lines.append(
-            f"<tr><td>{html.escape(key)}</td><td class='v'>{html.escape(_fmt(value))}</td><td>{html.escape(explanation)}</td></tr>"
+            f"<tr><td>{html.escape(key)}</td><td class='v'>{html.escape(format_value(value))}</td><td>{html.escape(explanation)}</td></tr>"
         )
     lines.append("</table>")
     for name, png in figures.items():

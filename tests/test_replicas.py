@@ -57,8 +57,19 @@ def test_fast_and_generic_paths_agree_in_float64() -> None:
             batches.append((x[idx].double(), y[idx]))
         fast.step(batches, step, step)
         generic.step(batches, step, step)
-    probe = [(x[:40].double(), y[:40])]
-    np.testing.assert_allclose(fast.per_sample_losses(probe).numpy(), generic.per_sample_losses(probe).numpy(), rtol=1e-10, atol=1e-12)
+    shared = [(x[:40].double(), y[:40])]
+    swaps = [[(x[40 + 4 * r : 44 + 4 * r].double(), y[40 + 4 * r : 44 + 4 * r]) for r in range(2)]]  # K = 2, m = 2
+    for rows in ([0, 1, 2], [1, 2, 0]):  # the control first, or last (its segment is longer)
+        np.testing.assert_allclose(fast.per_sample_losses(shared, swaps, rows).numpy(),
+                                   generic.per_sample_losses(shared, swaps, rows).numpy(), rtol=1e-10, atol=1e-12)
+    # the control's segment: shared points, then every replica's swapped points in replica order
+    control = generic.per_sample_losses(shared, swaps, [0, 1, 2])[:48]
+    assert control.shape == (40 + 8,)
+    own = generic.per_sample_losses(shared, swaps, [0, 1, 2])[48 + 40 : 48 + 44]
+    module = generic.modules[1]
+    with torch.no_grad():
+        direct = torch.nn.functional.cross_entropy(module.eval()(swaps[0][0][0]), swaps[0][0][1], reduction="none")
+    np.testing.assert_allclose(own.numpy(), direct.numpy(), rtol=1e-12)
     for r in range(3):
         for name, value in generic.parameters_of(r).items():
             np.testing.assert_allclose(fast.parameters_of(r)[name].numpy(), value.numpy(), rtol=1e-10, atol=1e-12)
@@ -151,18 +162,18 @@ class LinearRegression(pl.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=self.lr)
 
 
-def test_least_squares_known_answer(tmp_path: Any) -> None:
+@pytest.mark.parametrize("swaps", [1, 4])
+def test_least_squares_known_answer(tmp_path: Any, swaps: int) -> None:
     """Small-step SGD on least squares: time-averaged weights -> each dataset's LS solution, so
-    d_k(z) has the closed form of ``least_squares_sas``; the replica estimate is within 20 %."""
+    d_k(z) has the closed form of ``least_squares_sas`` on every probe point (shared and swapped),
+    and so have the stability gap's two sides; the replica estimate is within 20 %."""
     rng = np.random.default_rng(0)
     n, d = 120, 4
     x = rng.normal(size=(n, d))
     y = x @ rng.normal(size=d) + 0.3 * rng.normal(size=n)
-    # make the replacements matter: held-out targets far from the model
-    data = TensorDataset(torch.from_numpy(x), torch.from_numpy(y))
-    replicas = SASReplicas(replicas=3, fork_at="start", probe_every=5, num_train_probes=10,
+    replicas = SASReplicas(replicas=3, swaps=swaps, fork_at="start", probe_every=5, num_train_probes=10,
                            num_heldout_probes=8, holdout_fraction=0.2, flush_every=400, batch_size=8, path="fast")
-    # shift the held-out targets so replacing a sample is a real change
+    # shift the held-out targets so a swap is a real change
     hold = replicas.holdout_indices(n)
     y[hold] += 3.0
     data = TensorDataset(torch.from_numpy(x), torch.from_numpy(y))
@@ -170,26 +181,34 @@ def test_least_squares_known_answer(tmp_path: Any) -> None:
                          snapshot_every=100, sketch_every=400, replicas=replicas)
     trainer = pl.Trainer(callbacks=[monitor], **trainer_kwargs(tmp_path, max_steps=4000, precision="64-true"))
     trainer.fit(LinearRegression(d, lr=0.01), DataLoader(data, batch_size=8, shuffle=True))
-    # closed form for each replica against the control
+    # closed form for each replica against the control, on its aligned probe points
     s_idx = replicas._s_indices
-    cols = replicas._cols
     probe = replicas.probe_set
+    layout = probe.layout()
     metric = replicas.metric
     metric.start_step = 400
-    per_point = metric.per_point_average().reshape(replicas.replicas + 1, -1).numpy()
-    measured, expected = [], []
-    for k, (i_k, z_k) in enumerate(replicas._pairs, start=1):
-        s_k = np.where(s_idx == i_k, z_k, s_idx)
-        truth = least_squares_sas(x[s_idx], y[s_idx], x[s_k], y[s_k], x[probe.order], y[probe.order])
-        measured.append(per_point[k] - per_point[0])
+    perturbed, control, _ = layout.aligned(metric.per_point_average().numpy())
+    measured, expected, gaps = [], [], []
+    for k in range(1, replicas.replicas + 1):
+        s_k = s_idx.copy()
+        for i, z in probe.swaps[k - 1]:
+            s_k[s_idx == i] = z
+        points = np.concatenate([probe.shared_indices, probe.replica_swap_indices(k)])
+        truth = least_squares_sas(x[s_idx], y[s_idx], x[s_k], y[s_k], x[points], y[points])
+        measured.append(perturbed[k - 1] - control[k - 1])
         expected.append(truth)
-    measured, expected = np.concatenate(measured), np.concatenate(expected)
+        gaps.append(0.5 * (truth[layout.removed_columns].mean() - truth[layout.added_columns].mean()))
+    measured, expected = np.stack(measured), np.stack(expected)
     assert np.abs(expected).mean() > 1e-3
     rel = np.abs(measured - expected).sum() / np.abs(expected).sum()
     assert rel < 0.2, rel
     summary = monitor.summary()
-    assert summary["sas_max"] == pytest.approx(np.mean([np.abs(e).max() for e in np.split(np.abs(expected), 3)]), rel=0.2)
-    assert cols["replaced"].shape == (3,)
+    assert summary["swaps"] == swaps
+    cand = np.concatenate([layout.removed_columns, layout.added_columns, layout.heldout_columns])
+    assert summary["sas_max"] == pytest.approx(np.abs(expected[:, cand]).max(axis=1).mean(), rel=0.2)
+    assert summary["stability_gap"] == pytest.approx(np.mean(gaps), rel=0.2)
+    assert summary["stability_gap_removed"] == pytest.approx(expected[:, layout.removed_columns].mean(), rel=0.2)
+    assert summary["stability_gap_added"] == pytest.approx(-expected[:, layout.added_columns].mean(), rel=0.2)
 
 
 def test_setup_errors(tmp_path: Any) -> None:
@@ -199,14 +218,14 @@ def test_setup_errors(tmp_path: Any) -> None:
         SASReplicas(fork_at="middle")
     with pytest.raises(ValueError, match="sampler"):
         SASReplicas(sampler="shuffled")
-    monitor = SASMonitor(store=False, figure_every=0, replicas=2)
-    trainer = pl.Trainer(callbacks=[monitor], **trainer_kwargs(tmp_path, max_steps=5))
-    with pytest.raises(ValueError, match="map-style"):
-        trainer.fit(TinyClassifier(d=32), DataLoader(RandomIterableDataset(32, 64), batch_size=4))
-    monitor = SASMonitor(store=False, figure_every=0, replicas=2)
-    trainer = pl.Trainer(callbacks=[monitor], **trainer_kwargs(tmp_path, max_steps=5))
-    with pytest.raises(ValueError, match="manual optimization needs loss_fn"):
-        trainer.fit(ManualOptimBoringModel())
+    # bare-tensor batches (iterable or not, automatic or manual optimization) have no per-sample
+    # loss: one error at setup that names the two ways out
+    for module, data in ((TinyClassifier(d=32), DataLoader(RandomIterableDataset(32, 64), batch_size=4)),
+                         (ManualOptimBoringModel(), None)):
+        monitor = SASMonitor(store=False, figure_every=0, replicas=2)
+        trainer = pl.Trainer(callbacks=[monitor], **trainer_kwargs(tmp_path, max_steps=5))
+        with pytest.raises(ValueError, match="per-sample loss.*sas_per_sample_loss.*loss_fn"):
+            trainer.fit(module, data)
     monitor = SASMonitor(store=False, figure_every=0, replicas=2, fork_at="late_phase")
     trainer = pl.Trainer(callbacks=[monitor], **trainer_kwargs(tmp_path, max_steps=5))
     with pytest.raises(ValueError, match="contaminated"):

@@ -17,7 +17,8 @@ import torch
 from lightning_sas.replicas.placement import merge_engine_states, replica_rows, select_engine_state
 from lightning_sas.metrics.sas_estimate import SASEstimate
 
-SAS_COMPARED = ("sas_max", "sas_max_se", "sas_mean", "sas_mean_se", "sas_replaced", "sas_replaced_se",
+SAS_COMPARED = ("sas_max", "sas_max_se", "sas_mean", "sas_mean_se", "sas_replaced", "sas_replaced_se", "swaps",
+                "stability_gap_removed", "stability_gap_added",
                 "stability_gap", "stability_gap_se", "ergodic_gap", "ergodic_gap_se", "paper_coefficient",
                 "paper_coefficient_se", "steps_since_fork")
 
@@ -45,7 +46,8 @@ SCRIPT = textwrap.dedent(
         def on_train_end(self, trainer, pl_module):
             engine = replicas.engine
             with open(os.path.join(out, f"rank{{trainer.global_rank}}.json"), "w") as f:
-                json.dump({{"n": engine.n, "rows": replicas._rows, "path": engine.path}}, f)
+                json.dump({{"n": engine.n, "rows": replicas._rows, "path": engine.path,
+                           "swaps": replicas._swaps_json()}}, f)
 
     pl.seed_everything(0)
     data = make_classification(320)
@@ -55,7 +57,8 @@ SCRIPT = textwrap.dedent(
     train = DataLoader(data, batch_size=16 // devices, sampler=sampler)
     replicas = SASReplicas(replicas=3, path=path, loss_fn=cross_entropy, probe_every=5, num_train_probes=16,
                            num_heldout_probes=16, flush_every=20, batch_size=16)
-    monitor = SASMonitor(flush_every=20, figure_every=0, num_train_probes=0, replicas=replicas)
+    monitor = SASMonitor(flush_every=20, figure_every=0, num_train_probes=0, replicas=replicas,
+                         store=os.path.join(out, "sas"))
     callbacks = [monitor, Report()]
     if ckpt_dir:
         callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, every_n_epochs=1, save_top_k=-1))
@@ -105,6 +108,10 @@ def test_two_processes_spread_replicas_and_equal_one_process(tmp_path: Path, pat
     # K = 3: four replicas, two per rank, round-robin (the control on rank 0)
     assert [r["n"] for r in two["_ranks"]] == [2, 2]
     assert [r["rows"] for r in two["_ranks"]] == [[0, 2], [1, 3]]
+    # every rank sees the same swaps (m = 3 each from swaps="auto" on 320 samples), as one process does
+    assert two["swaps"] == one["swaps"] == 3
+    assert two["_ranks"][0]["swaps"] == two["_ranks"][1]["swaps"] == one["_ranks"][0]["swaps"]
+    assert all(len(pairs) == 3 for pairs in one["_ranks"][0]["swaps"])
     _assert_same(two, one)
 
 
@@ -122,9 +129,9 @@ def test_two_process_checkpoint_holds_every_replica_and_resumes(two_process_run:
     # rank 0 saved every replica (the one-process format) and the time averages of all ranks
     assert saved["world_size"] == 2 and len(saved["rng_ranks"]) == 2
     assert all(v.shape[0] == 4 for v in saved["engine"]["params"].values())
-    counts = saved["metric"]["states"]["counts"]
-    per_replica = counts.reshape(counts.shape[0], 4, -1).sum(0)
-    assert per_replica.min() > 0 and torch.all(per_replica == per_replica[0, 0])
+    counts = saved["metric"]["states"]["counts"].sum(0)  # every point of every replica, summed over ranks
+    assert counts.min() > 0 and torch.all(counts == counts[0])
+    assert saved["swaps"] is not None and len(saved["swaps"]) == 3
     resumed = _run(tmp_path, "resumed", 2, "fast", 100, resume=ckpt)
     _assert_same(resumed, full)
 
@@ -143,23 +150,26 @@ def test_round_robin_rows() -> None:
 
 
 def test_rows_of_the_estimate_sum_to_the_full_state() -> None:
+    from lightning_sas.data.probes import SwapLayout
+
     torch.manual_seed(0)
-    full, parts = SASEstimate(4, 5, max_blocks=4), [SASEstimate(4, 5, max_blocks=4) for _ in range(2)]
+    layout = SwapLayout(replicas=3, n_train=2, n_heldout=3, m=2)
+    full, parts = SASEstimate(layout, max_blocks=4), [SASEstimate(layout, max_blocks=4) for _ in range(2)]
     for step in range(11):  # enough rows to merge blocks
-        values = torch.randn(4, 5, dtype=torch.float64)
-        values[1, 2] = float("nan") if step == 3 else values[1, 2]
+        values = torch.randn(layout.total, dtype=torch.float64)
+        values[7] = float("nan") if step == 3 else values[7]
         full.update(values, step)
         for rank, part in enumerate(parts):
             rows = replica_rows(4, 2, rank)
-            part.update(values[rows], step, rows=rows)
+            part.update(values[torch.as_tensor(layout.positions(rows))], step, rows=rows)
     for name in ("sums", "sumsqs", "counts", "nonfinite"):
         assert torch.equal(getattr(parts[0], name) + getattr(parts[1], name), getattr(full, name)), name
     assert parts[0].cursor == parts[1].cursor == full.cursor
     assert int(full.nonfinite.sum()) == 1
     # a rank with no replica adds nothing but keeps its cursor in step
-    idle = SASEstimate(4, 5, max_blocks=4)
+    idle = SASEstimate(layout, max_blocks=4)
     for step in range(11):
-        idle.update(torch.zeros(0, 5, dtype=torch.float64), step, rows=[])
+        idle.update(torch.zeros(0, dtype=torch.float64), step, rows=[])
     assert idle.cursor == full.cursor and not idle.counts.any() and not idle.sums.any()
     # a full state loaded on each rank and cut to its rows sums to the full state again
     for rank, part in enumerate(parts):

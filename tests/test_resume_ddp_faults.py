@@ -42,9 +42,9 @@ def _loaders() -> tuple[DataLoader, DataLoader]:
             DataLoader(make_classification(64, seed=5), batch_size=32))
 
 
-def _monitor() -> SASMonitor:
+def _monitor(store: Any = True) -> SASMonitor:
     return SASMonitor(flush_every=20, snapshot_every=10, sketch_every=20, probe_every=10, figure_every=0,
-                      num_train_probes=64, num_test_probes=64)
+                      num_train_probes=64, num_test_probes=64, store=store)
 
 
 def test_resume_matches_uninterrupted_run(tmp_path: Any) -> None:
@@ -55,13 +55,13 @@ def test_resume_matches_uninterrupted_run(tmp_path: Any) -> None:
         TinyClassifier(), train, val)
 
     pl.seed_everything(0)
-    first = _monitor()
+    first = _monitor(store=str(tmp_path / "resumed" / "sas"))
     ckpt = ModelCheckpoint(dirpath=str(tmp_path / "ckpt"), every_n_epochs=1, save_top_k=-1)
     kwargs = trainer_kwargs(tmp_path / "resumed", max_steps=100, limit_val_batches=1.0, enable_checkpointing=True)
     pl.Trainer(callbacks=[first, ckpt], **kwargs).fit(TinyClassifier(), train, val)
     path = tmp_path / "ckpt" / "epoch=9-step=100.ckpt"
     assert path.exists()
-    second = _monitor()
+    second = _monitor(store=str(tmp_path / "resumed" / "sas"))
     kwargs["max_steps"] = 200
     pl.Trainer(callbacks=[second, ModelCheckpoint(dirpath=str(tmp_path / "ckpt2"))], **kwargs).fit(
         TinyClassifier(), train, val, ckpt_path=str(path))
@@ -126,7 +126,7 @@ DDP_SCRIPT = textwrap.dedent(
     train = DataLoader(data, batch_size=batch, sampler=sampler)
     val = DataLoader(make_classification(64, seed=5), batch_size=32)
     monitor = SASMonitor(flush_every=20, snapshot_every=10, sketch_every=20, probe_every=10, figure_every=0,
-                         num_train_probes=64, num_test_probes=64)
+                         num_train_probes=64, num_test_probes=64, store=os.path.join(out, "sas"))
     trainer = pl.Trainer(accelerator="cpu", devices=devices, strategy="ddp" if devices > 1 else "auto",
                          use_distributed_sampler=False,
                          precision="64-true", max_steps=120, callbacks=[monitor], logger=False,
@@ -170,7 +170,8 @@ CRASH_SCRIPT = textwrap.dedent(
 
     train = DataLoader(make_classification(320), batch_size=32)
     val = DataLoader(make_classification(64, seed=5), batch_size=32)
-    monitor = SASMonitor(flush_every=10, snapshot_every=5, sketch_every=5, probe_every=5, figure_every=0)
+    monitor = SASMonitor(flush_every=10, snapshot_every=5, sketch_every=5, probe_every=5, figure_every=0,
+                         store=sys.argv[1] + "/sas")
     trainer = pl.Trainer(accelerator="cpu", max_steps=100000, callbacks=[monitor, Slow()], logger=False,
                          default_root_dir=sys.argv[1], enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0)

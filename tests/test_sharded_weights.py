@@ -278,7 +278,7 @@ LIGHTNING_FSDP_SCRIPT = textwrap.dedent(
     sampler = DistributedSampler(data, num_replicas=devices, rank=int(os.environ.get("LOCAL_RANK", 0)), shuffle=False)
     train = DataLoader(data, batch_size=batch, sampler=sampler)
     monitor = SASMonitor(flush_every=20, snapshot_every=5, sketch_every=10, probe_every=10, figure_every=0,
-                         num_train_probes=0, num_test_probes=0)  # weights only
+                         num_train_probes=0, num_test_probes=0, store=os.path.join(out, "sas"))  # weights only
     strategy = FSDPStrategy(sharding_strategy="FULL_SHARD") if use_fsdp else "auto"
     trainer = pl.Trainer(accelerator="gpu", devices=devices, strategy=strategy, use_distributed_sampler=False,
                          precision="32-true", max_steps=60, callbacks=[monitor], logger=False, default_root_dir=out,

@@ -1,4 +1,4 @@
-"""TensorBoard events (scalars, histograms, figures, layout, hparams) and the offline report."""
+"""TensorBoard events (scalars, status text, histograms, figures, layout, hparams) and the offline report."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from conftest import TinyClassifier, loaders, trainer_kwargs
 from lightning_sas import SASMonitor
 from lightning_sas.cli import main as cli_main
-from lightning_sas.loggers.tags import custom_scalars_layout
+from lightning_sas.loggers.status import STATUS_TAG
+from lightning_sas.loggers.tags import FLAG_KEYS, OVERVIEW, custom_scalars_layout, tag_for
 from lightning_sas.store import read_run
 
 
@@ -56,6 +57,28 @@ def test_scalars_histograms_and_figures_in_events(tb_run: tuple[str, SASMonitor]
     assert values[-1] == pytest.approx(monitor.summary()["loss_mean"])
 
 
+def test_flags_are_status_text_not_scalars(tb_run: tuple[str, SASMonitor]) -> None:
+    """0/1 flags never reach TensorBoard as scalars; the markdown status (text plugin) says them,
+    rewritten at every flush."""
+    log_dir, monitor = tb_run
+    acc = _events(log_dir)
+    scalars = acc.Tags()["scalars"]
+    for key in FLAG_KEYS:
+        assert tag_for(key) not in scalars, key
+    assert not [t for t in scalars if "resolved" in t or "converged" in t]
+    text_tag = f"{STATUS_TAG}/text_summary"  # SummaryWriter.add_text's name for it
+    assert text_tag in acc.Tags()["tensors"]
+    events = acc.Tensors(text_tag)
+    assert len(events) == 8  # one per flush
+    status = events[-1].tensor_proto.string_val[0].decode()
+    summary = monitor.summary()
+    assert status.startswith("- **Late phase:**")
+    if summary["late_phase_found"]:
+        assert f"since step {summary['late_phase_start']}" in status
+    assert "**Stationarity:**" in status and "**Learning rate:** constant in the late phase" in status
+    assert "`ergodic_gap`" in status and "replicas off" in status
+
+
 def test_custom_scalars_layout_and_hparams_merged(tb_run: tuple[str, SASMonitor]) -> None:
     from tensorboard.plugins.custom_scalar import metadata as cs_metadata
     from tensorboard.plugins.hparams import plugin_data_pb2
@@ -65,7 +88,13 @@ def test_custom_scalars_layout_and_hparams_merged(tb_run: tuple[str, SASMonitor]
     tensors = acc.Tags()["tensors"]
     assert cs_metadata.CONFIG_SUMMARY_TAG in tensors
     layout = custom_scalars_layout()
-    assert {"Loss dynamics", "Oscillation", "Weights", "SAS"} <= set(layout)
+    assert list(layout) == [OVERVIEW, "Loss dynamics", "Oscillation", "Weights", "SAS"]
+    from tensorboard.plugins.custom_scalar import layout_pb2
+
+    stored = layout_pb2.Layout.FromString(acc.Tensors(cs_metadata.CONFIG_SUMMARY_TAG)[0].tensor_proto.string_val[0])
+    assert [c.title for c in stored.category] == list(layout)
+    assert [c.closed for c in stored.category] == [False, True, True, True, True]  # details one click away
+    assert max(len(c.margin.series) for c in stored.category[0].chart) == 2  # the two gaps, band against band
     margins = [chart for group in layout.values() for chart in group.values() if chart[0] == "Margin"]
     scalar_tags = set(acc.Tags()["scalars"])
     for _kind, tags in margins[:2]:
@@ -85,6 +114,9 @@ def test_custom_scalars_layout_and_hparams_merged(tb_run: tuple[str, SASMonitor]
     assert len(sessions) == 1
     info = plugin_data_pb2.HParamsPluginData.FromString(sessions[0]).session_start_info
     assert "lr" in info.hparams and "sas/flush_every" in info.hparams
+    # ours are in the TensorBoard session only, not in the hparams.yaml that reloads the model
+    saved = (Path(log_dir) / "hparams.yaml").read_text()
+    assert "lr" in saved and "sas/" not in saved
 
 
 def test_report_reproduces_live_summary(tb_run: tuple[str, SASMonitor], tmp_path: Any, capsys: pytest.CaptureFixture) -> None:
@@ -96,7 +128,11 @@ def test_report_reproduces_live_summary(tb_run: tuple[str, SASMonitor], tmp_path
     for name in ("loss_stream.png", "acf.png", "periodogram.png", "sketch_trajectory.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert cli_main(["report", log_dir, "--out", str(tmp_path)]) == 0
-    assert "late_phase_start" in capsys.readouterr().out
+    text = capsys.readouterr().out
+    assert "late_phase_start" in text
+    # the status heads the report, before the table
+    assert text.index("Status") < text.index("Late phase") < text.index("replicas off") < text.index("Diagnostics")
+    assert text.index("Diagnostics") < text.index("late_phase_start")
 
 
 def test_report_on_missing_directory_is_a_clean_error(tmp_path: Any, capsys: pytest.CaptureFixture) -> None:
@@ -112,6 +148,8 @@ def test_csv_logger_gets_the_scalars(tmp_path: Any) -> None:
     trainer.fit(TinyClassifier(), train, val)
     header = (tmp_path / "csv" / "version_0" / "metrics.csv").read_text().splitlines()[0]
     assert "sas/loss/time_average" in header and "sas/weights/norm" in header
+    # loggers without a text panel keep the flags as 0/1 numbers
+    assert "sas/loss/late_phase_found" in header and "sas/oscillation/stationary" in header
 
 
 def test_validate_and_test_do_nothing(tmp_path: Any) -> None:
@@ -147,6 +185,8 @@ def test_html_report_is_self_contained(tb_run: tuple[str, SASMonitor], tmp_path:
     text = page.read_text()
     assert text.count("data:image/png;base64,") == 4
     assert "Integrated autocorrelation time" in text and "src='http" not in text
+    assert text.index("<h2>Status</h2>") < text.index("<b>Late phase:</b>") < text.index("<h2>Diagnostics</h2>")
+    assert "replicas off" in text
 
 
 def test_hparams_are_merged_once_per_logger() -> None:

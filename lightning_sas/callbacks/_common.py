@@ -64,16 +64,26 @@ def is_global_zero(trainer: Any) -> bool:
     return bool(getattr(trainer, "is_global_zero", True))
 
 
-def run_directory(trainer: Any) -> str:
-    """Where the run's streams go: ``<logger.log_dir>/sas`` (``default_root_dir/sas`` without logger)."""
-    base = None
-    for logger in getattr(trainer, "loggers", []) or []:
-        base = getattr(logger, "log_dir", None)
-        if base:
-            break
-    if not base:
-        base = getattr(trainer, "log_dir", None) or trainer.default_root_dir
-    return os.path.join(str(base), "sas")
+def run_directory(trainer: Any, store: bool | str | os.PathLike = True) -> str | None:
+    """Where the run's streams go, or None when nothing should be written.
+
+    ``store`` a path: that directory. ``store=True``: ``<log_dir>/sas`` of the first logger whose
+    ``log_dir`` is a real path (TensorBoard, CSV); with no such logger (``logger=False``,
+    ``fast_dev_run``, which replaces the loggers by a dummy) nothing is written, as Lightning
+    writes no logs then, and the summary lives in memory only. ``store=False``: nothing.
+    Reads no collective (only rank 0 writes)."""
+    if store is False or store is None:
+        return None
+    if isinstance(store, (str, os.PathLike)) and not isinstance(store, bool):
+        return os.fspath(store)
+    for logger in getattr(trainer, "loggers", None) or []:
+        try:
+            base = getattr(logger, "log_dir", None)
+        except Exception:  # a logger whose log_dir cannot be computed here
+            continue
+        if isinstance(base, (str, os.PathLike)) and os.fspath(base):
+            return os.path.join(os.fspath(base), "sas")
+    return None
 
 
 def resolve_callable(value: str | Callable | None, argument: str) -> Callable | None:
@@ -92,18 +102,12 @@ def resolve_callable(value: str | Callable | None, argument: str) -> Callable | 
     raise ValueError(f"{argument} must be a callable or an import path 'package.module.function', got {value!r}")
 
 
-def learning_rate(trainer: Any) -> float | Tensor:
-    """Learning rate of the first parameter group of the first optimizer (NaN when none)."""
+def first_param_group(trainer: Any) -> dict[str, Any] | None:
+    """The first parameter group of the first optimizer (its ``"lr"`` is the stream's learning
+    rate: schedulers change it in place), or None without one."""
     optimizers = getattr(trainer, "optimizers", None) or []
-    if not optimizers:
-        return float("nan")
-    groups = getattr(optimizers[0], "param_groups", None) or []
-    if not groups:
-        return float("nan")
-    lr = groups[0].get("lr", float("nan"))
-    if isinstance(lr, Tensor):
-        return lr.detach().reshape(())
-    return float(lr)
+    groups = getattr(optimizers[0], "param_groups", None) if optimizers else None
+    return groups[0] if groups else None
 
 
 def device_float_dtype(device: torch.device) -> torch.dtype:

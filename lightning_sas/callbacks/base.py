@@ -26,6 +26,8 @@ class FlushContext:
         #: the late-phase start held over two flushes (or was fixed by the user)
         self.late_phase_stable: bool = False
         self.summary: dict[str, Any] = {}
+        #: summary keys a part cannot give this flush, with the reason (``summary["unavailable"]``)
+        self.unavailable: dict[str, str] = {}
         #: arrays for histograms and figures, exported by the logger on rank 0
         self.histograms: dict[str, Any] = {}
         self.figure_data: dict[str, Any] = {}
@@ -47,6 +49,7 @@ class StreamCallback(Callback):
         #: set by ``SASMonitor`` when it drives this part
         self.owned = False
         self._writer: Any = None
+        self._writer_ready = False
 
     # -- cadence ---------------------------------------------------------------------------
     def should_flush(self, index: int) -> bool:
@@ -71,9 +74,12 @@ class StreamCallback(Callback):
 
     # -- standalone plumbing ---------------------------------------------------------------
     def _standalone_writer(self, trainer: "pl.Trainer") -> Any:
-        if self._writer is None:
-            directory = run_directory(trainer)  # on every rank: log_dir broadcasts under DDP
-            if is_global_zero(trainer):
+        """The run writer of a part used on its own: rank 0, into the logger's ``log_dir/sas``
+        (:func:`run_directory`; None without a logger directory: nothing is written)."""
+        if not self._writer_ready:
+            self._writer_ready = True
+            directory = run_directory(trainer) if is_global_zero(trainer) else None
+            if directory is not None:
                 from lightning_sas.store import RunWriter
 
                 self._writer = RunWriter(directory, config=self.config())

@@ -9,7 +9,7 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
-from lightning_sas.callbacks._common import device_float_dtype, extract_loss, learning_rate
+from lightning_sas.callbacks._common import device_float_dtype, extract_loss, first_param_group
 from lightning_sas.callbacks.base import FlushContext, StreamCallback
 from lightning_sas.diagnostics import loss_diagnostics
 from lightning_sas.stats.blocks import BlockMoments
@@ -67,7 +67,10 @@ class LossStream(StreamCallback):
         self._window_values = np.zeros(0, dtype=np.float64)
         self._window_lr = np.zeros(0, dtype=np.float64)
         self._batches_seen = 0
+        #: index of the entry the next batch contributes to (set at ``start``, advanced by ``record``)
         self._index: int = 0
+        self._automatic = True
+        self._lr_group: dict[str, Any] | None = None
         #: the loss tensors of the pending entries (references: no device work per step)
         self._pending_losses: list[Tensor] = []
         self._accumulating = False
@@ -79,6 +82,8 @@ class LossStream(StreamCallback):
         self._pending_epochs: list[int] = []
         self._pending_global_steps: list[int] = []
         self._last: dict[str, Any] = {}
+        #: entries whose batch returned no loss tensor (``training_step`` returned None)
+        self._no_loss_entries = 0
         self._previous_start: int | None = None
         # entries restored from a checkpoint taken between flushes (host values, flushed first)
         self._carry_values = np.zeros(0, dtype=np.float64)
@@ -93,6 +98,24 @@ class LossStream(StreamCallback):
         }
 
     # -- hot path -------------------------------------------------------------------------
+    def on_train_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        self.start(trainer, pl_module)
+
+    def start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        """Training starts (or resumes): the index of the first entry, and the parameter group
+        whose learning rate the stream records (read by reference each step)."""
+        self._automatic = bool(pl_module.automatic_optimization)
+        self._index = int(trainer.global_step) if self._automatic else int(self._batches_seen)
+        self._lr_group = first_param_group(trainer)
+
+    def begin_batch(self, index: int) -> None:
+        """The stream tracks its own index (:meth:`record`)."""
+
+    @property
+    def current_index(self) -> int:
+        """Index of the entry the current batch contributes to (before its optimizer step)."""
+        return self._index
+
     def on_train_batch_end(
         self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", outputs: Any, batch: Any, batch_idx: int
     ) -> None:
@@ -101,11 +124,16 @@ class LossStream(StreamCallback):
             self._standalone_flush(trainer, pl_module, trainer.global_step)
 
     def record(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", outputs: Any, batch_idx: int) -> bool:
-        """Hot path: add this batch's loss; returns True when a stream entry was completed."""
+        """Hot path: add this batch's loss; returns True when a stream entry was completed.
+
+        Per batch: a reference to the loss tensor and a few host integers (no kernel launch, no
+        device read); the entry index is tracked here (the optimizer step in automatic
+        optimization, the batch count in manual optimization)."""
         self._batches_seen += 1
         loss = extract_loss(outputs)
-        automatic = pl_module.automatic_optimization
-        stepped = (not automatic) or trainer.global_step > self._index
+        automatic = self._automatic
+        step = trainer.global_step if automatic else self._batches_seen
+        stepped = (not automatic) or step > self._index
         if loss is None and not stepped:
             return False
         if stepped and not self._accumulating and loss is not None:
@@ -118,17 +146,21 @@ class LossStream(StreamCallback):
                 self._accumulator.add_(loss.to(self._accumulator.dtype))
             else:  # a skipped batch (training_step returned None) still closes the step
                 self._accumulator.fill_(float("nan"))
+                self._no_loss_entries += 1
             self._accumulating = True
             if not stepped:
                 return False
             self._pending_losses.append(self._accumulator.clone())
             self._accumulator.zero_()
             self._accumulating = False
-        self._pending_lr.append(learning_rate(trainer))
+        lr = self._lr_group["lr"] if self._lr_group is not None else float("nan")
+        # a tensor learning rate is changed in place by schedulers: keep this step's value
+        self._pending_lr.append(lr.detach().clone() if isinstance(lr, Tensor) else lr)
         self._pending_steps.append(self._index)
-        self._pending_batches.append(int(batch_idx))
-        self._pending_epochs.append(int(trainer.current_epoch))
-        self._pending_global_steps.append(int(trainer.global_step))
+        self._pending_batches.append(batch_idx)
+        self._pending_epochs.append(trainer.current_epoch)
+        self._pending_global_steps.append(step if automatic else trainer.global_step)
+        self._index = step
         return True
 
     @property
@@ -176,6 +208,11 @@ class LossStream(StreamCallback):
                 self.blocks, self._window_steps, self._window_values, self._window_lr, self.late_phase_start
             )
         ctx.summary.update(self._last)
+        if self._no_loss_entries and self._last.get("loss_mean") is None:
+            reason = (f"training_step returned no loss tensor ({self._no_loss_entries} entries; manual optimization "
+                      "may return nothing): return the loss (a tensor or {'loss': tensor}) to stream it")
+            ctx.unavailable.update(dict.fromkeys(("loss_mean", "loss_se", "loss_std", "iat", "ess", "dominant_period",
+                                                  "power_fraction", "geweke_z", "stationary", "late_phase_start"), reason))
         ctx.late_phase_start = self._last.get("late_phase_start")
         ctx.late_phase_found = bool(self._last.get("late_phase_found"))
         # a start that held (within one flush) over two flushes is "stable": the weights' ergodic

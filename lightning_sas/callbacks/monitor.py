@@ -2,22 +2,36 @@
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
 import pytorch_lightning as pl
 
 from lightning_sas._compat import Callback
-from lightning_sas.callbacks._common import is_global_zero, run_directory, stream_index, warn_once
+from lightning_sas.callbacks._common import is_global_zero, run_directory, warn_once
 from lightning_sas.callbacks.base import FlushContext
 from lightning_sas.callbacks.loss_stream import LossStream
 from lightning_sas.callbacks.probe_losses import ProbeLosses
 from lightning_sas.callbacks.sas_replicas import SAS_KEYS, SASReplicas
 from lightning_sas.losses import PerSampleLoss
 from lightning_sas.callbacks.weight_snapshots import WeightSnapshots
-from lightning_sas.diagnostics import LOSS_KEYS, PROBE_KEYS, WEIGHT_KEYS
+from lightning_sas.diagnostics import LOSS_KEYS, PROBE_KEYS, WEIGHT_KEYS, unavailable_reasons
 
 __all__ = ["SASMonitor"]
+
+#: an entry index never reached (no work scheduled)
+_NEVER = 1 << 62
+
+
+def _forget_our_hparams(logger: Any, ours: dict[str, Any]) -> None:
+    """Take our keys out of the hparams dicts a logger keeps for its ``hparams.yaml`` (the
+    TensorBoard and CSV loggers' own, and their experiment writer's)."""
+    for holder in (logger, vars(logger).get("_experiment")):
+        kept = getattr(holder, "hparams", None) if holder is not None else None
+        if isinstance(kept, dict):
+            for key in ours:
+                kept.pop(key, None)
 
 
 class SASMonitor(Callback):
@@ -37,28 +51,65 @@ class SASMonitor(Callback):
         trainer.fit(model, datamodule)
         print(trainer.callbacks[0].summary()["iat"])
 
+    The settings come in groups. Each group is either the flat keywords below (short calls,
+    LightningCLI) or one configured part: ``loss_stream=LossStream(...)``,
+    ``weights=WeightSnapshots(...)``, ``probes=ProbeLosses(...)``, ``replicas=SASReplicas(...)``;
+    a part given together with a flat keyword of its group is an error naming both.
+
     Args:
-        flush_every: stream entries (optimizer steps; batches in manual optimization) per flush.
+        flush_every: stream entries (optimizer steps; batches in manual optimization) per flush,
+            for every part.
+
+        *The loss stream* (or ``loss_stream``):
         window: raw loss values kept for the ACF, IAT, periodogram and Geweke z.
         max_blocks: blocks of the bounded loss summary (MSER, time average, batch means).
         late_phase_start: fixed late-phase start; None finds it with MSER at each flush.
-        snapshot_every, sketch_every, sketch_dim, max_layers, layer_filter, track_init,
-        track_ergodic_mean: see :class:`WeightSnapshots`.
-        probe_every, num_train_probes, num_test_probes, probe_batch_size, loss_fn: see
-        :class:`ProbeLosses` (``num_train_probes=0`` switches probes off).
+
+        *The weights* (or ``weights``):
+        snapshot_every, sketch_every, sketch_dim, max_layers, layer_filter, track_init, track_ergodic_mean:
+            see :class:`WeightSnapshots`.
+
+        *The probes and the ergodic gap* (or ``probes``):
+        probe_every, num_train_probes, num_test_probes, probe_batch_size:
+            see :class:`ProbeLosses` (``num_train_probes=0`` switches probes off).
+        loss_fn: per-sample loss ``(module, batch) -> Tensor[B]`` or its import path, for the
+            probes and the replicas (default: the module's ``sas_per_sample_loss`` or inferred).
+
+        *The SAS estimate* (or ``replicas=SASReplicas(...)``):
+        replicas: ``K`` perturbed replicas for the in-run SAS estimate (0: off), or a configured
+            :class:`SASReplicas`.
+        swaps, fork_at, replica_sampler, holdout_fraction, replica_path: passed to
+            :class:`SASReplicas` (``replica_sampler`` is its ``sampler``, ``replica_path`` its
+            ``path``); ``swaps`` is ``m``, the samples each replica swaps (``"auto"``: the
+            default from the bias study, about 1 % of the data at most).
+
+        *What is written where*:
         figure_every: flushes between TensorBoard figures (0: never).
-        figure_budget: largest share of wall time the live figures may take (default 0.02);
+        figure_budget: largest share of wall time the live figures may take (default 0.005);
             a due figure set waits until it fits (:class:`~lightning_sas.loggers.FigureSchedule`;
             0: the cadence alone). ``lightning-sas report`` draws every figure offline.
+        histograms: log histograms of time-averaged probe losses and per-layer update sizes.
+        histogram_every: flushes between TensorBoard histograms (and at the last flush; 0: none);
+            a histogram costs about a millisecond each.
+        store: where the streams go: ``True`` (default) ``<log_dir>/sas`` of the first logger
+            with a log directory (nothing is written without one: ``logger=False``,
+            ``fast_dev_run``), a path (that directory, logger or not), or ``False`` (nothing
+            written; the summary lives in memory).
         progress_bar: show the running SAS estimate (``sas``), IAT (``sas_iat``) and ergodic
             gap (``sas_gap``) in Lightning's progress bar, updated at every flush.
-        histograms: log histograms of time-averaged probe losses and per-layer update sizes.
-        store: write the streams to the run directory.
-        replicas: ``K`` perturbed replicas for the in-run SAS estimate (0: off), or a configured
-            :class:`SASReplicas`; ``fork_at``, ``replica_sampler``, ``holdout_fraction``,
-            ``replica_path`` (and ``loss_fn``) are passed to it.
-        seed: the one seed of all randomness (probe choice, sketch, split, replacements, sampler).
+
+        seed: the one seed of all randomness (probe choice, sketch, split, swaps, sampler).
+        loss_stream, weights, probes: configured parts, instead of their groups' keywords.
     """
+
+    #: each group's flat keywords, and the part that can be given instead
+    GROUPS: dict[str, tuple[str, ...]] = {
+        "loss_stream": ("window", "max_blocks", "late_phase_start"),
+        "weights": ("snapshot_every", "sketch_every", "sketch_dim", "max_layers", "layer_filter", "track_init",
+                    "track_ergodic_mean"),
+        "probes": ("probe_every", "num_train_probes", "num_test_probes", "probe_batch_size"),
+        "replicas": ("swaps", "fork_at", "replica_sampler", "holdout_fraction", "replica_path"),
+    }
 
     def __init__(
         self,
@@ -79,9 +130,9 @@ class SASMonitor(Callback):
         probe_batch_size: int = 256,
         loss_fn: PerSampleLoss | str | None = None,
         figure_every: int = 5,
-        figure_budget: float = 0.02,
+        figure_budget: float = 0.005,
         histograms: bool = True,
-        store: bool = True,
+        store: "bool | str" = True,
         replicas: "int | SASReplicas" = 0,
         fork_at: str | int = "start",
         replica_sampler: str = "common",
@@ -89,14 +140,21 @@ class SASMonitor(Callback):
         replica_path: str = "auto",
         progress_bar: bool = False,
         seed: int = 0,
+        swaps: int | str = "auto",
+        loss_stream: LossStream | None = None,
+        weights: WeightSnapshots | None = None,
+        probes: ProbeLosses | None = None,
+        histogram_every: int = 5,
     ) -> None:
         from lightning_sas.loggers.figure_schedule import FigureSchedule
 
+        given = dict(locals())
+        self._check_groups(given)
         self.figure_schedule = FigureSchedule(figure_every, figure_budget)
-        self.loss_stream = LossStream(
+        self.loss_stream = loss_stream or LossStream(
             flush_every=flush_every, window=window, max_blocks=max_blocks, late_phase_start=late_phase_start
         )
-        self.weights = WeightSnapshots(
+        self.weights = weights or WeightSnapshots(
             snapshot_every=snapshot_every,
             sketch_every=sketch_every,
             sketch_dim=sketch_dim,
@@ -107,7 +165,7 @@ class SASMonitor(Callback):
             layer_filter=layer_filter,
             seed=seed,
         )
-        self.probes = ProbeLosses(
+        self.probes = probes or ProbeLosses(
             probe_every=probe_every,
             num_train_probes=num_train_probes,
             num_test_probes=num_test_probes,
@@ -116,6 +174,8 @@ class SASMonitor(Callback):
             flush_every=flush_every,
             seed=seed,
         )
+        if not isinstance(store, (bool, str, os.PathLike)):
+            raise ValueError(f"store must be True, False or a directory path, got {store!r}")
         if isinstance(replicas, SASReplicas):
             self.replicas: SASReplicas | None = replicas
         elif isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 0:
@@ -123,6 +183,7 @@ class SASMonitor(Callback):
         elif replicas > 0:
             self.replicas = SASReplicas(
                 replicas=replicas,
+                swaps=swaps,
                 fork_at=fork_at,
                 sampler=replica_sampler,
                 holdout_fraction=holdout_fraction,
@@ -135,16 +196,43 @@ class SASMonitor(Callback):
             self.replicas = None
         for part in self.parts:
             part.owned = True
+            part.flush_every = flush_every  # the monitor flushes every part together
         self.flush_every = flush_every
         self.progress_bar = progress_bar
+        if not isinstance(histogram_every, int) or isinstance(histogram_every, bool) or histogram_every < 0:
+            raise ValueError(f"histogram_every must be a non-negative integer (0: no histograms), got {histogram_every!r}")
         self.histograms = histograms
+        self.histogram_every = histogram_every
         self.store = store
         self.seed = seed
         self._writer: Any = None
         self._flushes = 0
         self._summary: dict[str, Any] = dict.fromkeys(self._keys())
+        #: the next entries with work due (set by ``_schedule`` at ``on_train_start``)
+        self._weights_due: int | None = None
+        self._probes_due: int | None = None
+        self._due = self._flush_due = 0
         self._restored_step: int | None = None
         self._layout_written = False
+
+    @classmethod
+    def _check_groups(cls, given: dict[str, Any]) -> None:
+        """A configured part together with a flat keyword of its group is ambiguous: one error
+        naming both (LightningCLI passes every default, so only non-default values count)."""
+        import inspect
+
+        defaults = {k: p.default for k, p in inspect.signature(cls.__init__).parameters.items()}
+        for part, keywords in cls.GROUPS.items():
+            value = given.get(part)
+            if part == "replicas":
+                if not isinstance(value, SASReplicas):
+                    continue
+            elif value is None:
+                continue
+            clashing = [k for k in keywords if given.get(k) != defaults.get(k)]
+            if clashing:
+                raise ValueError(f"SASMonitor: {part}= is a configured {type(value).__name__}, so {', '.join(clashing)} "
+                                 f"must be set on it (or drop {part}=)")
 
     @property
     def parts(self) -> tuple[Any, ...]:
@@ -181,40 +269,59 @@ class SASMonitor(Callback):
 
     def _hook_hparams(self, trainer: "pl.Trainer") -> None:
         """Merge our settings into the single hparams call Lightning makes after ``setup``
-        (TensorBoard keeps only the first hparams session of a run)."""
+        (TensorBoard keeps only the first hparams session of a run).
+
+        The merge is a wrapper set on the logger instance for that one call: it removes itself
+        when called (and :meth:`_unhook_hparams` removes it at ``on_train_start`` if Lightning
+        never called it), so after ``fit`` the logger and the trainer pickle as before. Our keys go
+        to the hparams session only: they are taken out of the hparams the logger keeps for its
+        ``hparams.yaml`` (which ``load_from_checkpoint(hparams_file=...)`` passes to the model)."""
         ours = {f"sas/{k}": v for k, v in self.config().items() if isinstance(v, (int, float, str, bool))}
         for logger in getattr(trainer, "loggers", []) or []:
-            # the mark lives on the logger's method: an id-keyed set confused a new logger at a
-            # collected one's address with it
-            if not hasattr(logger, "log_hyperparams") or getattr(logger.log_hyperparams, "_sas_merged_for", None) is self:
-                continue
+            if "log_hyperparams" in vars(logger) or not hasattr(logger, "log_hyperparams"):
+                continue  # already wrapped (by us or by someone else): leave it alone
             original = logger.log_hyperparams
 
-            def merged(params: Any, *args: Any, _original: Any = original, **kwargs: Any) -> Any:
+            def merged(params: Any, *args: Any, _original: Any = original, _logger: Any = logger, **kwargs: Any) -> Any:
+                vars(_logger).pop("log_hyperparams", None)
                 try:
                     from lightning_fabric.utilities.logger import _convert_params
 
                     params = dict(_convert_params(params) or {})
                 except Exception:
                     params = dict(params or {})
-                return _original({**params, **ours}, *args, **kwargs)
+                try:
+                    return _original({**params, **ours}, *args, **kwargs)
+                finally:
+                    _forget_our_hparams(_logger, ours)
 
             merged._sas_merged_for = self  # type: ignore[attr-defined]
             logger.log_hyperparams = merged  # type: ignore[method-assign]
 
+    def _unhook_hparams(self, trainer: "pl.Trainer") -> None:
+        """Remove a merge wrapper of ours that Lightning did not call."""
+        for logger in getattr(trainer, "loggers", []) or []:
+            wrapper = vars(logger).get("log_hyperparams") if hasattr(logger, "__dict__") else None
+            if getattr(wrapper, "_sas_merged_for", None) is self:
+                vars(logger).pop("log_hyperparams", None)
+
     def on_train_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        self._unhook_hparams(trainer)
         self.figure_schedule.start()
+        self.loss_stream.start(trainer, pl_module)
         self.weights.attach(pl_module)
+        self.probes.heldout_elsewhere = self.replicas is not None
         if self.probes.num_train_probes > 0:
             self.probes.attach(trainer, pl_module)
         else:
             self.probes.enabled = False
+            self.probes.unavailable = {k: "probe losses are off (num_train_probes=0)" for k in PROBE_KEYS}
         if self.replicas is not None:
             self.replicas.attach(trainer, pl_module)
-        # on every rank: ``trainer.log_dir`` broadcasts under DDP (a collective)
-        directory = run_directory(trainer)
+        self._schedule(self.loss_stream.current_index)
         if is_global_zero(trainer):
-            if self.store and self._writer is None:
+            directory = run_directory(trainer, self.store) if self.store else None
+            if directory is not None and self._writer is None:
                 from lightning_sas.store import RunWriter
 
                 self._writer = RunWriter(directory, config=self.config())
@@ -224,6 +331,9 @@ class SASMonitor(Callback):
                     probe_train_indices=[int(i) for i in self.probes.train_indices],
                     probe_test_indices=[int(i) for i in self.probes.test_indices],
                     ergodic_gap_source=self.probes.ergodic_gap_source,
+                    probe_num_swap=int(len(self.probes.swap_indices)),
+                    plan_run=self.probes.plan_run,
+                    plan_swaps=self.probes.plan_swaps,
                     automatic_optimization=bool(pl_module.automatic_optimization),
                     layer_names=self.weights.layer_names,
                 )
@@ -235,27 +345,48 @@ class SASMonitor(Callback):
                 write_layout(trainer)
                 self._layout_written = True
 
-    def on_train_batch_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", batch: Any, batch_idx: int) -> None:
-        index = stream_index(trainer, pl_module, self.loss_stream._batches_seen)
-        for part in self.parts:
-            part.begin_batch(index)
+    # -- hot path -----------------------------------------------------------------------
+    def _schedule(self, index: int) -> None:
+        """The entries at or after ``index`` with work due: the next weight snapshot, probe
+        evaluation and flush (each part's cadence method decides; see ``next_due``)."""
+        self._weights_due = self.weights.next_due(index)
+        self._probes_due = self.probes.next_due(index)
+        self._due = min((d for d in (self._weights_due, self._probes_due) if d is not None), default=_NEVER)
+        self._flush_due = self.next_flush(index)
+
+    def next_flush(self, index: int) -> int:
+        """The first entry at or after ``index`` after which the monitor flushes (from
+        ``flush_every`` unless :meth:`should_flush` is overridden)."""
+        if type(self).should_flush is not SASMonitor.should_flush:
+            return index
+        return -(-(index + 1) // self.flush_every) * self.flush_every - 1
 
     def on_before_optimizer_step(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", optimizer: Any) -> None:
-        self.weights.on_before_optimizer_step(trainer, pl_module, optimizer)
+        if self.loss_stream.current_index == self._weights_due:
+            self.weights.capture(self._weights_due)
 
     def on_train_batch_end(
         self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        completed = self.loss_stream.record(trainer, pl_module, outputs, batch_idx)
-        self.weights.record(trainer, pl_module)
-        self.probes.record(trainer, pl_module)
+        """Every batch: the loss reference; an entry with nothing due costs an integer compare."""
+        stream = self.loss_stream
+        if not stream.record(trainer, pl_module, outputs, batch_idx):
+            return  # a micro-batch of an accumulated step
+        index = stream._pending_steps[-1]
         if self.replicas is not None:
-            self.replicas.record(trainer, pl_module, batch_idx)
-        index = self.loss_stream.last_index
-        if completed and index is not None and self.should_flush(index):
-            self.flush(trainer, pl_module)
-            if self.progress_bar:
-                self._show_in_progress_bar(pl_module)
+            self.replicas.step(trainer, pl_module, index, batch_idx)
+        if index >= self._due:
+            if index == self._weights_due:
+                self.weights.snapshot(index)
+            if index == self._probes_due:
+                self.probes.probe(trainer, pl_module, index)
+            self._schedule(index + 1)
+        if index >= self._flush_due:
+            if self.should_flush(index):
+                self.flush(trainer, pl_module)
+                if self.progress_bar:
+                    self._show_in_progress_bar(pl_module)
+            self._flush_due = self.next_flush(index + 1)
 
     #: summary keys shown in the progress bar with ``progress_bar=True`` (name shown, key)
     PROGRESS_BAR_KEYS = (("sas", "sas_max"), ("sas_iat", "iat"), ("sas_gap", "ergodic_gap"))
@@ -270,20 +401,25 @@ class SASMonitor(Callback):
 
     def on_train_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
         if self.loss_stream.pending or self._flushes == 0:
-            self.flush(trainer, pl_module)
+            self.flush(trainer, pl_module, final=True)
         if self._writer is not None:
+            self._writer.write_summary(self._json_summary(), durable=True)  # survives a power loss
             self._writer.close()
             self._writer = None
+
+    def teardown(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:
+        self._unhook_hparams(trainer)
 
     def should_flush(self, index: int) -> bool:
         """Flush after stream entry ``index``? Default: every ``flush_every`` entries."""
         return (index + 1) % self.flush_every == 0
 
     # -- flush ----------------------------------------------------------------------------
-    def flush(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> dict[str, Any]:
+    def flush(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", final: bool = False) -> dict[str, Any]:
         """Reduce, summarise, log and store everything recorded since the last flush.
 
-        Runs on every rank (it may use collectives); only rank 0 logs and writes.
+        Runs on every rank (it may use collectives); only rank 0 logs and writes. TensorBoard
+        histograms go out every ``histogram_every`` flushes and at the last one (``final``).
         """
         ctx = FlushContext(trainer, pl_module, int(trainer.global_step), self._writer)
         self.loss_stream.flush(ctx)
@@ -292,15 +428,17 @@ class SASMonitor(Callback):
         if self.replicas is not None:
             self.replicas.flush(ctx)
         self._flushes += 1
-        self._summary = {**dict.fromkeys(self._keys()), **ctx.summary}
+        summary = {**dict.fromkeys(self._keys()), **ctx.summary}
+        summary["unavailable"] = unavailable_reasons(summary, ctx.unavailable)
+        self._summary = summary
         if is_global_zero(trainer):
-            if not self.histograms:
-                ctx.histograms = {}
             from lightning_sas.loggers.export import export_flush
 
+            every = self.histogram_every
+            histograms = bool(self.histograms and every and (final or (self._flushes - 1) % every == 0))
             figures = self.figure_schedule.due()
-            started = time.perf_counter()
-            export_flush(trainer, ctx, figures=figures)
+            started = time.perf_counter() if figures else 0.0  # no clock read when nothing is drawn
+            export_flush(trainer, ctx, figures=figures, histograms=histograms)
             if figures:
                 self.figure_schedule.drawn(time.perf_counter() - started)
             if self._writer is not None:

@@ -2,61 +2,44 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, IterableDataset
 
 from lightning_sas.callbacks._common import device_float_dtype, prepare_batch, resolve_callable, warn_once
 from lightning_sas.callbacks.base import FlushContext, StreamCallback
+from lightning_sas.data.loaders import SampleSource, training_source, validation_source
+from lightning_sas.isolation import observed
 from lightning_sas.losses import PerSampleLoss, per_sample_loss
 from lightning_sas.metrics import ErgodicGap, TimeAverage
 
 __all__ = ["ProbeLosses"]
 
-def _is_map_style(dataset: Any) -> bool:
-    return (
-        dataset is not None
-        and not isinstance(dataset, IterableDataset)
-        and hasattr(dataset, "__getitem__")
-        and hasattr(dataset, "__len__")
-    )
-
-
-def _first_loader(loaders: Any) -> DataLoader | None:
-    if isinstance(loaders, DataLoader):
-        return loaders
-    if isinstance(loaders, Mapping):
-        loaders = list(loaders.values())
-    if isinstance(loaders, Sequence) and loaders and isinstance(loaders[0], DataLoader):
-        return loaders[0]
-    combined = getattr(loaders, "flattened", None)
-    if combined:
-        return _first_loader(list(combined))
-    return None
-
-
 class ProbeLosses(StreamCallback):
     r"""Per-sample losses on fixed probe sets every ``probe_every`` stream entries.
 
     Probe sets (seeded, chosen once at ``on_train_start``): ``num_train_probes`` samples of the
-    training set ``P_train`` and ``num_test_probes`` samples of the validation set ``P_test``.
-    Their losses are computed in eval mode under ``no_grad`` (the module's train/eval modes are
-    restored, the CPU RNG is forked) with, in order of preference, the module's
-    ``sas_per_sample_loss(batch)``, the ``loss_fn(module, batch)`` argument (a callable or an import
-    path), or :func:`infer_per_sample_loss` for ``(x, y)`` batches. They feed a
+    training set ``P_train`` and ``num_test_probes`` samples of the validation set ``P_test``,
+    wherever Lightning keeps it (validation every N epochs or K steps, several loaders, a
+    DataModule whose loaders are built in ``setup()``: see
+    :func:`~lightning_sas.data.loaders.validation_source`); iterable datasets are read once into
+    a pool. Their losses are computed as an observer (:func:`~lightning_sas.isolation.observed`:
+    eval mode, ``no_grad``, every global generator forked, module modes restored; the loaders'
+    own ``collate_fn`` is called only for samples ``default_collate`` cannot batch) with, in order
+    of preference, the module's ``sas_per_sample_loss(batch)``, the ``loss_fn(module, batch)``
+    argument (a callable or an import path), or :func:`infer_per_sample_loss`. They feed a
     :class:`~lightning_sas.metrics.ErgodicGap` metric, which gives the late-phase time average per
     probe point and the ergodic generalization gap
 
     .. math:: \mathrm{gap} = \langle l \rangle_{P_\mathrm{test}} - \langle l \rangle_{P_\mathrm{train}} .
 
     Without replicas ``P_test`` comes from the validation set (``ergodic_gap_source`` says so);
-    without a validation set only training probes are kept and the gap is None. Under DDP every
-    rank evaluates every ``world_size``-th probe point and the metric states are summed at flush.
+    without validation data only training probes are kept, ``ergodic_gap`` is left out and the
+    reason goes to ``summary()["unavailable"]`` (with one warning). Under DDP every rank
+    evaluates every ``world_size``-th probe point and the metric states are summed at flush.
     """
 
     def __init__(
@@ -84,6 +67,8 @@ class ProbeLosses(StreamCallback):
         self.loss_fn = resolve_callable(loss_fn, "loss_fn")
         self.max_blocks = max_blocks
         self.seed = seed
+        #: set by ``SASMonitor`` when replicas measure the gap on a held-out split instead
+        self.heldout_elsewhere = False
         self._reset_state()
 
     def _reset_state(self) -> None:
@@ -100,6 +85,14 @@ class ProbeLosses(StreamCallback):
         self._last: dict[str, Any] = {}
         self._restored: dict[str, Any] | None = None
         self.ergodic_gap_source: str | None = None
+        #: summary keys this part cannot give, with the reason (shown in the summary and status)
+        self.unavailable: dict[str, str] = {}
+        self.pool_note: str | None = None
+        #: a multi-run plan's swapped samples (every run's removed, then every run's added), probed
+        #: by every run so that ``lightning-sas compare`` can form the stability gap
+        self.swap_indices = np.zeros(0, dtype=np.int64)
+        self.plan_swaps: list[list[tuple[int, int]]] | None = None
+        self.plan_run: int | None = None
 
     def config(self) -> dict[str, Any]:
         return {
@@ -114,56 +107,95 @@ class ProbeLosses(StreamCallback):
         """Evaluate the probes at stream entry ``index``? Default: every ``probe_every``."""
         return index % self.probe_every == 0
 
+    def next_due(self, index: int) -> int | None:
+        """The first entry at or after ``index`` with a probe evaluation (None: probes off).
+        Computed from ``probe_every`` unless :meth:`should_probe` is overridden."""
+        if not self.enabled or self.metric is None:
+            return None
+        if type(self).should_probe is not ProbeLosses.should_probe:
+            return index
+        return -(-index // self.probe_every) * self.probe_every
+
     # -- setup ----------------------------------------------------------------------------
     def on_train_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
         self.attach(trainer, pl_module)
 
     def attach(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
-        """Choose the probe sets, collate them once on the training device, and dry-run the loss."""
-        train_loader = _first_loader(trainer.train_dataloader)
-        train_ds = getattr(train_loader, "dataset", None)
-        if not _is_map_style(train_ds) or self.num_train_probes == 0:
-            self._disable("the training data is not a map-style dataset (no __len__/__getitem__)")
+        """Choose the probe sets, collate them once on the training device, and dry-run the loss
+        (all as an observer: forked generators, eval mode, the loaders' iterators untouched)."""
+        self.unavailable = {}
+        if self.num_train_probes == 0:
+            self._disable("num_train_probes=0", warn=False)
             return
-        val_loader = _first_loader(getattr(trainer, "val_dataloaders", None))
-        val_ds = getattr(val_loader, "dataset", None)
+        train = training_source(trainer)
+        if train is None or len(train) == 0:
+            self._disable("the run has no training dataset to draw probe samples from")
+            return
+        heldout, where = (None, "num_test_probes=0") if self.num_test_probes == 0 else validation_source(trainer)
+        if heldout is not None and len(heldout) == 0:
+            heldout, where = None, "the validation dataset is empty"
+        plan_data = self._plan_dataset(train.dataset)
+        if plan_data is not None:  # every run of a multi-run plan probes the same points of S
+            train = SampleSource.of(train.loader, plan_data.dataset)
         rng = np.random.default_rng(self.seed)
-        self.train_indices = np.sort(rng.choice(len(train_ds), size=min(self.num_train_probes, len(train_ds)), replace=False))
-        if _is_map_style(val_ds) and self.num_test_probes > 0:
-            self.test_indices = np.sort(rng.choice(len(val_ds), size=min(self.num_test_probes, len(val_ds)), replace=False))
-            self.ergodic_gap_source = "validation"
+        self.train_indices = np.sort(rng.choice(len(train), size=min(self.num_train_probes, len(train)), replace=False))
+        if heldout is not None:
+            self.test_indices = np.sort(rng.choice(len(heldout), size=min(self.num_test_probes, len(heldout)), replace=False))
+            self.ergodic_gap_source = where
         else:
             self.test_indices = np.zeros(0, dtype=np.int64)
-        collate = getattr(train_loader, "collate_fn", None) or torch.utils.data.default_collate
-        samples = [train_ds[int(i)] for i in self.train_indices] + [val_ds[int(i)] for i in self.test_indices]
-        self.set_probes(trainer, pl_module, samples, collate, len(self.train_indices), len(self.test_indices))
-
-    def set_probes(
-        self,
-        trainer: "pl.Trainer",
-        pl_module: "pl.LightningModule",
-        samples: list[Any],
-        collate: Callable[[list[Any]], Any],
-        num_train: int,
-        num_test: int,
-    ) -> None:
-        """Use ``samples`` (``num_train`` training then ``num_test`` held-out) as the probe set."""
-        device = pl_module.device
-        self._batches = [
-            prepare_batch(trainer, collate(samples[i : i + self.probe_batch_size]), device)
-            for i in range(0, len(samples), self.probe_batch_size)
-        ]
+            no_heldout = f"no held-out data for the ergodic gap ({where})"
+        pooled = [src for src in (train, heldout) if src is not None and src.pooled]
+        if pooled:
+            self.pool_note = "probe samples of iterable data come from a pool read once at the start"
+        groups = [(train, self.train_indices)] + ([(heldout, self.test_indices)] if heldout is not None else [])
+        if plan_data is not None and heldout is not None:
+            swaps = [[(int(i), int(j)) for i, j in run["replace"].items()] for run in plan_data.plan["runs"][1:]]
+            self.plan_swaps = swaps
+            self.plan_run = plan_data.run
+            self.swap_indices = np.asarray([i for run in swaps for i, _ in run] + [j for run in swaps for _, j in run],
+                                           dtype=np.int64)
+            groups.append((SampleSource.of(train.loader, plan_data.base), self.swap_indices))
         try:
-            first = self._per_sample(pl_module, self._batches[0])
+            self._batches = [
+                prepare_batch(trainer, source.collate(source.samples(indices[i : i + self.probe_batch_size])), pl_module.device)
+                for source, indices in groups
+                for i in range(0, len(indices), self.probe_batch_size)
+            ]
+        except Exception as err:  # samples that cannot be batched: probes off, training goes on
+            self._disable(f"the probe samples could not be batched ({type(err).__name__}: {err})")
+            return
+        self._activate(trainer, pl_module, len(self.train_indices), len(self.test_indices), len(self.swap_indices))
+        if heldout is None and self.enabled:
+            for key in ("ergodic_gap", "ergodic_gap_se", "probe_test_loss"):
+                self.unavailable[key] = no_heldout
+            if not self.heldout_elsewhere and self.num_test_probes > 0:
+                warn_once(self, "noheldout", f"ProbeLosses: {no_heldout}; ergodic_gap is left out. Give the Trainer "
+                          "validation data (val_dataloaders, or a val_dataloader() with a validation_step), or use "
+                          "SASMonitor(replicas=K), whose control replica measures the gap on holdout_fraction of the "
+                          "training data.")
+
+    @staticmethod
+    def _plan_dataset(dataset: Any) -> Any:
+        """The training set when it is a run of a multi-run plan
+        (:meth:`~lightning_sas.data.NeighbouringDataset.from_plan`), else None."""
+        return dataset if getattr(dataset, "plan", None) is not None and getattr(dataset, "base", None) is not None else None
+
+    def _activate(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", num_train: int, num_test: int,
+                  num_extra: int = 0) -> None:
+        """Dry-run the per-sample loss on the probe batches and set up the metric and buffers."""
+        try:
+            first = self.evaluate(trainer, pl_module, self._batches[:1])
         except Exception as err:  # a probe that cannot run is skipped, training goes on
             self._disable(f"the per-sample loss failed on a probe batch ({type(err).__name__}: {err})")
             return
-        expected = min(self.probe_batch_size, len(samples))
+        expected = min(self.probe_batch_size, num_train)
         if first.ndim != 1 or first.shape[0] != expected:
             self._disable(f"the per-sample loss returned shape {tuple(first.shape)}, expected ({expected},)")
             return
-        total = num_train + num_test
-        self.metric = (ErgodicGap(num_train, num_test, max_blocks=self.max_blocks) if num_test else
+        device = pl_module.device
+        total = num_train + num_test + num_extra
+        self.metric = (ErgodicGap(num_train, num_test, max_blocks=self.max_blocks, num_extra=num_extra) if num_test else
                        TimeAverage(total, max_blocks=self.max_blocks)).to(device)
         self.metric.num_train = num_train  # type: ignore[attr-defined]
         world, rank = int(getattr(trainer, "world_size", 1)), int(getattr(trainer, "global_rank", 0))
@@ -176,23 +208,21 @@ class ProbeLosses(StreamCallback):
             self._apply_restored(self._restored)
             self._restored = None
 
-    def _disable(self, reason: str) -> None:
+    def _disable(self, reason: str, warn: bool = True) -> None:
         self.enabled = False
-        warn_once(self, "disabled", f"ProbeLosses: {reason}; probe losses and the ergodic gap are skipped, the rest keeps working.")
+        for key in ("ergodic_gap", "ergodic_gap_se", "probe_train_loss", "probe_test_loss", "nonfinite_probe_losses"):
+            self.unavailable.setdefault(key, f"probe losses are off: {reason}")
+        if warn:
+            warn_once(self, "disabled", f"ProbeLosses: {reason}; probe losses and the ergodic gap are skipped, the rest keeps working.")
 
     def _per_sample(self, pl_module: "pl.LightningModule", batch: Any) -> Tensor:
         return per_sample_loss(pl_module, batch, self.loss_fn)
 
-    def evaluate(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> Tensor:
-        """Per-sample losses of the whole probe vector (NaN for points another rank owns)."""
-        modes = [m.training for m in pl_module.modules()]
-        pl_module.eval()
-        try:
-            with torch.random.fork_rng(devices=[]), torch.no_grad(), trainer.precision_plugin.forward_context():
-                parts = [self._per_sample(pl_module, b).detach().to(torch.float64) for b in self._batches]
-        finally:
-            for m, mode in zip(pl_module.modules(), modes):
-                m.training = mode
+    def evaluate(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", batches: list[Any] | None = None) -> Tensor:
+        """Per-sample losses of the whole probe vector (NaN for points another rank owns), as an
+        observer (:func:`~lightning_sas.isolation.observed`)."""
+        with observed(pl_module, trainer):
+            parts = [self._per_sample(pl_module, b).detach().to(torch.float64) for b in (self._batches if batches is None else batches)]
         return torch.cat(parts)
 
     # -- hot path (only at probe steps) ---------------------------------------------------
@@ -208,23 +238,30 @@ class ProbeLosses(StreamCallback):
         if not self.enabled or self.metric is None:
             return
         stepped = (not pl_module.automatic_optimization) or trainer.global_step > self._index
-        if not stepped or not self.should_probe(self._index):
+        if stepped and self.should_probe(self._index):
+            self.probe(trainer, pl_module, self._index)
+
+    def probe(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", index: int) -> None:
+        """Evaluate the probe losses at entry ``index`` (after its optimizer step)."""
+        self._index = index
+        if not self.enabled or self.metric is None:
             return
         try:
             values = self.evaluate(trainer, pl_module)
         except Exception as err:
             self._disable(f"the per-sample loss failed during training ({type(err).__name__}: {err})")
             return
-        self.metric.update(values, self._index, weight=self._owned_mask)
+        self.metric.update(values, index, weight=self._owned_mask)
         assert self._rows is not None
         slot = len(self._row_steps)
         if slot >= self._rows.shape[0]:
             self._rows = torch.cat([self._rows, torch.zeros_like(self._rows)])
         self._rows[slot].copy_(values)
-        self._row_steps.append(self._index)
+        self._row_steps.append(index)
 
     # -- flush ----------------------------------------------------------------------------
     def flush(self, ctx: FlushContext) -> None:
+        ctx.unavailable.update(self.unavailable)
         if not self.enabled or self.metric is None:
             return
         metric = self.metric

@@ -14,8 +14,10 @@ from torch.utils.data import TensorDataset, default_collate
 
 from lightning_sas.callbacks._common import prepare_batch, resolve_callable, warn_once
 from lightning_sas.callbacks.base import FlushContext, StreamCallback
-from lightning_sas.callbacks.probe_losses import _first_loader, _is_map_style
-from lightning_sas.data import choose_replacements, make_probe_set, split_holdout
+from lightning_sas.data import auto_swaps, choose_swaps, make_probe_set, split_holdout
+from lightning_sas.data.loaders import DEFAULT_POOL_SIZE, SampleSource, training_source
+from lightning_sas.isolation import isolated_rng, observed
+from lightning_sas.losses import per_sample_loss
 from lightning_sas.losses import PerSampleLoss
 from lightning_sas.metrics.sas_estimate import SASEstimate
 from lightning_sas.replicas.generic import GenericReplicas
@@ -31,14 +33,17 @@ from lightning_sas.replicas.placement import (
 from lightning_sas.replicas.rng import PrivateRNG
 from lightning_sas.replicas.sampler import ReplicaSampler
 from lightning_sas.replicas.stacked import StackedReplicas, stacked_unsupported_reason
+from lightning_sas.replicas.trainer_view import ReplicaTrainerError
 
 __all__ = ["SASReplicas", "SAS_KEYS", "replica_rows"]
 
 #: summary keys added by the replicas
 SAS_KEYS = (
     "sas_max", "sas_max_se", "sas_mean", "sas_mean_se", "sas_replaced", "sas_replaced_se",
-    "stability_gap", "stability_gap_se", "sas_max_null", "sas_mean_null", "sas_replaced_null",
+    "stability_gap", "stability_gap_se", "stability_gap_removed", "stability_gap_removed_se",
+    "stability_gap_added", "stability_gap_added_se", "sas_max_null", "sas_mean_null", "sas_replaced_null",
     "sas_max_resolved", "sas_mean_resolved", "sas_replaced_resolved", "stability_gap_resolved",
+    "stability_gap_removed_resolved", "stability_gap_added_resolved", "swaps",
     "sas_resolved", "sas_converged", "paper_coefficient", "paper_coefficient_se",
     "mean_pairwise_abs_difference", "mean_pairwise_abs_difference_se", "replicas", "replica_path",
     "replica_sampler", "fork_step", "steps_since_fork", "replica_checkpoint_bytes",
@@ -52,21 +57,27 @@ class SASReplicas(StreamCallback):
     At ``fork_at`` (default ``"start"``: the main model's initial weights at ``on_train_start``)
     the callback forks a **control** replica, trained on ``S`` (the training data minus a seeded
     held-out split of ``holdout_fraction``), and ``K`` **perturbed** replicas, replica ``k``
-    trained on ``S^(k)``: ``S`` with sample ``i_k`` replaced by held-out sample ``z'_k``. Every
-    main optimizer step, every replica takes one step on a batch from one seeded sampler
-    (``sampler="common"``: common random numbers) or from its own (``"independent"``: the
-    paper's protocol). Every ``probe_every`` steps all replicas evaluate per-sample losses on the
-    probe set ``{i_k} ∪ P_train ∪ {z'_k} ∪ P_test`` (``P_test`` from the held-out split, disjoint
-    from the replacements); a :class:`~lightning_sas.metrics.SASEstimate` metric keeps their
-    late-phase time averages. With :math:`d_k(z) = \langle l_k(z)\rangle - \langle l_0(z)\rangle`
-    (Chandramoorthy et al., NeurIPS 2022, arXiv 2208.07951):
+    trained on ``S^(k)``: ``S`` with ``m`` samples ``I_k`` swapped for ``m`` held-out samples
+    ``Z'_k`` (``swaps``; disjoint across replicas). Every main optimizer step, every replica takes
+    one step on a batch from one seeded sampler (``sampler="common"``: common random numbers) or
+    from its own (``"independent"``: the paper's protocol). Every ``probe_every`` steps each
+    replica evaluates per-sample losses on the shared probe sets ``P_train`` and ``P_test``
+    (``P_test`` from the held-out split, disjoint from the swaps) and on its own ``2m`` swapped
+    samples, the control on every replica's; a :class:`~lightning_sas.metrics.SASEstimate`
+    metric keeps their late-phase time averages. With
+    :math:`d_k(z) = \langle l_k(z)\rangle - \langle l_0(z)\rangle` (Chandramoorthy et al.,
+    NeurIPS 2022, arXiv 2208.07951):
 
-    * ``sas_max`` = mean_k max over ``{i_k, z'_k} ∪ P_test`` of ``|d_k(z)|`` (the definition's sup,
-      averaged over the random replaced pairs: the average case, not the worst case);
+    * ``sas_max`` = mean_k max over ``I_k ∪ Z'_k ∪ P_test`` of ``|d_k(z)|`` (the definition's sup,
+      averaged over the random swaps: the average case, not the worst case);
     * ``sas_mean`` = mean over k and ``P_test`` of ``|d_k(z)|`` (held-out sensitivity);
-    * ``sas_replaced`` = mean_k ``|d_k(i_k)|``; ``stability_gap`` = mean_k ``d_k(i_k)``, the
-      replace-one estimate of the generalization gap, next to ``ergodic_gap`` measured directly on
-      the control replica (``P_test`` minus ``P_train``) against the same held-out split;
+    * ``sas_replaced`` = mean over k and ``I_k`` of ``|d_k(i)|``;
+    * ``stability_gap``: the replace-one estimate of the generalization gap from both sides of
+      every swap, the mean over replicas of each replica's mean of ``d_k(i)`` (``i`` in ``I_k``,
+      the removed side ``stability_gap_removed``) and ``-d_k(z')`` (``z'`` in ``Z'_k``, the
+      added side ``stability_gap_added``); next to ``ergodic_gap`` measured directly on the
+      control replica (``P_test`` minus ``P_train``) against the same held-out split
+      (:func:`~lightning_sas.stats.sas.sas_statistics`);
     * each with a standard error (spread over replicas combined with batch means over time), a
       null level and a ``*_resolved`` flag; ``sas_converged`` compares the last two doublings of
       the averaging window; ``paper_coefficient`` is the authors' statistic over the neighbouring
@@ -93,6 +104,9 @@ class SASReplicas(StreamCallback):
 
     Args:
         replicas: ``K >= 1`` perturbed replicas.
+        swaps: ``m``, the samples each replica swaps (``"auto"``: the default of the bias study,
+            at most about 1 % of ``S`` and what the held-out split allows; see
+            :meth:`resolve_swaps`). ``swaps=1`` is v0.1's one-replacement estimator.
         fork_at: ``"start"``, ``"late_phase"`` (first stable late-phase start) or a step.
         sampler: ``"common"`` or ``"independent"``.
         holdout_fraction: share of the training data held out for replacements and ``P_test``.
@@ -105,12 +119,26 @@ class SASReplicas(StreamCallback):
             :meth:`holdout_indices`); required for late forks, which are otherwise contaminated.
         checkpoint_replicas: save the replicas in checkpoints (exact resume; the growth is
             reported as ``replica_checkpoint_bytes``).
+        flush_every, max_blocks: see :class:`~lightning_sas.callbacks.base.StreamCallback` and
+            :class:`~lightning_sas.metrics.TimeAverage`.
+        probe_batch_size: probe samples per forward pass of a replica.
+        pool_size: samples read once from iterable (not map-style) training data, which then
+            play the role of ``S`` and its held-out split for the replicas (the attribute
+            ``pooled`` says so); map-style data is indexed in place.
         seed: seed of the split, the replacements, the probes, the sampler and the replicas' RNG.
+
+    Small datasets: the held-out split holds at least ``K + 1`` samples (one replacement per
+    replica and one ``P_test`` point) and the replica batch size is at most ``|S|``.
+    A replica is a deep copy that sees a read-only view of the trainer
+    (:class:`~lightning_sas.replicas.trainer_view.ReplicaTrainerView`): a ``configure_optimizers``
+    that reads ``self.trainer.estimated_stepping_batches`` works, ``self.log`` does nothing, and
+    manual optimization runs the module's own ``training_step`` with the replica's optimizers.
     """
 
     def __init__(
         self,
         replicas: int = 4,
+        swaps: int | str = "auto",
         fork_at: str | int = "start",
         sampler: str = "common",
         holdout_fraction: float = 0.1,
@@ -125,11 +153,14 @@ class SASReplicas(StreamCallback):
         flush_every: int = 200,
         max_blocks: int = 128,
         probe_batch_size: int = 512,
+        pool_size: int = DEFAULT_POOL_SIZE,
         seed: int = 0,
     ) -> None:
         super().__init__(flush_every=flush_every)
         if isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 1:
             raise ValueError(f"replicas must be an integer K >= 1 (perturbed replicas), got {replicas!r}")
+        if swaps != "auto" and (isinstance(swaps, bool) or not isinstance(swaps, int) or swaps < 1):
+            raise ValueError(f"swaps must be 'auto' or a positive integer m (samples swapped per replica), got {swaps!r}")
         if not (fork_at in ("start", "late_phase") or (isinstance(fork_at, int) and fork_at >= 0)):
             raise ValueError(f"fork_at must be 'start', 'late_phase' or a non-negative step, got {fork_at!r}")
         if sampler not in ("common", "independent"):
@@ -145,7 +176,10 @@ class SASReplicas(StreamCallback):
             raise ValueError(f"num_train_probes must be a non-negative integer, got {num_train_probes!r}")
         if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
             raise ValueError(f"batch_size must be None or a positive integer, got {batch_size!r}")
+        if not isinstance(pool_size, int) or pool_size < 2:
+            raise ValueError(f"pool_size must be an integer >= 2, got {pool_size!r}")
         self.replicas = replicas
+        self.swaps = swaps
         self.fork_at = fork_at
         self.sampler_mode = sampler
         self.holdout_fraction = holdout_fraction
@@ -159,6 +193,7 @@ class SASReplicas(StreamCallback):
         self.checkpoint_replicas = checkpoint_replicas
         self.max_blocks = max_blocks
         self.probe_batch_size = probe_batch_size
+        self.pool_size = pool_size
         self.seed = seed
         self._reset_state()
 
@@ -168,12 +203,20 @@ class SASReplicas(StreamCallback):
         self.enabled = True
         self.fork_step: int | None = None
         self.fallback_reason: str | None = None
-        self._dataset: Any = None
+        #: why the estimate stopped (a replica failed mid-run), for ``summary()["unavailable"]``
+        self._off_reason: str | None = None
+        self._meta_written = False
+        self._source: SampleSource | None = None
+        self.pooled = False
         self._trainer: Any = None
-        self._collate: Any = None
         self._s_indices = np.zeros(0, dtype=np.int64)
-        self._pairs: list[tuple[int, int]] = []
+        #: the resolved m and each replica's swaps [(i, z'), ...] (dataset indices)
+        self.m: int | None = None
+        self._swaps: list[list[tuple[int, int]]] = []
+        #: per replica: sorted removed indices and their replacements, for the batch lookup
+        self._swap_lookup: list[tuple[np.ndarray, np.ndarray]] = []
         self._probe_batches: list[Any] = []
+        self._swap_batches: list[list[Any]] = []
         self._sampler: ReplicaSampler | None = None
         self._rng = PrivateRNG(self.seed + 1)
         self._batches_seen = 0
@@ -193,6 +236,7 @@ class SASReplicas(StreamCallback):
     def config(self) -> dict[str, Any]:
         return {
             "replicas": self.replicas,
+            "swaps": str(self.swaps) if self.m is None else self.m,
             "fork_at": str(self.fork_at),
             "replica_sampler": self.sampler_mode,
             "holdout_fraction": self.holdout_fraction,
@@ -207,7 +251,32 @@ class SASReplicas(StreamCallback):
     def holdout_indices(self, n: int) -> np.ndarray:
         """Indices of the held-out split of a training set of size ``n`` (exclude them from the
         main run, e.g. with ``torch.utils.data.Subset``, to allow late forks)."""
-        return split_holdout(n, self.holdout_fraction, self.seed)[1]
+        return self._split(n)[1]
+
+    def resolve_swaps(self, n: int) -> tuple[int, int]:
+        """``(m, held-out size)`` for a training set of ``n`` samples.
+
+        The held-out split has ``round(n * holdout_fraction)`` samples, at least ``K + 1`` (a
+        small dataset still gets one replacement per replica and a ``P_test`` point).
+        ``swaps="auto"`` takes :func:`~lightning_sas.data.auto_swaps`: the default m from the bias
+        study, at most about 1 % of ``S`` and what the held-out pool allows (``K m`` replacements
+        and a ``P_test`` point), at least 1. An explicit ``swaps`` that does not fit is an error
+        naming ``swaps`` and ``holdout_fraction``."""
+        n_hold = max(int(round(n * self.holdout_fraction)), self.replicas + 1)
+        if self.swaps == "auto":
+            return auto_swaps(n - n_hold, n_hold, self.replicas), n_hold
+        m = int(self.swaps)
+        if self.replicas * m + 1 > n_hold:
+            raise ValueError(
+                f"swaps={m} with replicas={self.replicas} needs {self.replicas * m + 1} held-out samples (K * m "
+                f"replacements and one P_test point), but holdout_fraction={self.holdout_fraction} of {n} samples gives "
+                f"{n_hold}: lower swaps (or use swaps='auto'), or raise holdout_fraction."
+            )
+        return m, n_hold
+
+    def _split(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """The seeded split of ``range(n)`` into ``S`` and the held-out samples."""
+        return split_holdout(n, self.holdout_fraction, self.seed, min_holdout=self.resolve_swaps(n)[1])
 
     def should_probe(self, index: int) -> bool:
         """Evaluate the replicas' probes at stream entry ``index``? Default: every ``probe_every``."""
@@ -219,41 +288,45 @@ class SASReplicas(StreamCallback):
 
     def attach(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
         """Check the data and the module, choose the split, replacements and probes; fork now
-        when ``fork_at="start"``. Raises one clear error for unsupported setups."""
-        loader = _first_loader(trainer.train_dataloader)
-        dataset = getattr(loader, "dataset", None)
-        if not _is_map_style(dataset):
-            raise ValueError(
-                "SASReplicas needs map-style training data (a Dataset with __len__ and __getitem__) to build "
-                "neighbouring datasets; got "
-                f"{type(dataset).__name__}. Use a map-style dataset or run the multi-run protocol (lightning-sas perturb)."
-            )
-        has_loss = self.loss_fn is not None or callable(getattr(pl_module, "sas_per_sample_loss", None))
-        if not pl_module.automatic_optimization and not has_loss:
-            raise ValueError(
-                "SASReplicas with manual optimization needs loss_fn=(module, batch) -> per-sample losses (or a "
-                "`sas_per_sample_loss` method): a replica cannot call self.optimizers() or manual_backward without a trainer."
-            )
+        when ``fork_at="start"``. Raises one clear error for unsupported setups.
+
+        Everything here observes the run: the training loader is never iterated (an iterable
+        dataset is read into a pool from a fresh iterator), its ``collate_fn`` is called only when
+        ``default_collate`` cannot batch the samples, and every read and dry run happens with the
+        global generators forked."""
         if self.fork_at != "start" and not self.holdout_excluded:
             raise ValueError(
                 f"fork_at={self.fork_at!r}: the main model trains on the held-out split, so replicas forked from it "
                 "have already seen the replacements (contaminated). Exclude SASReplicas.holdout_indices(len(dataset)) "
                 "from the main run and pass holdout_excluded=True, or use fork_at='start'."
             )
-        n = len(dataset)
-        s_idx, holdout = split_holdout(n, self.holdout_fraction, self.seed)
-        batch_size = self.batch_size or getattr(loader, "batch_size", None) or 32
-        if len(s_idx) < batch_size or len(holdout) < self.replicas + 1:
-            raise ValueError(
-                f"SASReplicas: the training set ({n} samples) is too small for batch_size={batch_size}, "
-                f"holdout_fraction={self.holdout_fraction} and replicas={self.replicas}"
-            )
-        self._pairs = choose_replacements(s_idx, holdout, self.replicas, self.seed)
-        probes = make_probe_set(s_idx, holdout, self._pairs, self.num_train_probes, self.num_heldout_probes, self.seed)
+        source = training_source(trainer, pool_size=self.pool_size)
+        if source is None or len(source) == 0:
+            raise ValueError("SASReplicas needs training data to build neighbouring datasets; the run has no training "
+                             "dataset. Run the multi-run protocol instead (lightning-sas perturb).")
+        self.pooled = source.pooled
+        n = len(source)
+        self.m = self.resolve_swaps(n)[0]
+        s_idx, holdout = self._split(n)
+        loader_batch = getattr(source.loader, "batch_size", None)
+        batch_size = min(self.batch_size or loader_batch or 32, len(s_idx))
+        saved = (self._restored or {}).get("swaps")
+        if saved is not None:  # resume: the swaps of the checkpoint, never redrawn
+            self._swaps = [[(int(i), int(z)) for i, z in pairs] for pairs in saved]
+            if len(self._swaps) != self.replicas or any(len(p) != self.m for p in self._swaps):
+                raise ValueError(f"the checkpoint's swaps ({len(self._swaps)} replicas) do not fit replicas={self.replicas}, "
+                                 f"swaps={self.m}: resume with the settings of the checkpointed run")
+        else:
+            self._swaps = choose_swaps(s_idx, holdout, self.replicas, self.m, self.seed)
+        self._swap_lookup = []
+        for pairs in self._swaps:
+            removed = np.asarray([i for i, _ in pairs], dtype=np.int64)
+            order = np.argsort(removed)
+            self._swap_lookup.append((removed[order], np.asarray([z for _, z in pairs], dtype=np.int64)[order]))
+        probes = make_probe_set(s_idx, holdout, self._swaps, self.num_train_probes, self.num_heldout_probes, self.seed)
         self.probe_set = probes
-        self._dataset = dataset
+        self._source = source
         self._trainer = trainer
-        self._collate = getattr(loader, "collate_fn", None) or default_collate
         self._s_indices = s_idx
         self._world = max(1, int(getattr(trainer, "world_size", 1) or 1))
         self._rank = int(getattr(trainer, "global_rank", 0) or 0)
@@ -262,29 +335,57 @@ class SASReplicas(StreamCallback):
             self._rng = PrivateRNG(rank_seed(self.seed + 1, self._rank) if self._rank else self.seed + 1)
             self._rng_rank = self._rank
         self._sampler = ReplicaSampler(len(s_idx), batch_size, self.replicas + 1, self.sampler_mode, self.seed)
-        order = probes.order
-        samples = [dataset[int(i)] for i in order]
         device = pl_module.device
-        self._probe_batches = [
-            prepare_batch(trainer, self._collate(samples[i : i + self.probe_batch_size]), device)
-            for i in range(0, len(samples), self.probe_batch_size)
-        ]
-        self._cols = {
-            "replaced": probes.replaced_columns,
-            "replacement": probes.replacement_columns,
-            "heldout": probes.heldout_columns,
-            "train": probes.train_columns,
-        }
-        self.metric = SASEstimate(self.replicas + 1, len(order), max_blocks=self.max_blocks).to(device)
-        self._restored_engine = None
-        if self._restored is not None and self._restored.get("engine") is not None:
-            self._fork(trainer, pl_module, self._restored.get("fork_step", 0))
-            self._apply_restored(self._restored)
-        elif self._restored is not None:
-            self._apply_restored(self._restored)
+        shared = probes.shared_indices
+        chunk = max(1, self.probe_batch_size)
+        try:
+            self._probe_batches = [
+                prepare_batch(trainer, source.collate(source.samples(shared[i : i + chunk])), device)
+                for i in range(0, len(shared), chunk)
+            ]
+            swap_points = [probes.replica_swap_indices(k) for k in range(1, self.replicas + 1)]
+            self._swap_batches = [
+                [prepare_batch(trainer, source.collate(source.samples(points[i : i + chunk])), device) for points in swap_points]
+                for i in range(0, 2 * self.m, chunk)
+            ]
+            with observed(pl_module, trainer):
+                first = per_sample_loss(pl_module, self._swap_batches[0][0], self.loss_fn)
+            if first.ndim != 1 or first.shape[0] != min(chunk, 2 * self.m):
+                raise ValueError(f"it returned shape {tuple(first.shape)}, expected ({min(chunk, 2 * self.m)},)")
+        except Exception as err:
+            raise ValueError(
+                f"SASReplicas needs the per-sample loss of probe samples ({type(err).__name__}: {err}). Define "
+                "`sas_per_sample_loss(self, batch) -> Tensor[B]` on the module or pass loss_fn=(module, batch) -> "
+                "Tensor[B] (a callable or an import path)."
+            ) from err
+        self.metric = SASEstimate(probes.layout(), max_blocks=self.max_blocks).to(device)
+        restored, self._restored = self._restored, None
+        if restored is not None and restored.get("engine") is not None:
+            self._fork(trainer, pl_module, restored.get("fork_step", 0))
+            self._apply_restored(restored)
+        elif restored is not None and restored.get("fork_step") is not None:
+            self._resume_without_replicas(trainer, pl_module, restored)
+        elif restored is not None:
+            self._apply_restored(restored)
         elif self.fork_at == "start":
             self._fork(trainer, pl_module, 0)
-        self._restored = None
+
+    def _resume_without_replicas(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", state: dict[str, Any]) -> None:
+        """A checkpoint saved with ``checkpoint_replicas=False`` after the fork: the replicas' weights
+        are gone. Forked again from the main model now, they would have seen the held-out split
+        (contaminated) unless the main run excludes it: then they restart as a late fork (new time
+        averages); otherwise the estimate stays off, with the reason in the summary."""
+        self._steps_taken = 0
+        if self.holdout_excluded:
+            warn_once(self, "noreplicas", "SASReplicas: the checkpoint has no replica weights (checkpoint_replicas=False); "
+                      "the replicas restart from the current weights as a late fork, with new time averages.")
+            self._fork(trainer, pl_module, int(trainer.global_step))
+            return
+        self.enabled = False
+        self._off_reason = ("the checkpoint has no replica weights (checkpoint_replicas=False) and replicas forked again "
+                            "from the main model would have seen the held-out split; resume from a checkpoint with "
+                            "checkpoint_replicas=True, or exclude the split (holdout_excluded=True) to restart them")
+        warn_once(self, "noreplicas", f"SASReplicas: {self._off_reason}. The SAS estimate is off for this run.")
 
     def _clip(self, trainer: "pl.Trainer") -> tuple[float, str] | None:
         value = getattr(trainer, "gradient_clip_val", None)
@@ -295,27 +396,34 @@ class SASReplicas(StreamCallback):
 
     def _fork(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", step: int) -> None:
         """Fork this rank's replicas (all ``K + 1`` on one process) from the main model's weights
-        and optimizer state now."""
+        and optimizer state now (with the global generators forked: a user's
+        ``configure_optimizers`` may draw from them)."""
+        with isolated_rng():
+            self._build_engine(trainer, pl_module, step)
+
+    def _build_engine(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", step: int) -> None:
         n = len(self._rows)
         clip = self._clip(trainer)
         opt_state = [copy.deepcopy(o.state_dict()) for o in trainer.optimizers] if step > 0 else None
-        use_step = pl_module.automatic_optimization and self.loss_fn is None and not callable(
-            getattr(pl_module, "sas_per_sample_loss", None)
-        )
-        reason = stacked_unsupported_reason(pl_module, self.loss_fn)
+        # manual optimization: the module's own training_step steps its optimizers (a per-sample
+        # loss there is for the probes only; two optimizers cannot train on one mean loss)
+        manual = not pl_module.automatic_optimization
+        use_step = manual or (self.loss_fn is None and not callable(getattr(pl_module, "sas_per_sample_loss", None)))
+        reason = ("manual optimization (the module's own training_step steps its optimizers)" if manual
+                  else stacked_unsupported_reason(pl_module, self.loss_fn))
         engine: Any = None
         if n == 0:  # more ranks than replicas: this rank only keeps the collectives in step
             if self.path == "fast" and reason is not None:
                 raise ValueError(f"SASReplicas(path='fast') cannot run this module: {reason}. Use path='auto' or 'generic'.")
             path = "fast" if self.path in ("auto", "fast") and reason is None else "generic"
-            self.engine = NoLocalReplicas(path, len(self.probe_set.order), self._probe_device())
+            self.engine = NoLocalReplicas(path, self._probe_device())
             self.fork_step = int(step)
             return
         if self.path in ("auto", "fast") and reason is None:
             try:
-                engine = StackedReplicas(pl_module, n, self.loss_fn, clip, opt_state)
+                engine = StackedReplicas(pl_module, n, self.loss_fn, clip, opt_state, trainer=trainer)
                 self._dry_run(engine)
-                engine = StackedReplicas(pl_module, n, self.loss_fn, clip, opt_state)
+                engine = StackedReplicas(pl_module, n, self.loss_fn, clip, opt_state, trainer=trainer)
             except Exception as err:
                 reason = f"{type(err).__name__}: {err}"
                 engine = None
@@ -323,15 +431,18 @@ class SASReplicas(StreamCallback):
             if self.path == "fast":
                 raise ValueError(f"SASReplicas(path='fast') cannot run this module: {reason}. Use path='auto' or 'generic'.")
             try:
-                probe = GenericReplicas(pl_module, 1, self.loss_fn, use_step, clip, opt_state)
+                probe = GenericReplicas(pl_module, 1, self.loss_fn, use_step, clip, opt_state, trainer=trainer)
                 self._dry_run(probe)
+            except ReplicaTrainerError as err:
+                raise ValueError(str(err)) from err
             except Exception as err:
-                raise RuntimeError(
-                    f"SASReplicas: a replica step failed ({type(err).__name__}: {err}). Replicas are deep copies "
-                    "without a trainer: a training_step or configure_optimizers that uses self.trainer cannot run "
-                    "on them; pass loss_fn=(module, batch) -> per-sample losses to train replicas without training_step."
+                raise ValueError(
+                    f"SASReplicas: a replica step failed at fork time ({type(err).__name__}: {err}). A replica is a deep "
+                    "copy of the module that runs its own training_step and configure_optimizers with a read-only view "
+                    "of the trainer; pass loss_fn=(module, batch) -> per-sample losses (replicas then train on it, "
+                    "and replica_path='fast' can stack them), or define `sas_configure_optimizers(self)`."
                 ) from err
-            engine = GenericReplicas(pl_module, n, self.loss_fn, use_step, clip, opt_state)
+            engine = GenericReplicas(pl_module, n, self.loss_fn, use_step, clip, opt_state, trainer=trainer)
             self.fallback_reason = reason
             if self.path == "auto" and reason:
                 rank_zero_info(f"lightning-sas: replicas use the generic path because {reason}.")
@@ -346,7 +457,7 @@ class SASReplicas(StreamCallback):
         try:
             with self._rng.active(self._probe_device()):
                 engine.step(batches, 0, 0)
-                engine.per_sample_losses(self._probe_batches[:1])
+                engine.per_sample_losses(self._probe_batches[:1], self._swap_batches[:1], self._rows[: engine.n])
         finally:
             self._rng.load_state_dict(saved)
 
@@ -359,12 +470,14 @@ class SASReplicas(StreamCallback):
         return leaf.device if isinstance(leaf, torch.Tensor) else torch.device("cpu")
 
     def _fetch(self, indices: np.ndarray, device: torch.device) -> Any:
-        """Collate ``dataset[i]`` for ``indices``; a ``TensorDataset`` with the default collate is
-        indexed in one call per tensor (same result, no per-sample Python)."""
-        if isinstance(self._dataset, TensorDataset) and self._collate is default_collate:
+        """Collate ``dataset[i]`` for ``indices`` (under the replicas' private stream); a
+        ``TensorDataset`` batched by ``default_collate`` is indexed in one call per tensor (same
+        result, no per-sample Python)."""
+        source = self._source
+        if isinstance(source.dataset, TensorDataset) and source.collate_fn is default_collate:
             index = torch.from_numpy(np.ascontiguousarray(indices, dtype=np.int64))
-            return prepare_batch(self._trainer, [t[index] for t in self._dataset.tensors], device)
-        return prepare_batch(self._trainer, self._collate([self._dataset[int(i)] for i in indices]), device)
+            return prepare_batch(self._trainer, [t[index] for t in source.dataset.tensors], device)
+        return prepare_batch(self._trainer, source.collate(source.read(indices)), device)
 
     def _batches(self, positions: list[np.ndarray], rows: Sequence[int], device: torch.device) -> list[Any]:
         """Batches of the global replicas ``rows`` (``positions`` has one entry per global replica),
@@ -376,10 +489,11 @@ class SASReplicas(StreamCallback):
             pos = positions[r]
             indices = self._s_indices[pos]
             if r > 0:
-                replaced, replacement = self._pairs[r - 1]
-                hit = indices == replaced
-                if hit.any():
-                    out.append(self._fetch(np.where(hit, replacement, indices), device))
+                removed, added = self._swap_lookup[r - 1]
+                where = np.minimum(np.searchsorted(removed, indices), len(removed) - 1)
+                hit = removed[where] == indices
+                if hit.any():  # replica r trains on S^(r): its removed samples are swapped for its added ones
+                    out.append(self._fetch(np.where(hit, added[where], indices), device))
                     continue
             key = id(pos)
             if key not in cache:
@@ -390,6 +504,13 @@ class SASReplicas(StreamCallback):
     # -- hot path -------------------------------------------------------------------------
     def on_train_batch_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", outputs: Any, batch: Any, batch_idx: int) -> None:
         self.record(trainer, pl_module, batch_idx)
+        stepped = (not pl_module.automatic_optimization) or trainer.global_step > self._index
+        if not self.owned and stepped and self.should_flush(self._index):
+            self._standalone_flush(trainer, pl_module, trainer.global_step)
+
+    def on_train_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        if not self.owned:  # on its own: the last partial window is flushed too
+            self._standalone_flush(trainer, pl_module, trainer.global_step)
 
     def on_train_epoch_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
         if self.engine is not None and self.enabled:
@@ -401,12 +522,17 @@ class SASReplicas(StreamCallback):
             self._fork(trainer, pl_module, self._index)
 
     def record(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", batch_idx: int) -> None:
-        """One step of every replica (and their probes when due) after a main optimizer step."""
+        """After each batch (when used on its own): :meth:`step` when the main run took a step."""
         self._batches_seen += 1
-        if not self.enabled or self.metric is None:
-            return
         stepped = (not pl_module.automatic_optimization) or trainer.global_step > self._index
-        if not stepped:
+        if stepped:
+            self.step(trainer, pl_module, self._index, batch_idx)
+
+    def step(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", index: int, batch_idx: int) -> None:
+        """One step of every replica (and their probes when due) after entry ``index`` of the
+        main run (its optimizer step in automatic optimization, its batch in manual)."""
+        self._index = index
+        if not self.enabled or self.metric is None:
             return
         if self.engine is None and isinstance(self.fork_at, int) and self._index + 1 >= self.fork_at:
             self._fork(trainer, pl_module, self._index + 1)
@@ -416,7 +542,7 @@ class SASReplicas(StreamCallback):
         assert self._sampler is not None
         if self._local_failed:  # until the next flush tells every rank: zero rows keep the cursor in step
             if self.should_probe(self._index):
-                empty = torch.zeros((0, self.metric.points_per_replica), dtype=torch.float64, device=self._probe_device())
+                empty = torch.zeros(0, dtype=torch.float64, device=self._probe_device())
                 self.metric.update(empty, self._index, rows=[])
             return
         device = self._probe_device()
@@ -426,12 +552,10 @@ class SASReplicas(StreamCallback):
                 self.engine.step(batches, batch_idx, self._steps_taken)
                 self._steps_taken += 1
                 if self.should_probe(self._index):
-                    values = self.engine.per_sample_losses(self._probe_batches)
-                    if self._world == 1:
-                        self.metric.update(values, self._index)
-                    else:
-                        self.metric.update(values, self._index, rows=self._rows)
+                    values = self.engine.per_sample_losses(self._probe_batches, self._swap_batches, self._rows)
+                    self.metric.update(values, self._index, rows=self._rows)
         except Exception as err:  # a replica failing mid-run is switched off; training goes on
+            self._off_reason = f"a replica step failed mid-run at step {self._index} ({type(err).__name__}: {err})"
             warn_once(self, "failed", f"SASReplicas: a replica step failed mid-run ({type(err).__name__}: {err}); "
                       "the SAS estimate is switched off, training goes on.")
             if self._world == 1:
@@ -443,23 +567,32 @@ class SASReplicas(StreamCallback):
     def flush(self, ctx: FlushContext) -> None:
         self.maybe_fork_late(ctx.trainer, ctx.pl_module, ctx)
         if self.metric is None or self.engine is None:
+            reason = self._off_reason or f"the replicas are not forked yet (fork_at={self.fork_at!r})"
+            ctx.unavailable.update(dict.fromkeys(SAS_KEYS, reason))
             ctx.summary.update(self._last)
             return
+        if not self.enabled and self._off_reason:
+            ctx.unavailable.update(dict.fromkeys(SAS_KEYS, f"frozen: {self._off_reason}"))
+        ctx.unavailable["replica_checkpoint_bytes"] = (
+            "no checkpoint saved yet" if self.checkpoint_replicas else "checkpoint_replicas=False")
+        ctx.unavailable["paper_coefficient_se"] = "the jackknife over runs needs K >= 2 perturbed replicas"
         if self._world > 1 and self.enabled and distributed_ready():
             flag = torch.tensor([float(self._local_failed)], device=self._probe_device())
             if float(ctx.trainer.strategy.reduce(flag, reduce_op="sum").item()) > 0:  # sync-ok: flush time
                 self.enabled = False
                 self._local_failed = False
+                self._off_reason = self._off_reason or "a replica step failed on another rank"
                 warn_once(self, "failed_elsewhere", "SASReplicas: a replica step failed on some rank; the SAS "
                           "estimate is switched off on every rank, training goes on.")
         start = ctx.late_phase_start if ctx.late_phase_found else None
         if self.fork_step is not None and (start is None or start < self.fork_step):
             start = self.fork_step if start is not None else None
         with self.metric.synced():
-            estimate = self.metric.estimate(self._cols, from_step=start, fork_step=self.fork_step or 0)
+            estimate = self.metric.estimate(from_step=start, fork_step=self.fork_step or 0)
         estimate.update(
             {
                 "replicas": self.replicas,
+                "swaps": self.m,
                 "replica_path": self.engine.path,
                 "replica_sampler": self.sampler_mode,
                 "fork_step": self.fork_step,
@@ -474,13 +607,19 @@ class SASReplicas(StreamCallback):
         ctx.figure_data["sas_windows"] = estimate.pop("windows", None)
         ctx.figure_data["sas_forgetting"] = estimate.pop("forgetting", None)
         self._last = estimate
-        if "ergodic_gap" in ctx.summary and ctx.summary.get("ergodic_gap_source") == "validation":
+        if "ergodic_gap" in ctx.summary and str(ctx.summary.get("ergodic_gap_source") or "").startswith("validation"):
             ctx.summary["ergodic_gap_validation"] = ctx.summary.get("ergodic_gap")
             ctx.summary["ergodic_gap_validation_se"] = ctx.summary.get("ergodic_gap_se")
         ctx.summary.update(self._last)
-        if ctx.writer is not None and self.metric is not None:
-            ctx.writer.update_meta(sas_columns={k: [int(x) for x in v] for k, v in self._cols.items()},
-                                   sas_pairs=[[int(a), int(b)] for a, b in self._pairs])
+        if ctx.writer is not None and self.metric is not None and not self._meta_written:
+            self._meta_written = True  # the swaps and probe points are fixed for the run: written once
+            ctx.writer.update_meta(sas_swaps=self._swaps_json(), sas_m=self.m,
+                                   sas_shared_indices=[int(i) for i in self.probe_set.shared_indices],
+                                   sas_num_train=int(len(self.probe_set.extra_train_indices)))
+
+    def _swaps_json(self) -> list[list[list[int]]]:
+        """Each replica's swaps as ``[[i, z'], ...]`` (primitives: checkpoints and meta.json)."""
+        return [[[int(i), int(z)] for i, z in pairs] for pairs in self._swaps]
 
     # -- state ----------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -496,6 +635,7 @@ class SASReplicas(StreamCallback):
             "rng": self._rng.state_dict(),
             "sampler": None if self._sampler is None else self._sampler.state_dict(),
             "engine": None,
+            "swaps": self._swaps_json() if self._swaps else None,
         }
         if self.metric is not None:
             if distributed:
@@ -548,9 +688,6 @@ class SASReplicas(StreamCallback):
                 self.engine.load_state_dict(state["engine"])
             else:
                 self.engine.load_state_dict(select_engine_state(state["engine"], self._rows))
-        elif self.engine is not None and state.get("engine") is None and state.get("fork_step") is not None:
-            warn_once(self, "noreplicas", "SASReplicas: the checkpoint has no replica weights (checkpoint_replicas=False); "
-                      "the replicas restart from the current weights.")
 
 
 def _tensor_bytes(obj: Any) -> int:

@@ -109,7 +109,8 @@ class WeightSnapshots(StreamCallback):
         self._frozen_start: int | None = self.ergodic_start
         self._batches_seen = 0
         self._index = 0
-        self._captured = False
+        #: the entry whose gradient norm and pre-step weights were captured (once per entry)
+        self._captured_index: int | None = None
         self._grad_sq: Tensor | None = None
         self._rows: Tensor | None = None
         self._layer_rows: Tensor | None = None
@@ -189,15 +190,30 @@ class WeightSnapshots(StreamCallback):
         if self._frozen_start is None and step is not None:
             self._frozen_start = int(step)
 
+    def next_due(self, index: int) -> int | None:
+        """The first entry at or after ``index`` with a snapshot (None: never). Computed from
+        ``snapshot_every`` unless :meth:`should_snapshot` is overridden (then every entry is
+        asked), so a step with nothing due costs the monitor one integer compare."""
+        if not self._params:
+            return None
+        if type(self).should_snapshot is not WeightSnapshots.should_snapshot:
+            return index
+        return -(-index // self.snapshot_every) * self.snapshot_every
+
     # -- hot path (only at snapshot steps) ------------------------------------------------
     def begin_batch(self, index: int) -> None:
         self._index = index
-        self._captured = False
 
     def on_before_optimizer_step(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", optimizer: Any) -> None:
-        if self._captured or not self._params or not self.should_snapshot(self._index):
+        if self._params and self.should_snapshot(self._index):
+            self.capture(self._index)
+
+    def capture(self, index: int) -> None:
+        """Before the optimizer step of snapshot entry ``index`` (once per entry): the squared
+        gradient norm and a copy of the weights, for the update size."""
+        if self._captured_index == index or not self._params:
             return
-        self._captured = True
+        self._captured_index = index
         assert self._layout is not None
         grads = self._layout.local_grads()
         # squared (additive over shards); the root is taken at flush
@@ -231,19 +247,24 @@ class WeightSnapshots(StreamCallback):
         return torch.cat([buffer, torch.full_like(buffer, float("nan"))])
 
     def record(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
-        """Hot path of a snapshot step: write one row of on-device quantities.
-
-        The row holds *squared* norms and distances of this rank's pieces (additive over shards);
-        :meth:`flush` reduces them over ranks when sharded and takes the square roots."""
+        """After each batch (when used on its own): a snapshot when the entry is due."""
         automatic = pl_module.automatic_optimization
         self._batches_seen += 1
         if not self._params:
             return
         stepped = (not automatic) or trainer.global_step > self._index
-        if not stepped or not self.should_snapshot(self._index):
+        if stepped and self.should_snapshot(self._index):
+            self.snapshot(self._index)
+
+    def snapshot(self, index: int) -> None:
+        """Snapshot entry ``index`` (after its optimizer step): one row of on-device quantities.
+
+        The row holds *squared* norms and distances of this rank's pieces (additive over shards);
+        :meth:`flush` reduces them over ranks when sharded and takes the square roots."""
+        self._index = index
+        if not self._params or (self._row_steps and self._row_steps[-1] == index):
             return
-        if self._row_steps and self._row_steps[-1] == self._index:
-            return
+        captured = self._captured_index == index
         layout = self._layout
         assert layout is not None
         params = layout.local_tensors()
@@ -260,7 +281,7 @@ class WeightSnapshots(StreamCallback):
         row[0].copy_(per_param.sum())
         if self._layer_idx:
             self._layer_rows[slot].copy_(per_param.index_select(0, self._layer_index))
-        if self._prev is not None and self._captured:
+        if self._prev is not None and captured:
             update = layout.squared_norms(torch._foreach_sub(params, self._prev))
             self._update_rows[slot].copy_(update)
             row[1].copy_(update.sum())
@@ -276,7 +297,7 @@ class WeightSnapshots(StreamCallback):
                 self._mean_count += 1
                 torch._foreach_lerp_(self._mean, params, 1.0 / self._mean_count)
             row[3].copy_(layout.squared_norm(torch._foreach_sub(params, self._mean)))
-        if self._grad_sq is not None and self._captured:
+        if self._grad_sq is not None and captured:
             row[4].copy_(self._grad_sq)
         self._row_steps.append(self._index)
         if self.should_sketch(self._index):

@@ -1,17 +1,22 @@
-"""Send one flush to the trainer's loggers: scalars to every logger, and to TensorBoard also
-histograms, figures and (once) the custom-scalars layout. Called on rank 0 only."""
+"""Send one flush to the trainer's loggers: scalars to every logger, and to TensorBoard also the
+status text, histograms, figures and (once) the custom-scalars layout. Called on rank 0 only.
+
+Flags (late phase found, stationary, resolved, ...) reach TensorBoard as the markdown status
+``sas/status`` (text plugin), not as scalars; every other logger gets them as 0/1 scalars."""
 
 from __future__ import annotations
 
+import re
 import warnings
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 
 from lightning_sas._compat import is_tensorboard_logger
-from lightning_sas.loggers.tags import custom_scalars_layout, scalars_from_summary
+from lightning_sas.loggers.status import STATUS_TAG, status_markdown
+from lightning_sas.loggers.tags import OPEN_CATEGORIES, custom_scalars_layout, scalars_from_summary
 
-__all__ = ["export_flush", "write_layout", "tensorboard_writers"]
+__all__ = ["export_flush", "write_layout", "layout_proto", "tensorboard_writers"]
 
 
 def tensorboard_writers(trainer: Any) -> list[Any]:
@@ -24,11 +29,73 @@ def tensorboard_writers(trainer: Any) -> list[Any]:
     return writers
 
 
+def layout_proto(layout: dict[str, dict[str, list[Any]]], opened: Iterable[str] | None = None) -> Any:
+    """The custom-scalars ``Layout`` proto of :func:`~lightning_sas.loggers.tags.custom_scalars_layout`:
+    categories and charts in dict order; a "Margin" chart gets one series per (value, lower,
+    upper) triple of its tags. With ``opened``, the other categories start collapsed."""
+    from tensorboard.plugins.custom_scalar import layout_pb2
+
+    keep_open = None if opened is None else set(opened)
+    categories = []
+    for title, charts in layout.items():
+        protos = []
+        for chart_title, (kind, tags) in charts.items():
+            if kind == "Margin":
+                if len(tags) % 3:
+                    raise ValueError(f"margin chart {chart_title!r}: tags come in (value, lower, upper) triples, got {tags}")
+                series = [
+                    layout_pb2.MarginChartContent.Series(value=tags[i], lower=tags[i + 1], upper=tags[i + 2])
+                    for i in range(0, len(tags), 3)
+                ]
+                protos.append(layout_pb2.Chart(title=chart_title, margin=layout_pb2.MarginChartContent(series=series)))
+            else:
+                protos.append(layout_pb2.Chart(title=chart_title, multiline=layout_pb2.MultilineChartContent(tag=tags)))
+        closed = keep_open is not None and title not in keep_open
+        categories.append(layout_pb2.Category(title=title, chart=protos, closed=closed))
+    return layout_pb2.Layout(category=categories)
+
+
+def _layout_summary(layout: dict[str, dict[str, list[Any]]], opened: Iterable[str] | None = None) -> Any:
+    """The event ``Summary`` holding the layout, as ``torch``'s ``custom_scalars`` builds it."""
+    from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
+    from tensorboard.compat.proto.tensor_pb2 import TensorProto
+    from tensorboard.compat.proto.tensor_shape_pb2 import TensorShapeProto
+    from tensorboard.plugins.custom_scalar import metadata
+
+    tensor = TensorProto(
+        dtype="DT_STRING", string_val=[layout_proto(layout, opened).SerializeToString()], tensor_shape=TensorShapeProto()
+    )
+    smd = SummaryMetadata(plugin_data=SummaryMetadata.PluginData(plugin_name=metadata.PLUGIN_NAME))
+    return Summary(value=[Summary.Value(tag=metadata.CONFIG_SUMMARY_TAG, tensor=tensor, metadata=smd)])
+
+
+def _single_series(layout: dict[str, dict[str, list[Any]]]) -> dict[str, dict[str, list[Any]]]:
+    """``layout`` with every multi-series margin chart as a Multiline chart of all its (anchored)
+    tags: the form ``SummaryWriter.add_custom_scalars`` accepts."""
+    out: dict[str, dict[str, list[Any]]] = {}
+    for title, charts in layout.items():
+        out[title] = {}
+        for chart_title, (kind, tags) in charts.items():
+            if kind == "Margin" and len(tags) != 3:
+                tags = [f"^{re.escape(t)}$" for t in dict.fromkeys(tags)]
+                kind = "Multiline"
+            out[title][chart_title] = [kind, list(tags)]
+    return out
+
+
 def write_layout(trainer: Any) -> None:
-    """Write the custom-scalars layout once per TensorBoard logger."""
+    """Write the custom-scalars layout once per TensorBoard logger.
+
+    ``SummaryWriter.add_custom_scalars`` allows one series per margin chart, so the layout proto
+    (with the Overview's two-gap margin chart; the detailed sections start collapsed) goes
+    through the writer's event file the way that method sends its own; a writer that does not
+    take it (tensorboardX has its own proto classes) gets the single-series form instead."""
     layout = custom_scalars_layout()
     for writer in tensorboard_writers(trainer):
-        writer.add_custom_scalars(layout)
+        try:
+            writer._get_file_writer().add_summary(_layout_summary(layout, opened=OPEN_CATEGORIES))
+        except Exception:
+            writer.add_custom_scalars(_single_series(layout))
 
 
 def _figures(ctx: Any) -> dict[str, Any]:
@@ -66,19 +133,43 @@ def _figures(ctx: Any) -> dict[str, Any]:
     return out
 
 
-def export_flush(trainer: Any, ctx: Any, figures: bool) -> None:
-    """Log ``ctx.summary`` (scalars), ``ctx.histograms`` and, when ``figures``, the figures."""
+def write_scalars(logger: Any, scalars: dict[str, float], step: int) -> None:
+    """All of a flush's scalars to a TensorBoard logger as one event (one ``Summary`` with a value
+    per tag, which TensorBoard reads like separate ``add_scalar`` calls) instead of one event per
+    tag: a fourth of the cost. Other writers (tensorboardX) get ``log_metrics``."""
+    writer = logger.experiment
+    file_writer = getattr(writer, "_get_file_writer", None)
+    if type(writer).__module__.startswith("torch.utils.tensorboard") and callable(file_writer):
+        from tensorboard.compat.proto.summary_pb2 import Summary
+
+        values = [Summary.Value(tag=tag, simple_value=value) for tag, value in scalars.items()]
+        file_writer().add_summary(Summary(value=values), step)
+        return
+    logger.log_metrics(metrics=scalars, step=step)
+
+
+def export_flush(trainer: Any, ctx: Any, figures: bool, histograms: bool = True) -> None:
+    """Log ``ctx.summary`` (scalars), ``ctx.histograms`` (when ``histograms``) and, when
+    ``figures``, the figures."""
     step = int(ctx.step)
-    scalars = scalars_from_summary(ctx.summary)
+    numbers = scalars_from_summary(ctx.summary, flags=True)
+    # TensorBoard draws every scalar as a smoothed line: its flags go into the status text
+    without_flags = scalars_from_summary(ctx.summary, flags=False)
     for logger in getattr(trainer, "loggers", []) or []:
-        if scalars:
-            logger.log_metrics(scalars, step=step)
+        if is_tensorboard_logger(logger):
+            if without_flags:
+                write_scalars(logger, without_flags, step)
+        elif numbers:
+            logger.log_metrics(metrics=numbers, step=step)  # by keyword, as Lightning calls it
     writers = tensorboard_writers(trainer)
     if not writers:
         if figures:
             _log_images_elsewhere(trainer, ctx, step)
         return
+    status = status_markdown(ctx.summary)
     for writer in writers:
+        writer.add_text(STATUS_TAG, status, step)
+    for writer in writers if histograms else []:
         for tag, values in ctx.histograms.items():
             values = np.asarray(values, dtype=np.float64)
             values = values[np.isfinite(values)]

@@ -35,8 +35,9 @@ class FigureSchedule:
         self.start()
 
     def start(self) -> None:
-        """Training starts: the clock and the spending restart (the first due flush is the first)."""
-        self._started = self._clock()
+        """Training starts: the clock and the spending restart (the first due flush is the first).
+        The clock is read only when it matters (figures on, with a budget)."""
+        self._started = self._clock() if self.every and self.budget > 0 else 0.0
         self._spent = 0.0
         self._last_cost = self.first_cost
         self._since = self.every - 1 if self.every else 0

@@ -158,7 +158,8 @@ def histogram_figure(values: Any, title: str, xlabel: str) -> Figure:
 
 def sas_window_figure(windows: dict[str, Any] | None, ergodic_gap: float | None = None) -> Figure:
     """SAS estimates against the length of the averaging window (time since the fork), with
-    2-SE bars; the ergodic gap as a reference line next to the stability gap."""
+    ± t SE bars (``t`` = ``windows["t"]``, Student's t with K - 1 dof, as the flags use); the
+    ergodic gap as a reference line next to the stability gap."""
     fig, ax = _new("SAS estimate vs averaging window", "window start (steps since fork)", "loss difference")
     if not windows or not windows.get("steps_since_fork"):
         _empty(ax)
@@ -166,7 +167,8 @@ def sas_window_figure(windows: dict[str, Any] | None, ergodic_gap: float | None 
     x = np.asarray(windows["steps_since_fork"], dtype=np.float64)
     for name in ("sas_max", "sas_mean", "sas_replaced", "stability_gap"):
         y = np.asarray([np.nan if v is None else v for v in windows.get(name, [])], dtype=np.float64)
-        e = np.asarray([np.nan if v is None else 2 * v for v in windows.get(f"{name}_se", [])], dtype=np.float64)
+        t = float(windows.get("t") or 2.0)
+        e = np.asarray([np.nan if v is None else t * v for v in windows.get(f"{name}_se", [])], dtype=np.float64)
         if y.size == x.size and np.isfinite(y).any():
             ax.errorbar(x, y, yerr=np.where(np.isfinite(e), e, 0), marker="o", capsize=3, label=name)
     if ergodic_gap is not None:

@@ -5,9 +5,22 @@ from __future__ import annotations
 import re
 from typing import Any
 
-__all__ = ["SCALAR_TAGS", "MARGIN_CHARTS", "tag_for", "scalars_from_summary", "custom_scalars_layout"]
+__all__ = [
+    "SCALAR_TAGS",
+    "MARGIN_CHARTS",
+    "OVERVIEW",
+    "OVERVIEW_CHARTS",
+    "OPEN_CATEGORIES",
+    "FLAG_KEYS",
+    "is_flag",
+    "tag_for",
+    "margin_series",
+    "scalars_from_summary",
+    "custom_scalars_layout",
+]
 
-#: summary key -> (dashboard group, tag). Every tag starts with "sas/".
+#: summary key -> (dashboard group, tag). Every tag starts with "sas/". The flags among them
+#: (:data:`FLAG_KEYS`) keep their tag for loggers other than TensorBoard, which get them as 0/1.
 SCALAR_TAGS: dict[str, tuple[str, str]] = {
     # loss dynamics
     "loss_mean": ("Loss dynamics", "sas/loss/time_average"),
@@ -47,6 +60,12 @@ SCALAR_TAGS: dict[str, tuple[str, str]] = {
     "sas_replaced_se": ("SAS", "sas/sas/sas_replaced_se"),
     "stability_gap": ("SAS", "sas/sas/stability_gap"),
     "stability_gap_se": ("SAS", "sas/sas/stability_gap_se"),
+    "stability_gap_removed": ("SAS", "sas/sas/stability_gap_removed"),
+    "stability_gap_removed_se": ("SAS", "sas/sas/stability_gap_removed_se"),
+    "stability_gap_added": ("SAS", "sas/sas/stability_gap_added"),
+    "stability_gap_added_se": ("SAS", "sas/sas/stability_gap_added_se"),
+    "replicas": ("SAS", "sas/sas/replicas"),
+    "swaps": ("SAS", "sas/sas/swaps"),
     "sas_resolved": ("SAS", "sas/sas/resolved"),
     "sas_converged": ("SAS", "sas/sas/converged"),
     "stability_gap_max_share": ("SAS", "sas/sas/stability_gap_max_share"),
@@ -57,20 +76,70 @@ SCALAR_TAGS: dict[str, tuple[str, str]] = {
 #: margin charts: (group, title, value key, standard-error key) drawn as value +- 2 SE, or
 #: +- t SE for the replica statistics (``sas_critical_t``, Student's t with K - 1 dof)
 MARGIN_CHARTS: list[tuple[str, str, str, str]] = [
-    ("Loss dynamics", "time-averaged loss +- 2 SE", "loss_mean", "loss_se"),
-    ("SAS", "ergodic generalization gap +- 2 SE", "ergodic_gap", "ergodic_gap_se"),
-    ("SAS", "SAS (sup over probes) +- t SE", "sas_max", "sas_max_se"),
-    ("SAS", "SAS on held-out points +- t SE", "sas_mean", "sas_mean_se"),
-    ("SAS", "stability gap (replace-one) +- t SE", "stability_gap", "stability_gap_se"),
+    ("Loss dynamics", "time-averaged loss ± 2 SE", "loss_mean", "loss_se"),
+    ("SAS", "ergodic generalization gap ± 2 SE", "ergodic_gap", "ergodic_gap_se"),
+    ("SAS", "SAS (sup over probes) ± t SE", "sas_max", "sas_max_se"),
+    ("SAS", "SAS on held-out points ± t SE", "sas_mean", "sas_mean_se"),
+    ("SAS", "stability gap (replace-one, both sides of m swaps) ± t SE", "stability_gap", "stability_gap_se"),
+    ("SAS", "stability gap, removed side ± t SE", "stability_gap_removed", "stability_gap_removed_se"),
+    ("SAS", "stability gap, added side ± t SE", "stability_gap_added", "stability_gap_added_se"),
 ]
 
 #: statistics averaged over the K replicas, whose margins use Student's t with K - 1 dof
-REPLICA_STATISTICS = frozenset({"sas_max", "sas_mean", "sas_replaced", "stability_gap"})
+REPLICA_STATISTICS = frozenset({"sas_max", "sas_mean", "sas_replaced", "stability_gap", "stability_gap_removed",
+                                "stability_gap_added"})
 
 #: several tags on one chart: (group, title, keys)
 SHARED_CHARTS: list[tuple[str, str, tuple[str, ...]]] = [
     ("SAS", "stability gap vs ergodic gap", ("stability_gap", "ergodic_gap")),
 ]
+
+#: the first category of the custom-scalars page: what a user opens it for
+OVERVIEW = "Overview"
+
+#: the Overview charts as they show on the page: (title, keys). Each is a margin chart with one
+#: series per key, a line with a shaded band: value ± 2 SE (± t SE for the replica statistics)
+#: for the keys of :data:`MARGIN_CHARTS`, a zero-width band (a plain, unsmoothed line) for a key
+#: without an SE (IAT, ESS, distances, the null level).
+#:
+#: Why margin charts with several series: ``MarginChartContent.series`` is repeated in
+#: TensorBoard's layout proto and its margin-chart card draws every series with its band, so the
+#: two gaps are compared band against band and ``sas_max`` against its null level on one chart.
+#: The alternative, a Multiline chart of both values and their ``_lower``/``_upper`` tags
+#: (anchored regexes), draws six unshaded, smoothed lines in one colour, told apart only by
+#: their markers. ``torch``'s ``add_custom_scalars`` writes one series per margin chart, so
+#: :func:`~lightning_sas.loggers.export.write_layout` writes the layout proto itself.
+#:
+#: Why margin charts only: TensorBoard's dashboard (``tf-dom-repeat``, unchanged through 2.x)
+#: inserts each chart by element index while every chart stamps two ``dom-if`` templates, so a
+#: category shows its multiline charts in layout order and then its margin charts in reverse
+#: layout order. :func:`custom_scalars_layout` lists the Overview's (all margin) charts in
+#: reverse so that the page shows them in this order.
+OVERVIEW_CHARTS: list[tuple[str, tuple[str, ...]]] = [
+    ("time-averaged loss ± 2 SE", ("loss_mean",)),
+    ("stability gap (± t SE) vs ergodic gap (± 2 SE)", ("stability_gap", "ergodic_gap")),
+    ("SAS (sup over probes) ± t SE vs its null level", ("sas_max", "sas_max_null")),
+    ("integrated autocorrelation time (steps)", ("iat",)),
+    ("effective sample size", ("ess",)),
+    ("distance to the ergodic mean of the weights vs update size", ("distance_to_ergodic_mean", "update_size")),
+]
+
+#: categories shown open when the page loads (the detailed sections start collapsed, one click away)
+OPEN_CATEGORIES = (OVERVIEW,)
+
+#: 0/1 flags of the summary: never charted, and TensorBoard gets them as the status text
+#: (:func:`~lightning_sas.loggers.status.status_markdown`) instead of scalars. Every
+#: ``*_resolved`` key and every boolean value is a flag too (:func:`is_flag`).
+FLAG_KEYS = frozenset(
+    {"late_phase_found", "lr_constant_in_late_phase", "stationary", "sas_resolved", "sas_converged"}
+)
+
+_MARGIN_SE = {key: se_key for _group, _title, key, se_key in MARGIN_CHARTS}
+
+
+def is_flag(key: str, value: Any = None) -> bool:
+    """Is summary entry ``key`` (with ``value``) a yes/no flag rather than a quantity?"""
+    return key in FLAG_KEYS or key.endswith("_resolved") or isinstance(value, bool)
 
 
 def tag_for(key: str) -> str:
@@ -78,13 +147,23 @@ def tag_for(key: str) -> str:
     return SCALAR_TAGS[key][1] if key in SCALAR_TAGS else f"sas/other/{key}"
 
 
-def scalars_from_summary(summary: dict[str, Any]) -> dict[str, float]:
+def margin_series(key: str) -> tuple[str, str, str]:
+    """(value, lower, upper) tags of ``key`` on a margin chart; the value tag three times for a key
+    without a standard error (a line with a zero-width band)."""
+    tag = tag_for(key)
+    return (tag, tag + "_lower", tag + "_upper") if key in _MARGIN_SE else (tag, tag, tag)
+
+
+def scalars_from_summary(summary: dict[str, Any], flags: bool = True) -> dict[str, float]:
     """Numeric entries of a summary as ``{tag: float}``, with ``_lower``/``_upper`` margin tags;
-    booleans become 0/1, None and non-numbers are left out."""
+    None and non-numbers are left out. Flags (:func:`is_flag`) become 0/1 with ``flags=True``
+    (loggers without text) and are left out with ``flags=False`` (TensorBoard, which gets them as
+    the status text)."""
     out: dict[str, float] = {}
     for key, value in summary.items():
-        if isinstance(value, bool):
-            out[tag_for(key)] = float(value)
+        if is_flag(key, value):
+            if flags and isinstance(value, (bool, int, float)):
+                out[tag_for(key)] = float(value)
         elif isinstance(value, (int, float)) and value == value:
             out[tag_for(key)] = float(value)
     replica_t = summary.get("sas_critical_t")
@@ -102,19 +181,31 @@ def scalars_from_summary(summary: dict[str, Any]) -> dict[str, float]:
     return out
 
 
+def _multiline(keys: tuple[str, ...]) -> list[Any]:
+    # Multiline tags are regular expressions: anchor them so "time_average" does not also match
+    # its "_se"/"_lower"/"_upper" companions
+    return ["Multiline", [f"^{re.escape(tag_for(k))}$" for k in keys]]
+
+
 def custom_scalars_layout() -> dict[str, dict[str, list[Any]]]:
-    """Layout for ``SummaryWriter.add_custom_scalars``: one category per dashboard group, one
-    multiline chart per quantity, a margin chart per (value, SE) pair with exact tags."""
-    layout: dict[str, dict[str, list[Any]]] = {}
-    for key, (group, tag) in SCALAR_TAGS.items():
-        if key.endswith("_se"):
+    """Layout for the custom-scalars dashboard, categories in display order: :data:`OVERVIEW`
+    first (:data:`OVERVIEW_CHARTS`), then one category per dashboard group (Loss dynamics,
+    Oscillation, Weights, SAS) with a multiline chart per quantity (flags excluded) and a margin
+    chart per (value, SE) pair.
+
+    The format is ``SummaryWriter.add_custom_scalars``'s, except that a "Margin" chart may list
+    several (value, lower, upper) triples, one series each
+    (:func:`~lightning_sas.loggers.export.layout_proto` writes them)."""
+    # reversed: TensorBoard shows a category's margin charts in reverse order (see OVERVIEW_CHARTS)
+    layout: dict[str, dict[str, list[Any]]] = {
+        OVERVIEW: {title: ["Margin", [t for key in keys for t in margin_series(key)]] for title, keys in reversed(OVERVIEW_CHARTS)}
+    }
+    for key, (group, _tag) in SCALAR_TAGS.items():
+        if key.endswith("_se") or is_flag(key):
             continue
-        # Multiline tags are regular expressions: anchor them so "time_average" does not also
-        # match its "_se"/"_lower"/"_upper" companions
-        layout.setdefault(group, {})[key.replace("_", " ")] = ["Multiline", [f"^{re.escape(tag)}$"]]
+        layout.setdefault(group, {})[key.replace("_", " ")] = _multiline((key,))
     for group, title, key, _se in MARGIN_CHARTS:
-        tag = tag_for(key)
-        layout.setdefault(group, {})[title] = ["Margin", [tag, tag + "_lower", tag + "_upper"]]
+        layout.setdefault(group, {})[title] = ["Margin", list(margin_series(key))]
     for group, title, keys in SHARED_CHARTS:
-        layout.setdefault(group, {})[title] = ["Multiline", [f"^{re.escape(tag_for(k))}$" for k in keys]]
+        layout.setdefault(group, {})[title] = _multiline(keys)
     return layout

@@ -37,6 +37,10 @@ class OptimizerSet:
         """One optimizer step, then the step-interval schedulers due at ``step_index``."""
         for opt in self.optimizers:
             opt.step()
+        self.step_schedulers(step_index)
+
+    def step_schedulers(self, step_index: int) -> None:
+        """The step-interval schedulers due after optimizer step ``step_index`` (0-based)."""
         for sched, interval, frequency in self.schedulers:
             if interval == "step" and (step_index + 1) % frequency == 0:
                 sched.step()

@@ -47,9 +47,9 @@ class NoLocalReplicas:
 
     n = 0
 
-    def __init__(self, path: str, num_points: int, device: torch.device) -> None:
+    def __init__(self, path: str, device: torch.device) -> None:
         self.path = path
-        self._empty = torch.zeros((0, num_points), dtype=torch.float64, device=device)
+        self._empty = torch.zeros(0, dtype=torch.float64, device=device)
 
     def step(self, batches: Sequence[Any], batch_idx: int, step_index: int) -> None:
         return None
@@ -57,7 +57,7 @@ class NoLocalReplicas:
     def epoch_end(self, epoch: int) -> None:
         return None
 
-    def per_sample_losses(self, probe_batches: Sequence[Any]) -> Tensor:
+    def per_sample_losses(self, shared: Sequence[Any], swaps: Sequence[Sequence[Any]], rows: Sequence[int]) -> Tensor:
         return self._empty
 
     def state_dict(self) -> dict[str, Any]:

@@ -11,8 +11,9 @@ from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
 from lightning_sas.losses import PerSampleLoss, per_sample_loss
-from lightning_sas.replicas.generic import ClipConfig, _silence_logging
-from lightning_sas.replicas.optim import ELEMENTWISE_OPTIMIZERS, OptimizerSet, parse_optimizers
+from lightning_sas.isolation import eval_mode
+from lightning_sas.replicas.generic import ClipConfig, detached_copies, precision_context, replica_optimizers
+from lightning_sas.replicas.optim import ELEMENTWISE_OPTIMIZERS, OptimizerSet
 
 __all__ = ["StackedReplicas", "stacked_unsupported_reason", "stack_batches"]
 
@@ -71,20 +72,14 @@ class StackedReplicas:
     path = "fast"
 
     def __init__(self, template: Any, n: int, loss_fn: PerSampleLoss | None, clip: ClipConfig = None,
-                 optimizer_state: list[dict[str, Any]] | None = None) -> None:
+                 optimizer_state: list[dict[str, Any]] | None = None, trainer: Any = None) -> None:
         self.n = n
         self.clip = clip
-        trainer_ref = getattr(template, "_trainer", None)
-        try:
-            template._trainer = None
-            functional_template = copy.deepcopy(template)
-            holder = copy.deepcopy(template)
-        finally:
-            template._trainer = trainer_ref
-        _silence_logging(functional_template)
-        _silence_logging(holder)
+        self._context = precision_context(trainer)
+        functional_template, holder = detached_copies(template, 2, trainer)
         self.wrapper = _PerSampleLossModule(functional_template, loss_fn)
-        self.wrapper.train(template.training)
+        self.wrapper.training = template.training  # the copy's submodules keep their own modes
+        self._template_modules = list(template.modules())
         for name, param in list(holder.named_parameters()):
             owner_name, _, attr = name.rpartition(".")
             owner = holder.get_submodule(owner_name) if owner_name else holder
@@ -92,7 +87,7 @@ class StackedReplicas:
             setattr(owner, attr, nn.Parameter(stacked, requires_grad=param.requires_grad))
         self.params: dict[str, nn.Parameter] = dict(holder.named_parameters())
         self.buffers = {f"template.{k}": v for k, v in functional_template.named_buffers()}
-        self.optim: OptimizerSet = parse_optimizers(holder.configure_optimizers())
+        self.optim: OptimizerSet = replica_optimizers(holder)
         for opt in self.optim.optimizers:
             if not isinstance(opt, ELEMENTWISE_OPTIMIZERS):
                 raise TypeError(f"{type(opt).__name__} is not an elementwise optimizer")
@@ -101,12 +96,15 @@ class StackedReplicas:
                 opt.load_state_dict(_stack_optimizer_state(st, n))
         self._holder = holder
         self._layout_matched = False
+        self._stack_cache: dict[tuple[int, tuple[int, ...]], tuple[Any, Any]] = {}
 
     def _named(self, params: Mapping[str, Tensor]) -> dict[str, Tensor]:
         return {f"template.{k}": v for k, v in params.items()}
 
     def step(self, batches: Sequence[Any], batch_idx: int, step_index: int) -> None:
         """One optimizer step of every replica, replica ``r`` on ``batches[r]``."""
+        for own, main in zip(self.wrapper.template.modules(), self._template_modules):
+            own.training = main.training  # follow the main module's modes (dropout on or off)
         shared = all(b is batches[0] for b in batches)
         batch = batches[0] if shared else stack_batches(batches)
         # vmapped forward, ordinary autograd backward: the replicas are independent, so the
@@ -120,7 +118,9 @@ class StackedReplicas:
         if not self._layout_matched:
             self._match_gradient_layout(lambda: step_losses(params, batch).sum())
         self.optim.zero_grad()
-        step_losses(params, batch).sum().backward()
+        with self._context():
+            total = step_losses(params, batch).sum()
+        total.backward()
         self._clip({k: p.grad for k, p in self.params.items() if p.grad is not None})
         self.optim.step(step_index)
 
@@ -132,7 +132,9 @@ class StackedReplicas:
         names = [k for k, p in self.params.items() if p.requires_grad]
         device = next(iter(self.params.values())).device
         with torch.random.fork_rng(devices=[device] if device.type != "cpu" else [], device_type=device.type):
-            grads = torch.autograd.grad(total_loss(), [self.params[k] for k in names], allow_unused=True)
+            with self._context():
+                total = total_loss()
+            grads = torch.autograd.grad(total, [self.params[k] for k in names], allow_unused=True)
         with torch.no_grad():
             for name, grad in zip(names, grads):
                 param = self.params[name]
@@ -167,21 +169,50 @@ class StackedReplicas:
         self.optim.epoch_end(epoch)
 
     @torch.no_grad()
-    def per_sample_losses(self, probe_batches: Sequence[Any]) -> Tensor:
-        """``(n, P)`` losses of every replica on the probe batches, in eval mode."""
-        modes = [m.training for m in self.wrapper.modules()]
-        self.wrapper.eval()
+    def per_sample_losses(self, shared: Sequence[Any], swaps: Sequence[Sequence[Any]], rows: Sequence[int]) -> Tensor:
+        """Per-sample losses of the replicas ``rows`` (global indices, in stacked order) in eval
+        mode, as their :class:`~lightning_sas.data.SwapLayout` segments concatenated: the shared
+        batches through one ``vmap`` over every replica, each perturbed replica's own swapped
+        points through one ``vmap`` over replicas and their stacked batches, and the control's
+        swapped points of every replica through one ``vmap`` over the batches."""
         params = {k: p.detach() for k, p in self.params.items()}
 
         def losses(p: dict[str, Tensor], b: Any) -> Tensor:
             return functional_call(self.wrapper, {**self._named(p), **self.buffers}, (b,))
 
-        try:
-            out = torch.cat([vmap(losses, in_dims=(0, None))(params, b).to(torch.float64) for b in probe_batches], dim=1)
-        finally:
-            for m, mode in zip(self.wrapper.modules(), modes):
-                m.training = mode
-        return out
+        rows = list(rows)
+        perturbed = [i for i, r in enumerate(rows) if r > 0]
+        with eval_mode(self.wrapper), self._context():
+            common = torch.cat([vmap(losses, in_dims=(0, None))(params, b).to(torch.float64) for b in shared], dim=1)
+            own = None
+            if perturbed and swaps:
+                index = torch.as_tensor(perturbed, device=common.device)
+                sub = {k: v.index_select(0, index) for k, v in params.items()}
+                own = torch.cat([vmap(losses, in_dims=(0, 0))(sub, self._stacked(chunk, [rows[i] - 1 for i in perturbed]))
+                                 .to(torch.float64) for chunk in swaps], dim=1)
+            control = None
+            if 0 in rows and swaps:
+                p0 = {k: v[rows.index(0)] for k, v in params.items()}
+                control = torch.cat([vmap(losses, in_dims=(None, 0))(p0, self._stacked(chunk, range(len(chunk))))
+                                     .to(torch.float64) for chunk in swaps], dim=1).reshape(-1)
+        parts = []
+        for i, r in enumerate(rows):
+            parts.append(common[i])
+            if r == 0 and control is not None:
+                parts.append(control)
+            elif own is not None:
+                parts.append(own[perturbed.index(i)])
+        return torch.cat(parts)
+
+    def _stacked(self, chunk: Sequence[Any], which: Sequence[int]) -> Any:
+        """The batches ``chunk[j]`` for ``j`` in ``which``, stacked leaf-wise (cached: probe
+        batches are fixed for the run)."""
+        key = (id(chunk), tuple(which))
+        cached = self._stack_cache.get(key)
+        if cached is None or cached[0] is not chunk:
+            cached = (chunk, stack_batches([chunk[j] for j in which]))
+            self._stack_cache[key] = cached
+        return cached[1]
 
     def parameters_of(self, r: int) -> dict[str, Tensor]:
         return {k: v.detach()[r] for k, v in self.params.items()}

@@ -27,7 +27,7 @@ import numpy as np
 
 from lightning_sas.stats.autocorr import _as_float64, _finite, _is_constant
 
-__all__ = ["batch_means_se", "batch_means_se_from_blocks"]
+__all__ = ["batch_means_se", "batch_means_se_from_blocks", "gap_standard_error"]
 
 
 def _batch_index(cum_excl: np.ndarray, total: float, n_batches: int) -> np.ndarray:
@@ -146,3 +146,23 @@ def batch_means_se_from_blocks(
     if min_batch_len is not None and min_batch_len > 0:
         bc, bs = _merge_short(bc, bs, float(min_batch_len))
     return _se_from_batches(bc, bs)
+
+
+def gap_standard_error(temporal_se: float | None, train_values: Any, test_values: Any) -> float | None:
+    r"""Standard error of a gap :math:`\bar l_\mathrm{test} - \bar l_\mathrm{train}` of per-point
+    time averages: the temporal noise of the time average (``temporal_se``, batch means of the
+    per-block gap) and the sampling of the probe points from their populations, in quadrature,
+
+    .. math:: \mathrm{SE}^2 = \mathrm{SE}_\mathrm{time}^2 + \frac{s^2_\mathrm{test}}{n_\mathrm{test}}
+              + \frac{s^2_\mathrm{train}}{n_\mathrm{train}},
+
+    with :math:`s^2` the sample variance of the per-point averages (non-finite ones dropped). The
+    second part is the uncertainty of the gap as an estimate of the population gap: a few hundred
+    probe points of very different losses dominate it. None when neither part is available."""
+    parts = [] if temporal_se is None or not math.isfinite(temporal_se) else [float(temporal_se) ** 2]
+    for values in (train_values, test_values):
+        v = _as_float64(values)
+        v = v[np.isfinite(v)]
+        if v.size >= 2:
+            parts.append(float(v.var(ddof=1)) / v.size)
+    return math.sqrt(sum(parts)) if parts else None

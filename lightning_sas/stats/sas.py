@@ -2,15 +2,17 @@ r"""Statistical algorithmic stability (SAS) from replica time averages (pure num
 
 Chandramoorthy, Loukas, Gatmiry and Jegelka, "On the generalization of learning algorithms that
 do not converge", NeurIPS 2022 (arXiv 2208.07951). With replica 0 the control (trained on ``S``)
-and replica ``k`` trained on ``S^(k)`` (sample ``i_k`` replaced by ``z'_k``), and time averages
+and replica ``k`` trained on ``S^(k)`` (``S`` with ``m`` samples swapped), and time averages
 :math:`\langle l_r(z) \rangle` over the late phase,
 
 .. math:: d_k(z) = \langle l_k(z)\rangle - \langle l_0(z)\rangle .
 
-Inputs are block means ``m[r, b, z]`` (``R`` replicas, ``B`` contiguous time blocks of ``c_b``
-probe evaluations each, ``P`` probe points), so the time average is
-:math:`\langle l_r(z)\rangle = \sum_b c_b m[r,b,z] / \sum_b c_b` and the difference series
-``D[k, b, z] = m[k, b, z] - m[0, b, z]`` gives temporal standard errors by batch means.
+Replica ``k`` swaps ``m`` samples ``I_k`` of ``S`` for ``m`` held-out samples ``Z'_k``. Inputs are
+block means of replica ``k`` and of the control at replica ``k``'s probe points (``R = K``
+aligned pairs, ``B`` contiguous time blocks of ``c_b`` probe evaluations each, ``P`` probe
+points), so the time average is
+:math:`\langle l(z)\rangle = \sum_b c_b m[b,z] / \sum_b c_b` and the difference series
+``D[k, b, z]`` (replica minus control) gives temporal standard errors by batch means.
 """
 
 from __future__ import annotations
@@ -123,97 +125,130 @@ def _finite_or_none(x: float) -> float | None:
 
 
 def sas_statistics(
-    block_means: np.ndarray,
+    perturbed: np.ndarray,
+    control: np.ndarray,
     block_counts: np.ndarray,
-    replaced_cols: np.ndarray,
-    replacement_cols: np.ndarray,
+    removed_cols: np.ndarray,
+    added_cols: np.ndarray,
     heldout_cols: np.ndarray,
     min_batch_len: float | None = None,
 ) -> dict[str, Any]:
-    r"""The SAS statistics of DESIGN section 4, each with ``_se``, ``_null`` and ``_resolved``.
+    r"""The SAS statistics of DESIGN section 4 with ``m`` swaps per replica, each with ``_se``,
+    ``_null`` and ``_resolved``.
 
-    * ``sas_max`` = :math:`\frac1K\sum_k \max_{z \in \{i_k, z'_k\} \cup P_\mathrm{test}} |d_k(z)|`;
+    Inputs are *aligned* block means: ``perturbed[k, b, c]`` of replica ``k + 1`` and
+    ``control[k, b, c]`` of the control at the same probe point, over replica ``k + 1``'s columns
+    (see :class:`~lightning_sas.data.SwapLayout`): the removed samples ``I_k`` (``removed_cols``),
+    the added held-out samples ``Z'_k`` (``added_cols``) and ``P_test`` (``heldout_cols``). With
+    :math:`d_k(z) = \langle l_k(z)\rangle - \langle l_0(z)\rangle`:
+
+    * ``sas_max`` = :math:`\frac1K\sum_k \max_{z \in I_k \cup Z'_k \cup P_\mathrm{test}} |d_k(z)|`;
     * ``sas_mean`` = :math:`\frac1K\sum_k \frac1{|P_\mathrm{test}|}\sum_{z} |d_k(z)|` (held-out);
-    * ``sas_replaced`` = :math:`\frac1K\sum_k |d_k(i_k)|`; ``stability_gap`` = :math:`\frac1K\sum_k d_k(i_k)`.
+    * ``sas_replaced`` = :math:`\frac1K\sum_k \frac1m\sum_{i \in I_k} |d_k(i)|`;
+    * the replace-one identity on both sides of every swap: removed
+      :math:`r_k(i) = d_k(i)` (the replica never saw ``i``, the control did), added
+      :math:`a_k(z') = -d_k(z')` (the control never saw ``z'``, the replica did);
+      ``stability_gap_removed`` = :math:`\frac1K\sum_k \bar r_k`, ``stability_gap_added`` =
+      :math:`\frac1K\sum_k \bar a_k`, and ``stability_gap`` = :math:`\frac1K\sum_k g_k` with
+      :math:`g_k = \frac{1}{2m}(\sum_i r_k(i) + \sum_{z'} a_k(z'))`, the mean of the replica's
+      ``2m`` values (the symmetric mean cancels much of each side's bias).
 
-    SE: between-replica spread and temporal batch means of ``D`` in quadrature (``_combine``).
-    The statistics average over K random pairs ``(i_k, z'_k)``, so their uncertainty is that of a
-    K-sample mean: the critical value is Student's :math:`t_{0.975, K-1}` (``sas_critical_t``;
-    3.18 for K = 4, 2.20 for K = 12), not 2. Null level (no effect at all): a mean of ``|d|`` with
-    per-point SE ``s`` sits near :math:`\sqrt{2/\pi}\,s`, and a max over ``m`` points adds about
-    :math:`s\sqrt{2\ln m}`; ``*_resolved`` means ``estimate > null + t SE`` (``|gap| > t SE`` for
-    the signed gap).
-
-    ``d_k(i_k)`` is heavy-tailed (a replaced sample with a noisy label moves by several nats, a
-    clean one by almost nothing), so a mean over few replicas can rest on one of them:
-    ``stability_gap_max_share`` = :math:`\max_k |d_k(i_k)| / \sum_k |d_k(i_k)|` says how much
-    (``1/K`` when all contribute alike, near 1 when one replica carries the estimate and its SE
-    from K samples is not to be trusted; raise K).
+    SE: the replicas are the independent units (the ``2m`` values of one replica share its
+    trajectory): the spread of the ``K`` per-replica values (``sd / sqrt(K)``) and the temporal
+    batch-means SE of each replica's series (:math:`G_k(b)` for ``g_k``, linear in the block
+    differences; for means of ``|d|`` the delta method, :math:`\mathrm{sign}(d)\,D`) in
+    quadrature. The critical value is Student's :math:`t_{0.975, K-1}` (``sas_critical_t``; 3.18
+    for K = 4). Null level (no effect at all): a mean of ``|d|`` with per-point SE ``s`` sits near
+    :math:`\sqrt{2/\pi}\,s`, a max over ``n`` points adds about :math:`s\sqrt{2\ln n}`;
+    ``*_resolved`` means ``estimate > null + t SE`` (``|gap| > t SE`` for the signed gaps).
+    ``stability_gap_max_share`` = :math:`\max_k |g_k| / \sum_k |g_k|` says whether one replica
+    carries the estimate (``1/K`` when all contribute alike). With ``m = 1`` every statistic but
+    the symmetric ``stability_gap`` is the one-replacement estimator of v0.1, whose
+    ``stability_gap`` is ``stability_gap_removed`` here.
     """
-    means = np.asarray(block_means, dtype=np.float64)
+    pert = np.asarray(perturbed, dtype=np.float64)
+    ctrl = np.asarray(control, dtype=np.float64)
     counts = np.asarray(block_counts, dtype=np.float64)
-    replaced = np.asarray(replaced_cols, dtype=np.int64)
-    replacement = np.asarray(replacement_cols, dtype=np.int64)
+    removed = np.asarray(removed_cols, dtype=np.int64)
+    added = np.asarray(added_cols, dtype=np.int64)
     heldout = np.asarray(heldout_cols, dtype=np.int64)
-    r, b, _p = means.shape
-    k = r - 1
-    if k < 1 or b < 1:
-        raise ValueError(f"need a control and >= 1 perturbed replica and >= 1 block, got shape {means.shape}")
-    avg = time_average(means, counts)
-    d = avg[1:] - avg[0:1]  # (K, P)
-    diff_series = means[1:] - means[0:1]  # (K, B, P)
-    se = _temporal_se(diff_series, counts, min_batch_len)  # (K, P) or None
-    rows = np.arange(k)
+    if pert.shape != ctrl.shape or pert.ndim != 3:
+        raise ValueError(f"perturbed and control must be aligned (K, B, P) arrays, got {pert.shape} and {ctrl.shape}")
+    k, b, _p = pert.shape
+    if k < 1 or b < 1 or len(removed) < 1 or len(removed) != len(added):
+        raise ValueError(f"need >= 1 perturbed replica, >= 1 block and m >= 1 swaps on each side, got shape {pert.shape}, "
+                         f"{len(removed)} removed and {len(added)} added columns")
+    d = time_average(pert, counts) - time_average(ctrl, counts)  # (K, P)
+    diff = pert - ctrl  # (K, B, P)
+    se = _temporal_se(diff, counts, min_batch_len)  # (K, P) or None
+    r = d[:, removed]  # (K, m): removed side
+    a = -d[:, added]  # (K, m): added side
+    g = 0.5 * (r.mean(axis=1) + a.mean(axis=1))
+    # per-replica series, linear in the block differences: their batch means give temporal SEs
+    sign = np.where(r >= 0, 1.0, -1.0)
+    series = np.stack([
+        diff[:, :, removed].mean(axis=2),  # removed side
+        -diff[:, :, added].mean(axis=2),  # added side
+        0.5 * (diff[:, :, removed].mean(axis=2) - diff[:, :, added].mean(axis=2)),  # symmetric
+        (sign[:, None, :] * diff[:, :, removed]).mean(axis=2),  # delta method for mean |r|
+    ], axis=2)  # (K, B, 4)
+    series_se = _temporal_se(series, counts, min_batch_len)  # (K, 4) or None
 
-    d_rep = d[rows, replaced]
-    se_rep = se[rows, replaced] if se is not None else None
-    abs_held = np.abs(d[:, heldout])
-    held_per_k = abs_held.mean(axis=1)
+    def column(j: int) -> np.ndarray | None:
+        return series_se[:, j] if series_se is not None else None
+
+    candidates = np.concatenate([removed, added, heldout])
+    abs_cand = np.abs(d[:, candidates])
+    max_per_k = abs_cand.max(axis=1)
+    held_per_k = np.abs(d[:, heldout]).mean(axis=1)
+    se_max = se[np.arange(k), candidates[np.argmax(abs_cand, axis=1)]] if se is not None else None
     se_held = se[:, heldout].mean(axis=1) if se is not None else None
-    candidates = [np.concatenate([[replaced[j], replacement[j]], heldout]) for j in range(k)]
-    max_per_k = np.asarray([np.abs(d[j, c]).max() for j, c in enumerate(candidates)])
-    se_max = (np.asarray([se[j, c][np.argmax(np.abs(d[j, c]))] for j, c in enumerate(candidates)])
-              if se is not None else None)
-    se_max_mean = np.asarray([se[j, c].mean() for j, c in enumerate(candidates)]) if se is not None else None
 
     crit = student_t_975(k - 1) if k >= 2 else 2.0
-    out: dict[str, Any] = {"n_replicas": k, "n_blocks": b, "sas_critical_t": crit}
+    out: dict[str, Any] = {"n_replicas": k, "n_blocks": b, "swaps": int(len(removed)), "sas_critical_t": crit}
     stats = {
         "sas_max": (max_per_k, se_max),
         "sas_mean": (held_per_k, se_held),
-        "sas_replaced": (np.abs(d_rep), se_rep),
-        "stability_gap": (d_rep, se_rep),
+        "sas_replaced": (np.abs(r).mean(axis=1), column(3)),
+        "stability_gap": (g, column(2)),
+        "stability_gap_removed": (r.mean(axis=1), column(0)),
+        "stability_gap_added": (a.mean(axis=1), column(1)),
     }
     for name, (values, temporal) in stats.items():
         out[name] = _finite_or_none(values.mean())
         out[f"{name}_se"] = _combine(values, temporal)
     if se is not None:
-        m = len(candidates[0])
-        out["sas_max_null"] = float(np.mean(se_max_mean) * (_HALF_NORMAL_MEAN + math.sqrt(2.0 * math.log(max(m, 2)))))
+        out["sas_max_null"] = float(np.mean(se[:, candidates].mean(axis=1)) * (_HALF_NORMAL_MEAN + math.sqrt(2.0 * math.log(max(len(candidates), 2)))))
         out["sas_mean_null"] = float(np.mean(se_held) * _HALF_NORMAL_MEAN)
-        out["sas_replaced_null"] = float(np.mean(se_rep) * _HALF_NORMAL_MEAN)
+        out["sas_replaced_null"] = float(np.mean(se[:, removed]) * _HALF_NORMAL_MEAN)
     else:
         out["sas_max_null"] = out["sas_mean_null"] = out["sas_replaced_null"] = None
     for name in ("sas_max", "sas_mean", "sas_replaced"):
         value, err, null = out[name], out[f"{name}_se"], out[f"{name}_null"]
         out[f"{name}_resolved"] = bool(value is not None and err is not None and null is not None and value > null + crit * err)
-    gap, gap_se = out["stability_gap"], out["stability_gap_se"]
-    out["stability_gap_null"] = 0.0
-    out["stability_gap_resolved"] = bool(gap is not None and gap_se is not None and abs(gap) > crit * gap_se)
-    abs_rep = np.abs(d_rep[np.isfinite(d_rep)])
-    out["stability_gap_max_share"] = float(abs_rep.max() / abs_rep.sum()) if abs_rep.size and abs_rep.sum() > 0 else None
+    for name in ("stability_gap", "stability_gap_removed", "stability_gap_added"):
+        gap, gap_se = out[name], out[f"{name}_se"]
+        out[f"{name}_null"] = 0.0
+        out[f"{name}_resolved"] = bool(gap is not None and gap_se is not None and abs(gap) > crit * gap_se)
+    abs_g = np.abs(g[np.isfinite(g)])
+    out["stability_gap_max_share"] = float(abs_g.max() / abs_g.sum()) if abs_g.size and abs_g.sum() > 0 else None
     out["sas_resolved"] = out["sas_max_resolved"]
-    out["d_replaced"] = d_rep
+    out["d_replaced"] = r.mean(axis=1)
     out["d_heldout_abs_mean"] = held_per_k
     out["abs_d"] = np.abs(d)
     return out
 
 
+#: statistics reported against the averaging window
+WINDOW_STATISTICS = ("sas_max", "sas_mean", "sas_replaced", "stability_gap")
+
+
 def estimate_by_window(
-    block_means: np.ndarray,
+    perturbed: np.ndarray,
+    control: np.ndarray,
     block_counts: np.ndarray,
-    replaced_cols: np.ndarray,
-    replacement_cols: np.ndarray,
+    removed_cols: np.ndarray,
+    added_cols: np.ndarray,
     heldout_cols: np.ndarray,
     block_steps: np.ndarray,
     fork_step: int,
@@ -224,21 +259,21 @@ def estimate_by_window(
     each statistic with its SE; ``converged`` is True when ``sas_max`` over the last two windows
     (half and all) agrees within twice their combined SE.
     """
-    means = np.asarray(block_means, dtype=np.float64)
-    b = means.shape[1]
+    pert = np.asarray(perturbed, dtype=np.float64)
+    ctrl = np.asarray(control, dtype=np.float64)
+    b = pert.shape[1]
     out: dict[str, Any] = {"steps_since_fork": [], "window_blocks": []}
-    names = ("sas_max", "sas_mean", "sas_replaced", "stability_gap")
-    for n in names:
+    for n in WINDOW_STATISTICS:
         out[n], out[f"{n}_se"] = [], []
     for fraction in (8, 4, 2, 1):
         n_blocks = max(2, b // fraction) if b >= 2 else b
         if n_blocks < 1 or (out["window_blocks"] and out["window_blocks"][-1] == n_blocks):
             continue
         sl = slice(b - n_blocks, b)
-        stats = sas_statistics(means[:, sl], np.asarray(block_counts)[sl], replaced_cols, replacement_cols, heldout_cols)
+        stats = sas_statistics(pert[:, sl], ctrl[:, sl], np.asarray(block_counts)[sl], removed_cols, added_cols, heldout_cols)
         out["window_blocks"].append(n_blocks)
         out["steps_since_fork"].append(int(np.asarray(block_steps)[b - n_blocks]) - int(fork_step))
-        for n in names:
+        for n in WINDOW_STATISTICS:
             out[n].append(stats[n])
             out[f"{n}_se"].append(stats[f"{n}_se"])
     converged = False
@@ -248,24 +283,24 @@ def estimate_by_window(
         if None not in (a, c, sa, sc):
             converged = abs(a - c) <= 2.0 * math.sqrt(sa * sa + sc * sc)
     out["converged"] = bool(converged)
+    out["t"] = student_t_975(pert.shape[0] - 1) if pert.shape[0] >= 2 else 2.0
     return out
 
 
 def forgetting_curve(
-    block_means: np.ndarray, block_steps: np.ndarray, replaced_cols: np.ndarray, fork_step: int
+    perturbed: np.ndarray, control: np.ndarray, block_steps: np.ndarray, removed_cols: np.ndarray, fork_step: int
 ) -> dict[str, Any]:
-    """Loss of the replaced samples ``i_k`` over time since the fork: in the perturbed replicas
-    that no longer train on them (``perturbed``, mean over k) and in the control (``control``).
-    A late fork whose replicas memorised ``i_k`` shows ``perturbed`` staying near ``control``."""
-    means = np.asarray(block_means, dtype=np.float64)
-    replaced = np.asarray(replaced_cols, dtype=np.int64)
-    k = means.shape[0] - 1
-    perturbed = np.stack([means[1 + j, :, replaced[j]] for j in range(k)]).mean(axis=0)
-    control = means[0][:, replaced].mean(axis=1)
+    """Loss of the removed samples over time since the fork: in the perturbed replicas that no
+    longer train on them (``perturbed``, mean over replicas and their ``m`` removed samples) and in
+    the control (``control``). A late fork whose replicas memorised them shows ``perturbed``
+    staying near ``control``."""
+    removed = np.asarray(removed_cols, dtype=np.int64)
+    pert = np.asarray(perturbed, dtype=np.float64)[:, :, removed].mean(axis=(0, 2))
+    ctrl = np.asarray(control, dtype=np.float64)[:, :, removed].mean(axis=(0, 2))
     return {
         "steps_since_fork": (np.asarray(block_steps, dtype=np.int64) - int(fork_step)).tolist(),
-        "perturbed": perturbed.tolist(),
-        "control": control.tolist(),
+        "perturbed": pert.tolist(),
+        "control": ctrl.tolist(),
     }
 
 

@@ -83,8 +83,11 @@ class RunWriter:
         self._next[stream] = seq + 1
         return path
 
-    def write_summary(self, summary: Mapping[str, Any]) -> None:
-        atomic_write(self.root / "summary.json", json.dumps(dict(summary), indent=1, default=_json_default).encode())
+    def write_summary(self, summary: Mapping[str, Any], durable: bool = False) -> None:
+        """Replace ``summary.json`` atomically (a reader sees the old or the new one). Written at
+        every flush without ``fsync`` (milliseconds a flush on some file systems) and
+        ``durable=True`` at the end of training."""
+        atomic_write(self.root / "summary.json", json.dumps(dict(summary), default=_json_default).encode(), durable=durable)
 
     def update_meta(self, **fields: Any) -> None:
         self.meta.update(fields)

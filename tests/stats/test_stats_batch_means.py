@@ -141,3 +141,17 @@ def test_too_few_batches():
     se = batch_means_se_from_blocks([5.0, 5.0], [1.0, 3.0])
     assert se == pytest.approx(math.sqrt(5 * (0.2 - 0.4) ** 2 * 2 / (1 * 10)))
     assert batch_means_se(np.arange(4.0), n_batches=100) is not None  # capped at n
+
+
+def test_gap_standard_error_adds_the_sampling_of_probe_points() -> None:
+    """SE of a gap of per-point averages: the temporal part and s^2/n of each probe set in
+    quadrature (brute force), so a gap over few, very different points is not over-resolved."""
+    from lightning_sas.stats.batch_means import gap_standard_error
+
+    rng = np.random.default_rng(0)
+    train, test = rng.gamma(2.0, 0.5, size=50), rng.gamma(2.0, 1.0, size=40)
+    expected = math.sqrt(0.01**2 + train.var(ddof=1) / 50 + test.var(ddof=1) / 40)
+    assert gap_standard_error(0.01, train, test) == pytest.approx(expected, rel=1e-12)
+    assert gap_standard_error(None, train, np.append(test, np.nan)) == pytest.approx(
+        math.sqrt(train.var(ddof=1) / 50 + test.var(ddof=1) / 40), rel=1e-12)
+    assert gap_standard_error(None, [1.0], [2.0]) is None

@@ -1,4 +1,5 @@
-"""SAS statistics (``lightning_sas.stats.sas``) against numpy brute force and under the null."""
+"""SAS statistics with m swaps per replica (``lightning_sas.stats.sas``) against numpy brute
+force, under the null, with a known effect, and against the frozen one-replacement estimator."""
 
 from __future__ import annotations
 
@@ -7,55 +8,159 @@ import math
 import numpy as np
 import pytest
 
+from legacy_sas import sas_statistics as legacy_sas_statistics
+from lightning_sas.data.probes import SwapLayout
 from lightning_sas.stats.sas import sas_statistics, student_t_975, time_average
 
-K, B, P = 4, 16, 12
-REPLACED = np.array([0, 1, 2, 3])
-REPLACEMENT = np.array([4, 5, 6, 7])
-HELDOUT = np.array([8, 9, 10, 11])
+K, B, M, H = 4, 16, 2, 5  # replicas, blocks, swaps per replica, held-out points
+HELDOUT = np.arange(H)
+REMOVED = H + np.arange(M)
+ADDED = H + M + np.arange(M)
+P = H + 2 * M
 
 
-def _series(rng: np.random.Generator, effect: np.ndarray | None = None, noise: float = 0.1) -> np.ndarray:
-    """Block means ``(K + 1, B, P)``: a common per-point level, independent noise per replica
-    and block, plus ``effect[k - 1, z]`` added to perturbed replica ``k``."""
-    level = rng.uniform(0.5, 2.0, size=P)
-    means = level[None, None, :] + noise * rng.standard_normal((K + 1, B, P))
+def _series(rng: np.random.Generator, effect: np.ndarray | None = None, noise: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
+    """Aligned block means ``(K, B, P)`` of the replicas and of the control at their points: a
+    per-point level (the held-out points shared by every replica, the swapped points each
+    replica's own), independent noise per replica and block, plus ``effect[k, c]`` added to
+    replica ``k``."""
+    level = rng.uniform(0.5, 2.0, size=(K, P))
+    level[:, HELDOUT] = level[0, HELDOUT]
+    control = level[:, None, :] + noise * rng.standard_normal((K, B, P))
+    control[:, :, HELDOUT] = control[0:1, :, HELDOUT]  # one control trajectory on the shared points
+    perturbed = level[:, None, :] + noise * rng.standard_normal((K, B, P))
     if effect is not None:
-        means[1:] += effect[:, None, :]
-    return means
+        perturbed += effect[:, None, :]
+    return perturbed, control
+
+
+def _batch_se(series: np.ndarray) -> np.ndarray:
+    """Batch-means SE over axis 1 with 4 batches of 4 equal blocks (what B = 16 gives)."""
+    batch = series.reshape(series.shape[0], 4, 4, *series.shape[2:]).mean(axis=2)
+    return batch.std(axis=1, ddof=1) / 2.0
 
 
 def test_statistics_equal_brute_force() -> None:
     rng = np.random.default_rng(0)
-    effect = rng.normal(0.0, 0.5, size=(K, P))
-    means = _series(rng, effect)
+    perturbed, control = _series(rng, rng.normal(0.0, 0.5, size=(K, P)))
     counts = np.full(B, 5.0)
-    out = sas_statistics(means, counts, REPLACED, REPLACEMENT, HELDOUT)
+    out = sas_statistics(perturbed, control, counts, REMOVED, ADDED, HELDOUT)
 
-    avg = means.mean(axis=1)  # equal counts: the plain mean over blocks
-    d = avg[1:] - avg[0]
-    max_k = [np.abs(d[k, np.r_[REPLACED[k], REPLACEMENT[k], HELDOUT]]).max() for k in range(K)]
-    assert out["sas_max"] == pytest.approx(np.mean(max_k), rel=1e-12)
+    d = perturbed.mean(axis=1) - control.mean(axis=1)  # equal counts: plain means over blocks
+    cand = np.r_[REMOVED, ADDED, HELDOUT]
+    assert out["sas_max"] == pytest.approx(np.abs(d[:, cand]).max(axis=1).mean(), rel=1e-12)
     assert out["sas_mean"] == pytest.approx(np.abs(d[:, HELDOUT]).mean(), rel=1e-12)
-    d_rep = d[np.arange(K), REPLACED]
-    assert out["sas_replaced"] == pytest.approx(np.abs(d_rep).mean(), rel=1e-12)
-    assert out["stability_gap"] == pytest.approx(d_rep.mean(), rel=1e-12)
-    assert out["stability_gap_max_share"] == pytest.approx(np.abs(d_rep).max() / np.abs(d_rep).sum(), rel=1e-12)
+    assert out["sas_replaced"] == pytest.approx(np.abs(d[:, REMOVED]).mean(), rel=1e-12)
+    r, a = d[:, REMOVED], -d[:, ADDED]
+    g = np.concatenate([r, a], axis=1).mean(axis=1)  # each replica: the mean of its 2m values
+    assert out["stability_gap_removed"] == pytest.approx(r.mean(), rel=1e-12)
+    assert out["stability_gap_added"] == pytest.approx(a.mean(), rel=1e-12)
+    assert out["stability_gap"] == pytest.approx(g.mean(), rel=1e-12)
+    assert out["stability_gap_max_share"] == pytest.approx(np.abs(g).max() / np.abs(g).sum(), rel=1e-12)
+    assert out["swaps"] == M
 
-    # SE: replica spread and batch means (4 batches of 4 equal blocks) in quadrature
-    diff = means[1:] - means[0:1]
-    batch = diff.reshape(K, 4, 4, P).mean(axis=2)
-    temporal = batch.std(axis=1, ddof=1) / 2.0  # (K, P)
-    se_rep = temporal[np.arange(K), REPLACED]
-    expected = math.sqrt(d_rep.var(ddof=1) / K + np.mean(se_rep**2) / K)
+    # SE: spread of the K per-replica values and each replica's temporal SE in quadrature
+    diff = perturbed - control
+    series = 0.5 * (diff[:, :, REMOVED].mean(axis=2) - diff[:, :, ADDED].mean(axis=2))
+    expected = math.sqrt(g.var(ddof=1) / K + np.mean(_batch_se(series) ** 2) / K)
     assert out["stability_gap_se"] == pytest.approx(expected, rel=1e-10)
+    per_point = _batch_se(diff)  # (K, P)
+    null = np.mean(per_point[:, cand].mean(axis=1)) * (math.sqrt(2 / math.pi) + math.sqrt(2 * math.log(len(cand))))
+    assert out["sas_max_null"] == pytest.approx(null, rel=1e-10)
     assert out["sas_critical_t"] == pytest.approx(3.1824, abs=1e-4)
-    assert np.allclose(time_average(means, counts), avg)
+    assert np.allclose(time_average(perturbed, counts), perturbed.mean(axis=1))
+
+
+def test_one_swap_reproduces_the_one_replacement_estimator() -> None:
+    """``m = 1``: every statistic of v0.1 (frozen in ``legacy_sas.py``) to floating-point
+    agreement; v0.1's ``stability_gap`` (the removed side alone) is ``stability_gap_removed``."""
+    rng = np.random.default_rng(5)
+    n_train, n_held = 3, 6
+    # v0.1 layout: (K + 1, B, P) with P = [train (i_k included)..., replacements z'_k..., held-out...]
+    p_old = n_train + K + K + n_held
+    means = rng.uniform(0.5, 2.0, size=p_old)[None, None, :] + 0.2 * rng.standard_normal((K + 1, B, p_old))
+    means[1:] += rng.normal(0.0, 0.3, size=(K, 1, p_old))
+    replaced_old = n_train + np.arange(K)  # the i_k sit after the other training points
+    replacement_old = n_train + K + np.arange(K)
+    heldout_old = n_train + 2 * K + np.arange(n_held)
+    counts = rng.integers(1, 6, size=B).astype(float)
+    legacy = legacy_sas_statistics(means, counts, replaced_old, replacement_old, heldout_old)
+
+    # the same probe values in the swap layout (K replicas, m = 1)
+    layout = SwapLayout(replicas=K, n_train=n_train, n_heldout=n_held, m=1)
+    flat = np.zeros((B, layout.total))
+    shared_old = np.r_[np.arange(n_train), heldout_old]
+    for row in range(K + 1):
+        start = layout.segment_start(row)
+        flat[:, start : start + layout.shared] = means[row][:, shared_old]
+        if row == 0:
+            swaps = np.stack([replaced_old, replacement_old], axis=1).reshape(-1)  # (i_1, z'_1, i_2, z'_2, ...)
+            flat[:, start + layout.shared : start + layout.segment_length(0)] = means[0][:, swaps]
+        else:
+            own = [replaced_old[row - 1], replacement_old[row - 1]]
+            flat[:, start + layout.shared : start + layout.segment_length(row)] = means[row][:, own]
+    perturbed, control, _ = layout.aligned(flat)
+    new = sas_statistics(np.moveaxis(perturbed, 0, 1), np.moveaxis(control, 0, 1), counts,
+                         layout.removed_columns, layout.added_columns, layout.heldout_columns)
+    for key in ("sas_max", "sas_max_se", "sas_max_null", "sas_max_resolved", "sas_mean", "sas_mean_se",
+                "sas_mean_null", "sas_mean_resolved", "sas_replaced", "sas_replaced_se", "sas_replaced_null",
+                "sas_replaced_resolved", "sas_resolved", "sas_critical_t"):
+        assert new[key] == pytest.approx(legacy[key], rel=1e-12, abs=1e-15), key
+    for key in ("", "_se", "_resolved"):
+        assert new[f"stability_gap_removed{key}"] == pytest.approx(legacy[f"stability_gap{key}"], rel=1e-12), key
+    np.testing.assert_allclose(new["d_replaced"], legacy["d_replaced"], rtol=1e-12)
+
+
+def test_no_effect_is_rarely_resolved() -> None:
+    """Under the null (all replicas alike), the t-based flags fire at about their nominal rate."""
+    rng = np.random.default_rng(2)
+    trials = 300
+    hits = dict.fromkeys(("stability_gap_resolved", "sas_max_resolved", "sas_mean_resolved",
+                          "stability_gap_removed_resolved", "stability_gap_added_resolved"), 0)
+    for _ in range(trials):
+        out = sas_statistics(*_series(rng), np.full(B, 5.0), REMOVED, ADDED, HELDOUT)
+        for key in hits:
+            hits[key] += out[key]
+    assert all(count / trials < 0.1 for count in hits.values()), hits
+
+
+def test_both_sides_of_a_swap_estimate_the_gap() -> None:
+    """A generalization effect: a replica's loss rises on the samples it lost and falls on the
+    samples it gained. Both sides and their symmetric mean resolve it."""
+    rng = np.random.default_rng(3)
+    effect = np.zeros((K, P))
+    effect[:, REMOVED] = rng.uniform(1.0, 2.0, size=(K, M))
+    effect[:, ADDED] = -rng.uniform(1.0, 2.0, size=(K, M))
+    out = sas_statistics(*_series(rng, effect), np.full(B, 5.0), REMOVED, ADDED, HELDOUT)
+    for name in ("stability_gap", "stability_gap_removed", "stability_gap_added"):
+        assert out[f"{name}_resolved"] and out[name] > 0.9, name
+    assert out["sas_max_resolved"] and out["sas_replaced_resolved"]
+
+
+def test_identical_added_and_removed_points_cancel() -> None:
+    """A swap of a sample for an identical one: the replica's loss change on it is ``r`` on the
+    removed side and ``-r`` on the added side, so the symmetric gap is 0 and not resolved."""
+    rng = np.random.default_rng(6)
+    perturbed, control = _series(rng, rng.normal(0.0, 0.5, size=(K, P)))
+    perturbed[:, :, ADDED] = perturbed[:, :, REMOVED]
+    control[:, :, ADDED] = control[:, :, REMOVED]
+    out = sas_statistics(perturbed, control, np.full(B, 5.0), REMOVED, ADDED, HELDOUT)
+    assert out["stability_gap"] == pytest.approx(0.0, abs=1e-12) and not out["stability_gap_resolved"]
+    assert out["stability_gap_removed"] == pytest.approx(-out["stability_gap_added"], rel=1e-12)
+
+
+def test_one_dominant_replica_is_flagged() -> None:
+    rng = np.random.default_rng(4)
+    effect = np.zeros((K, P))
+    effect[0, REMOVED] = 8.0  # one noisy-label sample carries the whole estimate
+    out = sas_statistics(*_series(rng, effect, noise=0.01), np.full(B, 5.0), REMOVED, ADDED, HELDOUT)
+    assert out["stability_gap_max_share"] > 0.9
+    assert not out["stability_gap_resolved"]  # t_{3} * SE of a 4-sample mean with one outlier
 
 
 def test_nan_blocks_are_ignored_by_the_time_average() -> None:
     rng = np.random.default_rng(1)
-    means = _series(rng)
+    means, _ = _series(rng)
     means[2, 3, 5] = np.nan
     counts = np.arange(1.0, B + 1)
     avg = time_average(means, counts)
@@ -63,39 +168,6 @@ def test_nan_blocks_are_ignored_by_the_time_average() -> None:
     keep[3] = False
     assert avg[2, 5] == pytest.approx(np.average(means[2, keep, 5], weights=counts[keep]), rel=1e-12)
     assert avg[1, 5] == pytest.approx(np.average(means[1, :, 5], weights=counts), rel=1e-12)
-
-
-def test_no_effect_is_rarely_resolved() -> None:
-    """Under the null (all replicas alike), the t-based flags fire at about their nominal rate."""
-    rng = np.random.default_rng(2)
-    trials = 300
-    gap_hits = max_hits = mean_hits = 0
-    for _ in range(trials):
-        out = sas_statistics(_series(rng), np.full(B, 5.0), REPLACED, REPLACEMENT, HELDOUT)
-        gap_hits += out["stability_gap_resolved"]
-        max_hits += out["sas_max_resolved"]
-        mean_hits += out["sas_mean_resolved"]
-    assert gap_hits / trials < 0.1
-    assert max_hits / trials < 0.1
-    assert mean_hits / trials < 0.1
-
-
-def test_a_real_effect_is_resolved() -> None:
-    rng = np.random.default_rng(3)
-    effect = np.zeros((K, P))
-    effect[np.arange(K), REPLACED] = rng.uniform(1.0, 2.0, size=K)  # loss rises on the replaced samples
-    out = sas_statistics(_series(rng, effect), np.full(B, 5.0), REPLACED, REPLACEMENT, HELDOUT)
-    assert out["stability_gap_resolved"] and out["sas_max_resolved"] and out["sas_replaced_resolved"]
-    assert out["stability_gap"] > 0.9
-
-
-def test_one_dominant_replica_is_flagged() -> None:
-    rng = np.random.default_rng(4)
-    effect = np.zeros((K, P))
-    effect[0, REPLACED[0]] = 8.0  # one noisy-label sample carries the whole estimate
-    out = sas_statistics(_series(rng, effect, noise=0.01), np.full(B, 5.0), REPLACED, REPLACEMENT, HELDOUT)
-    assert out["stability_gap_max_share"] > 0.9
-    assert not out["stability_gap_resolved"]  # t_{3} * SE of a 4-sample mean with one outlier
 
 
 @pytest.mark.parametrize("dof", [1, 3, 11, 30, 31, 60, 500])
@@ -106,4 +178,19 @@ def test_student_t_quantile(dof: int) -> None:
 
 def test_shapes_are_checked() -> None:
     with pytest.raises(ValueError):
-        sas_statistics(np.zeros((1, 4, P)), np.ones(4), REPLACED[:0], REPLACEMENT[:0], HELDOUT)
+        sas_statistics(np.zeros((1, 4, P)), np.zeros((1, 4, P)), np.ones(4), REMOVED[:0], ADDED[:0], HELDOUT)
+    with pytest.raises(ValueError):
+        sas_statistics(np.zeros((2, 4, P)), np.zeros((1, 4, P)), np.ones(4), REMOVED, ADDED, HELDOUT)
+
+
+def test_layout_positions_and_alignment() -> None:
+    layout = SwapLayout(replicas=3, n_train=2, n_heldout=3, m=2)
+    assert layout.total == 4 * 5 + 4 * 2 * 3
+    assert layout.segment_length(0) == 5 + 12 and layout.segment_start(2) == 17 + 9
+    flat = np.arange(layout.total, dtype=float)
+    perturbed, control, full = layout.aligned(flat)
+    assert perturbed.shape == control.shape == (3, 9)
+    np.testing.assert_array_equal(control[1, :5], flat[:5])  # shared points: the control's own
+    np.testing.assert_array_equal(control[1, 5:], flat[5 + 4 : 5 + 8])  # replica 2's swaps in the control
+    np.testing.assert_array_equal(perturbed[1], flat[26:35])
+    np.testing.assert_array_equal(layout.positions([2, 0]), np.r_[26:35, 0:17])

@@ -1,0 +1,505 @@
+"""``SASMonitor``: the one callback most users add."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import pytorch_lightning as pl
+
+from lightning_sas._compat import Callback
+from lightning_sas.callbacks._common import is_global_zero, run_directory, warn_once
+from lightning_sas.callbacks.base import FlushContext
+from lightning_sas.callbacks.loss_stream import LossStream
+from lightning_sas.callbacks.probe_losses import ProbeLosses
+from lightning_sas.callbacks.sas_replicas import SAS_KEYS, SASReplicas
+from lightning_sas.losses import PerSampleLoss
+from lightning_sas.callbacks.weight_snapshots import WeightSnapshots
+from lightning_sas.diagnostics import LOSS_KEYS, PROBE_KEYS, WEIGHT_KEYS, unavailable_reasons
+
+__all__ = ["SASMonitor"]
+
+#: an entry index never reached (no work scheduled)
+_NEVER = 1 << 62
+
+
+def _forget_our_hparams(logger: Any, ours: dict[str, Any]) -> None:
+    """Take our keys out of the hparams dicts a logger keeps for its ``hparams.yaml`` (the
+    TensorBoard and CSV loggers' own, and their experiment writer's)."""
+    for holder in (logger, vars(logger).get("_experiment")):
+        kept = getattr(holder, "hparams", None) if holder is not None else None
+        if isinstance(kept, dict):
+            for key in ours:
+                kept.pop(key, None)
+
+
+class SASMonitor(Callback):
+    """Late-phase training diagnostics for any LightningModule, unchanged.
+
+    Composes :class:`LossStream` (the loss of every step), :class:`WeightSnapshots` (norms,
+    distances, sketch) and :class:`ProbeLosses` (per-sample probe losses, ergodic gap), flushes
+    them together every ``flush_every`` stream entries (one host copy and one collective per
+    flush, nothing per step), logs the diagnostics to every Lightning logger (TensorBoard also gets
+    histograms, figures every ``figure_every`` flushes and a custom-scalars layout), writes the
+    streams to ``<log_dir>/sas`` (read them with ``lightning-sas report`` or
+    :func:`lightning_sas.store.read_run`) and returns the latest figures from :meth:`summary`.
+
+    Example::
+
+        trainer = pl.Trainer(callbacks=[SASMonitor()], logger=TensorBoardLogger("runs"))
+        trainer.fit(model, datamodule)
+        print(trainer.callbacks[0].summary()["iat"])
+
+    The settings come in groups. Each group is either the flat keywords below (short calls,
+    LightningCLI) or one configured part: ``loss_stream=LossStream(...)``,
+    ``weights=WeightSnapshots(...)``, ``probes=ProbeLosses(...)``, ``replicas=SASReplicas(...)``;
+    a part given together with a flat keyword of its group is an error naming both.
+
+    Args:
+        flush_every: stream entries (optimizer steps; batches in manual optimization) per flush,
+            for every part.
+
+        *The loss stream* (or ``loss_stream``):
+        window: raw loss values kept for the ACF, IAT, periodogram and Geweke z.
+        max_blocks: blocks of the bounded loss summary (MSER, time average, batch means).
+        late_phase_start: fixed late-phase start; None finds it with MSER at each flush.
+
+        *The weights* (or ``weights``):
+        snapshot_every, sketch_every, sketch_dim, max_layers, layer_filter, track_init, track_ergodic_mean:
+            see :class:`WeightSnapshots`.
+
+        *The probes and the ergodic gap* (or ``probes``):
+        probe_every, num_train_probes, num_test_probes, probe_batch_size:
+            see :class:`ProbeLosses` (``num_train_probes=0`` switches probes off).
+        loss_fn: per-sample loss ``(module, batch) -> Tensor[B]`` or its import path, for the
+            probes and the replicas (default: the module's ``sas_per_sample_loss`` or inferred).
+
+        *The SAS estimate* (or ``replicas=SASReplicas(...)``):
+        replicas: ``K`` perturbed replicas for the in-run SAS estimate (0: off), or a configured
+            :class:`SASReplicas`.
+        swaps, fork_at, replica_sampler, holdout_fraction, replica_path: passed to
+            :class:`SASReplicas` (``replica_sampler`` is its ``sampler``, ``replica_path`` its
+            ``path``); ``swaps`` is ``m``, the samples each replica swaps (``"auto"``: the
+            default from the bias study, about 1 % of the data at most).
+
+        *What is written where*:
+        figure_every: flushes between TensorBoard figures (0: never).
+        figure_budget: largest share of wall time the live figures may take (default 0.005);
+            a due figure set waits until it fits (:class:`~lightning_sas.loggers.FigureSchedule`;
+            0: the cadence alone). ``lightning-sas report`` draws every figure offline.
+        histograms: log histograms of time-averaged probe losses and per-layer update sizes.
+        histogram_every: flushes between TensorBoard histograms (and at the last flush; 0: none);
+            a histogram costs about a millisecond each.
+        store: where the streams go: ``True`` (default) ``<log_dir>/sas`` of the first logger
+            with a log directory (nothing is written without one: ``logger=False``,
+            ``fast_dev_run``), a path (that directory, logger or not), or ``False`` (nothing
+            written; the summary lives in memory).
+        progress_bar: show the running SAS estimate (``sas``), IAT (``sas_iat``) and ergodic
+            gap (``sas_gap``) in Lightning's progress bar, updated at every flush.
+
+        seed: the one seed of all randomness (probe choice, sketch, split, swaps, sampler).
+        loss_stream, weights, probes: configured parts, instead of their groups' keywords.
+    """
+
+    #: each group's flat keywords, and the part that can be given instead
+    GROUPS: dict[str, tuple[str, ...]] = {
+        "loss_stream": ("window", "max_blocks", "late_phase_start"),
+        "weights": ("snapshot_every", "sketch_every", "sketch_dim", "max_layers", "layer_filter", "track_init",
+                    "track_ergodic_mean"),
+        "probes": ("probe_every", "num_train_probes", "num_test_probes", "probe_batch_size"),
+        "replicas": ("swaps", "fork_at", "replica_sampler", "holdout_fraction", "replica_path"),
+    }
+
+    def __init__(
+        self,
+        flush_every: int = 200,
+        window: int = 4096,
+        max_blocks: int = 256,
+        late_phase_start: int | None = None,
+        snapshot_every: int = 50,
+        sketch_every: int = 100,
+        sketch_dim: int = 32,
+        max_layers: int = 16,
+        layer_filter: str | None = None,
+        track_init: bool = True,
+        track_ergodic_mean: bool = True,
+        probe_every: int = 100,
+        num_train_probes: int = 256,
+        num_test_probes: int = 256,
+        probe_batch_size: int = 256,
+        loss_fn: PerSampleLoss | str | None = None,
+        figure_every: int = 5,
+        figure_budget: float = 0.005,
+        histograms: bool = True,
+        store: "bool | str" = True,
+        replicas: "int | SASReplicas" = 0,
+        fork_at: str | int = "start",
+        replica_sampler: str = "common",
+        holdout_fraction: float = 0.1,
+        replica_path: str = "auto",
+        progress_bar: bool = False,
+        seed: int = 0,
+        swaps: int | str = "auto",
+        loss_stream: LossStream | None = None,
+        weights: WeightSnapshots | None = None,
+        probes: ProbeLosses | None = None,
+        histogram_every: int = 5,
+    ) -> None:
+        from lightning_sas.loggers.figure_schedule import FigureSchedule
+
+        given = dict(locals())
+        self._check_groups(given)
+        self.figure_schedule = FigureSchedule(figure_every, figure_budget)
+        self.loss_stream = loss_stream or LossStream(
+            flush_every=flush_every, window=window, max_blocks=max_blocks, late_phase_start=late_phase_start
+        )
+        self.weights = weights or WeightSnapshots(
+            snapshot_every=snapshot_every,
+            sketch_every=sketch_every,
+            sketch_dim=sketch_dim,
+            flush_every=flush_every,
+            track_init=track_init,
+            track_ergodic_mean=track_ergodic_mean,
+            max_layers=max_layers,
+            layer_filter=layer_filter,
+            seed=seed,
+        )
+        self.probes = probes or ProbeLosses(
+            probe_every=probe_every,
+            num_train_probes=num_train_probes,
+            num_test_probes=num_test_probes,
+            probe_batch_size=probe_batch_size,
+            loss_fn=loss_fn,
+            flush_every=flush_every,
+            seed=seed,
+        )
+        if not isinstance(store, (bool, str, os.PathLike)):
+            raise ValueError(f"store must be True, False or a directory path, got {store!r}")
+        if isinstance(replicas, SASReplicas):
+            self.replicas: SASReplicas | None = replicas
+        elif isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 0:
+            raise ValueError(f"replicas must be 0 (off), an integer K >= 1 or a SASReplicas, got {replicas!r}")
+        elif replicas > 0:
+            self.replicas = SASReplicas(
+                replicas=replicas,
+                swaps=swaps,
+                fork_at=fork_at,
+                sampler=replica_sampler,
+                holdout_fraction=holdout_fraction,
+                loss_fn=loss_fn,
+                path=replica_path,
+                flush_every=flush_every,
+                seed=seed,
+            )
+        else:
+            self.replicas = None
+        for part in self.parts:
+            part.owned = True
+            part.flush_every = flush_every  # the monitor flushes every part together
+        self.flush_every = flush_every
+        self.progress_bar = progress_bar
+        if not isinstance(histogram_every, int) or isinstance(histogram_every, bool) or histogram_every < 0:
+            raise ValueError(f"histogram_every must be a non-negative integer (0: no histograms), got {histogram_every!r}")
+        self.histograms = histograms
+        self.histogram_every = histogram_every
+        self.store = store
+        self.seed = seed
+        self._writer: Any = None
+        self._flushes = 0
+        self._summary: dict[str, Any] = dict.fromkeys(self._keys())
+        #: the next entries with work due (set by ``_schedule`` at ``on_train_start``)
+        self._weights_due: int | None = None
+        self._probes_due: int | None = None
+        self._due = self._flush_due = 0
+        self._restored_step: int | None = None
+        self._layout_written = False
+
+    @classmethod
+    def _check_groups(cls, given: dict[str, Any]) -> None:
+        """A configured part together with a flat keyword of its group is ambiguous: one error
+        naming both (LightningCLI passes every default, so only non-default values count)."""
+        import inspect
+
+        defaults = {k: p.default for k, p in inspect.signature(cls.__init__).parameters.items()}
+        for part, keywords in cls.GROUPS.items():
+            value = given.get(part)
+            if part == "replicas":
+                if not isinstance(value, SASReplicas):
+                    continue
+            elif value is None:
+                continue
+            clashing = [k for k in keywords if given.get(k) != defaults.get(k)]
+            if clashing:
+                raise ValueError(f"SASMonitor: {part}= is a configured {type(value).__name__}, so {', '.join(clashing)} "
+                                 f"must be set on it (or drop {part}=)")
+
+    @property
+    def parts(self) -> tuple[Any, ...]:
+        parts: tuple[Any, ...] = (self.loss_stream, self.weights, self.probes)
+        return parts + ((self.replicas,) if self.replicas is not None else ())
+
+    @property
+    def state_key(self) -> str:
+        return "SASMonitor"
+
+    def config(self) -> dict[str, Any]:
+        """Every setting that shapes the statistics (stored in the run's meta and as hparams)."""
+        cfg: dict[str, Any] = {}
+        for part in self.parts:
+            cfg.update(part.config())
+        cfg.update({"figure_every": self.figure_every, "figure_budget": self.figure_budget, "seed": self.seed})
+        return cfg
+
+    @property
+    def figure_every(self) -> int:
+        """Flushes between live figure sets (0: none); held by :attr:`figure_schedule`."""
+        return self.figure_schedule.every
+
+    @property
+    def figure_budget(self) -> float:
+        """Largest share of wall time the live figures may take; held by :attr:`figure_schedule`."""
+        return self.figure_schedule.budget
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def setup(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:
+        if stage != "fit":
+            return
+        self._hook_hparams(trainer)
+
+    def _hook_hparams(self, trainer: "pl.Trainer") -> None:
+        """Merge our settings into the single hparams call Lightning makes after ``setup``
+        (TensorBoard keeps only the first hparams session of a run).
+
+        The merge is a wrapper set on the logger instance for that one call: it removes itself
+        when called (and :meth:`_unhook_hparams` removes it at ``on_train_start`` if Lightning
+        never called it), so after ``fit`` the logger and the trainer pickle as before. Our keys go
+        to the hparams session only: they are taken out of the hparams the logger keeps for its
+        ``hparams.yaml`` (which ``load_from_checkpoint(hparams_file=...)`` passes to the model)."""
+        ours = {f"sas/{k}": v for k, v in self.config().items() if isinstance(v, (int, float, str, bool))}
+        for logger in getattr(trainer, "loggers", []) or []:
+            if "log_hyperparams" in vars(logger) or not hasattr(logger, "log_hyperparams"):
+                continue  # already wrapped (by us or by someone else): leave it alone
+            original = logger.log_hyperparams
+
+            def merged(params: Any, *args: Any, _original: Any = original, _logger: Any = logger, **kwargs: Any) -> Any:
+                vars(_logger).pop("log_hyperparams", None)
+                try:
+                    from lightning_fabric.utilities.logger import _convert_params
+
+                    params = dict(_convert_params(params) or {})
+                except Exception:
+                    params = dict(params or {})
+                try:
+                    return _original({**params, **ours}, *args, **kwargs)
+                finally:
+                    _forget_our_hparams(_logger, ours)
+
+            merged._sas_merged_for = self  # type: ignore[attr-defined]
+            logger.log_hyperparams = merged  # type: ignore[method-assign]
+
+    def _unhook_hparams(self, trainer: "pl.Trainer") -> None:
+        """Remove a merge wrapper of ours that Lightning did not call."""
+        for logger in getattr(trainer, "loggers", []) or []:
+            wrapper = vars(logger).get("log_hyperparams") if hasattr(logger, "__dict__") else None
+            if getattr(wrapper, "_sas_merged_for", None) is self:
+                vars(logger).pop("log_hyperparams", None)
+
+    def on_train_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        self._unhook_hparams(trainer)
+        self.figure_schedule.start()
+        self.loss_stream.start(trainer, pl_module)
+        self.weights.attach(pl_module)
+        self.probes.heldout_elsewhere = self.replicas is not None
+        if self.probes.num_train_probes > 0:
+            self.probes.attach(trainer, pl_module)
+        else:
+            self.probes.enabled = False
+            self.probes.unavailable = {k: "probe losses are off (num_train_probes=0)" for k in PROBE_KEYS}
+        if self.replicas is not None:
+            self.replicas.attach(trainer, pl_module)
+        self._schedule(self.loss_stream.current_index)
+        if is_global_zero(trainer):
+            directory = run_directory(trainer, self.store) if self.store else None
+            if directory is not None and self._writer is None:
+                from lightning_sas.store import RunWriter
+
+                self._writer = RunWriter(directory, config=self.config())
+                self._writer.update_meta(
+                    probe_num_train=int(len(self.probes.train_indices)),
+                    probe_num_test=int(len(self.probes.test_indices)),
+                    probe_train_indices=[int(i) for i in self.probes.train_indices],
+                    probe_test_indices=[int(i) for i in self.probes.test_indices],
+                    ergodic_gap_source=self.probes.ergodic_gap_source,
+                    probe_num_swap=int(len(self.probes.swap_indices)),
+                    plan_run=self.probes.plan_run,
+                    plan_swaps=self.probes.plan_swaps,
+                    automatic_optimization=bool(pl_module.automatic_optimization),
+                    layer_names=self.weights.layer_names,
+                )
+                if self._restored_step is not None:
+                    self._writer.truncate_after(self._restored_step)
+            if not self._layout_written:
+                from lightning_sas.loggers.export import write_layout
+
+                write_layout(trainer)
+                self._layout_written = True
+
+    # -- hot path -----------------------------------------------------------------------
+    def _schedule(self, index: int) -> None:
+        """The entries at or after ``index`` with work due: the next weight snapshot, probe
+        evaluation and flush (each part's cadence method decides; see ``next_due``)."""
+        self._weights_due = self.weights.next_due(index)
+        self._probes_due = self.probes.next_due(index)
+        self._due = min((d for d in (self._weights_due, self._probes_due) if d is not None), default=_NEVER)
+        self._flush_due = self.next_flush(index)
+
+    def next_flush(self, index: int) -> int:
+        """The first entry at or after ``index`` after which the monitor flushes (from
+        ``flush_every`` unless :meth:`should_flush` is overridden)."""
+        if type(self).should_flush is not SASMonitor.should_flush:
+            return index
+        return -(-(index + 1) // self.flush_every) * self.flush_every - 1
+
+    def on_before_optimizer_step(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", optimizer: Any) -> None:
+        if self.loss_stream.current_index == self._weights_due:
+            self.weights.capture(self._weights_due)
+
+    def on_train_batch_end(
+        self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        """Every batch: the loss reference; an entry with nothing due costs an integer compare."""
+        stream = self.loss_stream
+        if not stream.record(trainer, pl_module, outputs, batch_idx):
+            return  # a micro-batch of an accumulated step
+        index = stream._pending_steps[-1]
+        if self.replicas is not None:
+            self.replicas.step(trainer, pl_module, index, batch_idx)
+        if index >= self._due:
+            if index == self._weights_due:
+                self.weights.snapshot(index)
+            if index == self._probes_due:
+                self.probes.probe(trainer, pl_module, index)
+            self._schedule(index + 1)
+        if index >= self._flush_due:
+            if self.should_flush(index):
+                self.flush(trainer, pl_module)
+                if self.progress_bar:
+                    self._show_in_progress_bar(pl_module)
+            self._flush_due = self.next_flush(index + 1)
+
+    #: summary keys shown in the progress bar with ``progress_bar=True`` (name shown, key)
+    PROGRESS_BAR_KEYS = (("sas", "sas_max"), ("sas_iat", "iat"), ("sas_gap", "ergodic_gap"))
+
+    def _show_in_progress_bar(self, pl_module: "pl.LightningModule") -> None:
+        """Put the running SAS estimate, IAT and ergodic gap in Lightning's progress bar (host
+        floats from the last flush; not sent to the loggers)."""
+        for name, key in self.PROGRESS_BAR_KEYS:
+            value = self._summary.get(key)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                pl_module.log(name, float(value), prog_bar=True, logger=False, on_step=True, on_epoch=False)
+
+    def on_train_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        if self.loss_stream.pending or self._flushes == 0:
+            self.flush(trainer, pl_module, final=True)
+        if self._writer is not None:
+            self._writer.write_summary(self._json_summary(), durable=True)  # survives a power loss
+            self._writer.close()
+            self._writer = None
+
+    def teardown(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:
+        self._unhook_hparams(trainer)
+
+    def should_flush(self, index: int) -> bool:
+        """Flush after stream entry ``index``? Default: every ``flush_every`` entries."""
+        return (index + 1) % self.flush_every == 0
+
+    # -- flush ----------------------------------------------------------------------------
+    def flush(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", final: bool = False) -> dict[str, Any]:
+        """Reduce, summarise, log and store everything recorded since the last flush.
+
+        Runs on every rank (it may use collectives); only rank 0 logs and writes. TensorBoard
+        histograms go out every ``histogram_every`` flushes and at the last one (``final``).
+        """
+        ctx = FlushContext(trainer, pl_module, int(trainer.global_step), self._writer)
+        self.loss_stream.flush(ctx)
+        self.weights.flush(ctx)
+        self.probes.flush(ctx)
+        if self.replicas is not None:
+            self.replicas.flush(ctx)
+        self._flushes += 1
+        summary = {**dict.fromkeys(self._keys()), **ctx.summary}
+        summary["unavailable"] = unavailable_reasons(summary, ctx.unavailable)
+        self._summary = summary
+        if is_global_zero(trainer):
+            from lightning_sas.loggers.export import export_flush
+
+            every = self.histogram_every
+            histograms = bool(self.histograms and every and (final or (self._flushes - 1) % every == 0))
+            figures = self.figure_schedule.due()
+            started = time.perf_counter() if figures else 0.0  # no clock read when nothing is drawn
+            export_flush(trainer, ctx, figures=figures, histograms=histograms)
+            if figures:
+                self.figure_schedule.drawn(time.perf_counter() - started)
+            if self._writer is not None:
+                self._writer.write_summary(self._json_summary())
+        return self.summary()
+
+    def _keys(self) -> tuple[str, ...]:
+        keys = LOSS_KEYS + WEIGHT_KEYS + PROBE_KEYS
+        return keys + (SAS_KEYS if self.replicas is not None else ())
+
+    def on_train_epoch_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        if self.replicas is not None:
+            self.replicas.on_train_epoch_end(trainer, pl_module)
+
+    def _json_summary(self) -> dict[str, Any]:
+        return {k: v for k, v in self._summary.items() if isinstance(v, (int, float, str, bool, dict)) or v is None}
+
+    def summary(self) -> dict[str, Any]:
+        """The diagnostics as of the last flush, as plain host values (None where not computable).
+
+        Keys: ``late_phase_start``, ``late_phase_found``, ``loss_mean``, ``loss_se``, ``loss_std``,
+        ``iat``, ``ess``, ``dominant_period``, ``power_fraction``, ``geweke_z``, ``stationary``,
+        ``lr``, ``lr_constant_in_late_phase``, ``nonfinite_losses``, ``steps``, ``weight_norm``,
+        ``update_size``, ``distance_from_init``, ``distance_to_ergodic_mean``,
+        ``ergodic_mean_start``, ``grad_norm``, ``ergodic_gap``, ``ergodic_gap_se``,
+        ``ergodic_gap_source``, ``probe_train_loss``, ``probe_test_loss``,
+        ``nonfinite_probe_losses`` and ``layers`` (per-layer norms). With replicas also the SAS
+        keys (``sas_max``, ``sas_mean``, ``sas_replaced``, ``stability_gap``, each with ``_se``,
+        ``_null`` and ``_resolved``; ``sas_resolved``, ``sas_converged``, ``paper_coefficient``,
+        ...; see :class:`SASReplicas`), and ``ergodic_gap`` then comes from the control replica
+        on the held-out split (``ergodic_gap_validation`` keeps the validation-set figure).
+        """
+        return dict(self._summary)
+
+    # -- state ----------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "format": 1,
+            "flushes": self._flushes,
+            "loss_stream": self.loss_stream.state_dict(),
+            "weights": self.weights.state_dict(),
+            "probes": self.probes.state_dict(),
+            "replicas": None if self.replicas is None else self.replicas.state_dict(),
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._flushes = int(state_dict.get("flushes", 0))
+        self.loss_stream.load_state_dict(state_dict["loss_stream"])
+        self.weights.load_state_dict(state_dict["weights"])
+        self.probes.load_state_dict(state_dict["probes"])
+        if self.replicas is not None and state_dict.get("replicas") is not None:
+            self.replicas.load_state_dict(state_dict["replicas"])
+        steps = state_dict["loss_stream"]["window_steps"]
+        self._restored_step = int(steps[-1]) if len(steps) else -1
+
+    def on_load_checkpoint(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", checkpoint: dict[str, Any]) -> None:
+        states = checkpoint.get("callbacks") or {}
+        if self.state_key not in states:
+            warn_once(
+                self,
+                "nostate",
+                "SASMonitor: the checkpoint has no SASMonitor state (saved without it or by an older version); "
+                "the diagnostics restart from this step.",
+            )

@@ -1,0 +1,330 @@
+"""``ProbeLosses``: per-sample losses on fixed probe sets, time-averaged over the late phase."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch import Tensor
+
+from lightning_sas.callbacks._common import device_float_dtype, prepare_batch, resolve_callable, warn_once
+from lightning_sas.callbacks.base import FlushContext, StreamCallback
+from lightning_sas.data.loaders import SampleSource, training_source, validation_source
+from lightning_sas.isolation import observed
+from lightning_sas.losses import PerSampleLoss, per_sample_loss
+from lightning_sas.metrics import ErgodicGap, TimeAverage
+
+__all__ = ["ProbeLosses"]
+
+class ProbeLosses(StreamCallback):
+    r"""Per-sample losses on fixed probe sets every ``probe_every`` stream entries.
+
+    Probe sets (seeded, chosen once at ``on_train_start``): ``num_train_probes`` samples of the
+    training set ``P_train`` and ``num_test_probes`` samples of the validation set ``P_test``,
+    wherever Lightning keeps it (validation every N epochs or K steps, several loaders, a
+    DataModule whose loaders are built in ``setup()``: see
+    :func:`~lightning_sas.data.loaders.validation_source`); iterable datasets are read once into
+    a pool. Their losses are computed as an observer (:func:`~lightning_sas.isolation.observed`:
+    eval mode, ``no_grad``, every global generator forked, module modes restored; the loaders'
+    own ``collate_fn`` is called only for samples ``default_collate`` cannot batch) with, in order
+    of preference, the module's ``sas_per_sample_loss(batch)``, the ``loss_fn(module, batch)``
+    argument (a callable or an import path), or :func:`infer_per_sample_loss`. They feed a
+    :class:`~lightning_sas.metrics.ErgodicGap` metric, which gives the late-phase time average per
+    probe point and the ergodic generalization gap
+
+    .. math:: \mathrm{gap} = \langle l \rangle_{P_\mathrm{test}} - \langle l \rangle_{P_\mathrm{train}} .
+
+    Without replicas ``P_test`` comes from the validation set (``ergodic_gap_source`` says so);
+    without validation data only training probes are kept, ``ergodic_gap`` is left out and the
+    reason goes to ``summary()["unavailable"]`` (with one warning). Under DDP every rank
+    evaluates every ``world_size``-th probe point and the metric states are summed at flush.
+    """
+
+    def __init__(
+        self,
+        probe_every: int = 100,
+        num_train_probes: int = 256,
+        num_test_probes: int = 256,
+        probe_batch_size: int = 256,
+        loss_fn: PerSampleLoss | str | None = None,
+        flush_every: int = 200,
+        max_blocks: int = 128,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(flush_every=flush_every)
+        for name, value in (("probe_every", probe_every), ("probe_batch_size", probe_batch_size)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        for name, value in (("num_train_probes", num_train_probes), ("num_test_probes", num_test_probes)):
+            if not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+        self.probe_every = probe_every
+        self.num_train_probes = num_train_probes
+        self.num_test_probes = num_test_probes
+        self.probe_batch_size = probe_batch_size
+        self.loss_fn = resolve_callable(loss_fn, "loss_fn")
+        self.max_blocks = max_blocks
+        self.seed = seed
+        #: set by ``SASMonitor`` when replicas measure the gap on a held-out split instead
+        self.heldout_elsewhere = False
+        self._reset_state()
+
+    def _reset_state(self) -> None:
+        self.enabled = True
+        self.metric: TimeAverage | None = None
+        self.train_indices = np.zeros(0, dtype=np.int64)
+        self.test_indices = np.zeros(0, dtype=np.int64)
+        self._batches: list[Any] = []
+        self._owned_mask: Tensor | None = None
+        self._rows: Tensor | None = None
+        self._row_steps: list[int] = []
+        self._batches_seen = 0
+        self._index = 0
+        self._last: dict[str, Any] = {}
+        self._restored: dict[str, Any] | None = None
+        self.ergodic_gap_source: str | None = None
+        #: summary keys this part cannot give, with the reason (shown in the summary and status)
+        self.unavailable: dict[str, str] = {}
+        self.pool_note: str | None = None
+        #: a multi-run plan's swapped samples (every run's removed, then every run's added), probed
+        #: by every run so that ``lightning-sas compare`` can form the stability gap
+        self.swap_indices = np.zeros(0, dtype=np.int64)
+        self.plan_swaps: list[list[tuple[int, int]]] | None = None
+        self.plan_run: int | None = None
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "probe_every": self.probe_every,
+            "num_train_probes": self.num_train_probes,
+            "num_test_probes": self.num_test_probes,
+            "probe_max_blocks": self.max_blocks,
+            "seed": self.seed,
+        }
+
+    def should_probe(self, index: int) -> bool:
+        """Evaluate the probes at stream entry ``index``? Default: every ``probe_every``."""
+        return index % self.probe_every == 0
+
+    def next_due(self, index: int) -> int | None:
+        """The first entry at or after ``index`` with a probe evaluation (None: probes off).
+        Computed from ``probe_every`` unless :meth:`should_probe` is overridden."""
+        if not self.enabled or self.metric is None:
+            return None
+        if type(self).should_probe is not ProbeLosses.should_probe:
+            return index
+        return -(-index // self.probe_every) * self.probe_every
+
+    # -- setup ----------------------------------------------------------------------------
+    def on_train_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        self.attach(trainer, pl_module)
+
+    def attach(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        """Choose the probe sets, collate them once on the training device, and dry-run the loss
+        (all as an observer: forked generators, eval mode, the loaders' iterators untouched)."""
+        self.unavailable = {}
+        if self.num_train_probes == 0:
+            self._disable("num_train_probes=0", warn=False)
+            return
+        train = training_source(trainer)
+        if train is None or len(train) == 0:
+            self._disable("the run has no training dataset to draw probe samples from")
+            return
+        heldout, where = (None, "num_test_probes=0") if self.num_test_probes == 0 else validation_source(trainer)
+        if heldout is not None and len(heldout) == 0:
+            heldout, where = None, "the validation dataset is empty"
+        plan_data = self._plan_dataset(train.dataset)
+        if plan_data is not None:  # every run of a multi-run plan probes the same points of S
+            train = SampleSource.of(train.loader, plan_data.dataset)
+        rng = np.random.default_rng(self.seed)
+        self.train_indices = np.sort(rng.choice(len(train), size=min(self.num_train_probes, len(train)), replace=False))
+        if heldout is not None:
+            self.test_indices = np.sort(rng.choice(len(heldout), size=min(self.num_test_probes, len(heldout)), replace=False))
+            self.ergodic_gap_source = where
+        else:
+            self.test_indices = np.zeros(0, dtype=np.int64)
+            no_heldout = f"no held-out data for the ergodic gap ({where})"
+        pooled = [src for src in (train, heldout) if src is not None and src.pooled]
+        if pooled:
+            self.pool_note = "probe samples of iterable data come from a pool read once at the start"
+        groups = [(train, self.train_indices)] + ([(heldout, self.test_indices)] if heldout is not None else [])
+        if plan_data is not None and heldout is not None:
+            swaps = [[(int(i), int(j)) for i, j in run["replace"].items()] for run in plan_data.plan["runs"][1:]]
+            self.plan_swaps = swaps
+            self.plan_run = plan_data.run
+            self.swap_indices = np.asarray([i for run in swaps for i, _ in run] + [j for run in swaps for _, j in run],
+                                           dtype=np.int64)
+            groups.append((SampleSource.of(train.loader, plan_data.base), self.swap_indices))
+        try:
+            self._batches = [
+                prepare_batch(trainer, source.collate(source.samples(indices[i : i + self.probe_batch_size])), pl_module.device)
+                for source, indices in groups
+                for i in range(0, len(indices), self.probe_batch_size)
+            ]
+        except Exception as err:  # samples that cannot be batched: probes off, training goes on
+            self._disable(f"the probe samples could not be batched ({type(err).__name__}: {err})")
+            return
+        self._activate(trainer, pl_module, len(self.train_indices), len(self.test_indices), len(self.swap_indices))
+        if heldout is None and self.enabled:
+            for key in ("ergodic_gap", "ergodic_gap_se", "probe_test_loss"):
+                self.unavailable[key] = no_heldout
+            if not self.heldout_elsewhere and self.num_test_probes > 0:
+                warn_once(self, "noheldout", f"ProbeLosses: {no_heldout}; ergodic_gap is left out. Give the Trainer "
+                          "validation data (val_dataloaders, or a val_dataloader() with a validation_step), or use "
+                          "SASMonitor(replicas=K), whose control replica measures the gap on holdout_fraction of the "
+                          "training data.")
+
+    @staticmethod
+    def _plan_dataset(dataset: Any) -> Any:
+        """The training set when it is a run of a multi-run plan
+        (:meth:`~lightning_sas.data.NeighbouringDataset.from_plan`), else None."""
+        return dataset if getattr(dataset, "plan", None) is not None and getattr(dataset, "base", None) is not None else None
+
+    def _activate(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", num_train: int, num_test: int,
+                  num_extra: int = 0) -> None:
+        """Dry-run the per-sample loss on the probe batches and set up the metric and buffers."""
+        try:
+            first = self.evaluate(trainer, pl_module, self._batches[:1])
+        except Exception as err:  # a probe that cannot run is skipped, training goes on
+            self._disable(f"the per-sample loss failed on a probe batch ({type(err).__name__}: {err})")
+            return
+        expected = min(self.probe_batch_size, num_train)
+        if first.ndim != 1 or first.shape[0] != expected:
+            self._disable(f"the per-sample loss returned shape {tuple(first.shape)}, expected ({expected},)")
+            return
+        device = pl_module.device
+        total = num_train + num_test + num_extra
+        self.metric = (ErgodicGap(num_train, num_test, max_blocks=self.max_blocks, num_extra=num_extra) if num_test else
+                       TimeAverage(total, max_blocks=self.max_blocks)).to(device)
+        self.metric.num_train = num_train  # type: ignore[attr-defined]
+        world, rank = int(getattr(trainer, "world_size", 1)), int(getattr(trainer, "global_rank", 0))
+        owned = torch.zeros(total, dtype=torch.bool)
+        owned[rank::world] = True
+        self._owned_mask = owned.to(device)
+        rows = self.flush_every // self.probe_every + 2
+        self._rows = torch.zeros((rows, total), dtype=device_float_dtype(device), device=device)
+        if self._restored is not None:
+            self._apply_restored(self._restored)
+            self._restored = None
+
+    def _disable(self, reason: str, warn: bool = True) -> None:
+        self.enabled = False
+        for key in ("ergodic_gap", "ergodic_gap_se", "probe_train_loss", "probe_test_loss", "nonfinite_probe_losses"):
+            self.unavailable.setdefault(key, f"probe losses are off: {reason}")
+        if warn:
+            warn_once(self, "disabled", f"ProbeLosses: {reason}; probe losses and the ergodic gap are skipped, the rest keeps working.")
+
+    def _per_sample(self, pl_module: "pl.LightningModule", batch: Any) -> Tensor:
+        return per_sample_loss(pl_module, batch, self.loss_fn)
+
+    def evaluate(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", batches: list[Any] | None = None) -> Tensor:
+        """Per-sample losses of the whole probe vector (NaN for points another rank owns), as an
+        observer (:func:`~lightning_sas.isolation.observed`)."""
+        with observed(pl_module, trainer):
+            parts = [self._per_sample(pl_module, b).detach().to(torch.float64) for b in (self._batches if batches is None else batches)]
+        return torch.cat(parts)
+
+    # -- hot path (only at probe steps) ---------------------------------------------------
+    def on_train_batch_end(
+        self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        self.record(trainer, pl_module)
+        if not self.owned and self._row_steps and self.should_flush(self._index):
+            self._standalone_flush(trainer, pl_module, trainer.global_step)
+
+    def record(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        self._batches_seen += 1
+        if not self.enabled or self.metric is None:
+            return
+        stepped = (not pl_module.automatic_optimization) or trainer.global_step > self._index
+        if stepped and self.should_probe(self._index):
+            self.probe(trainer, pl_module, self._index)
+
+    def probe(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", index: int) -> None:
+        """Evaluate the probe losses at entry ``index`` (after its optimizer step)."""
+        self._index = index
+        if not self.enabled or self.metric is None:
+            return
+        try:
+            values = self.evaluate(trainer, pl_module)
+        except Exception as err:
+            self._disable(f"the per-sample loss failed during training ({type(err).__name__}: {err})")
+            return
+        self.metric.update(values, index, weight=self._owned_mask)
+        assert self._rows is not None
+        slot = len(self._row_steps)
+        if slot >= self._rows.shape[0]:
+            self._rows = torch.cat([self._rows, torch.zeros_like(self._rows)])
+        self._rows[slot].copy_(values)
+        self._row_steps.append(index)
+
+    # -- flush ----------------------------------------------------------------------------
+    def flush(self, ctx: FlushContext) -> None:
+        ctx.unavailable.update(self.unavailable)
+        if not self.enabled or self.metric is None:
+            return
+        metric = self.metric
+        n = len(self._row_steps)
+        world = int(getattr(ctx.trainer, "world_size", 1))
+        if n and self._rows is not None:
+            rows = self._rows[:n]
+            if world > 1:  # each rank holds its own points, zero elsewhere: sum them
+                masked = torch.where(self._owned_mask, rows, torch.zeros((), dtype=rows.dtype, device=rows.device))
+                rows = ctx.trainer.strategy.reduce(masked, reduce_op="sum")
+            host = rows.cpu().numpy().astype(np.float64)  # sync-ok: once per flush
+            if ctx.writer is not None:
+                ctx.writer.append("probes", {"step": np.asarray(self._row_steps, dtype=np.int64), "losses": host})
+            self._row_steps = []
+        metric.start_step = ctx.late_phase_start if ctx.late_phase_found else None
+        with metric.synced():
+            nonfinite = int(metric.nonfinite.sum())  # sync-ok: flush time
+            per_point = metric.per_point_average().cpu().numpy()  # sync-ok
+            if isinstance(metric, ErgodicGap):
+                gap = metric.gap_with_se()
+            else:
+                gap = None
+        num_train = int(getattr(metric, "num_train", metric.num_points))
+        self._last = {
+            "nonfinite_probe_losses": nonfinite,
+            "probe_train_loss": float(per_point[:num_train].mean()) if num_train else None,
+        }
+        if gap is not None:
+            self._last.update(
+                {
+                    "ergodic_gap": gap["gap"],
+                    "ergodic_gap_se": gap["gap_se"],
+                    "probe_train_loss": gap["train_loss"],
+                    "probe_test_loss": gap["test_loss"],
+                    "ergodic_gap_source": self.ergodic_gap_source,
+                }
+            )
+            ctx.histograms["probes/time_avg_loss_test"] = per_point[num_train:]
+        ctx.histograms["probes/time_avg_loss_train"] = per_point[:num_train]
+        ctx.summary.update(self._last)
+
+    # -- state ----------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        state: dict[str, Any] = {
+            "config": self.config(),
+            "batches_seen": self._batches_seen,
+            "train_indices": torch.from_numpy(self.train_indices.astype(np.int64)),
+            "test_indices": torch.from_numpy(self.test_indices.astype(np.int64)),
+        }
+        if self.metric is not None:
+            state["metric"] = self.metric.checkpoint_state()
+            n = len(self._row_steps)
+            if n and self._rows is not None:
+                state["pending_rows"] = self._rows[:n].detach().cpu().clone()  # sync-ok
+                state["pending_steps"] = list(self._row_steps)
+        return state
+
+    def _apply_restored(self, state: dict[str, Any]) -> None:
+        assert self.metric is not None and self._rows is not None
+        if "metric" in state and not self.metric.load_checkpoint_state(state["metric"]):
+            warn_once(self, "shape", "ProbeLosses: the checkpoint's probe set differs in size; probe statistics restart.")
+            return
+        if "pending_rows" in state:
+            n = len(state["pending_steps"])
+            self._rows[:n].copy_(state["pending_rows"].to(self._rows.device))
+            self._row_steps = [int(s) for s in state["pending_steps"]]

@@ -1,0 +1,351 @@
+r"""Statistical algorithmic stability (SAS) from replica time averages (pure numpy, float64).
+
+Chandramoorthy, Loukas, Gatmiry and Jegelka, "On the generalization of learning algorithms that
+do not converge", NeurIPS 2022 (arXiv 2208.07951). With replica 0 the control (trained on ``S``)
+and replica ``k`` trained on ``S^(k)`` (``S`` with ``m`` samples swapped), and time averages
+:math:`\langle l_r(z) \rangle` over the late phase,
+
+.. math:: d_k(z) = \langle l_k(z)\rangle - \langle l_0(z)\rangle .
+
+Replica ``k`` swaps ``m`` samples ``I_k`` of ``S`` for ``m`` held-out samples ``Z'_k``. Inputs are
+block means of replica ``k`` and of the control at replica ``k``'s probe points (``R = K``
+aligned pairs, ``B`` contiguous time blocks of ``c_b`` probe evaluations each, ``P`` probe
+points), so the time average is
+:math:`\langle l(z)\rangle = \sum_b c_b m[b,z] / \sum_b c_b` and the difference series
+``D[k, b, z]`` (replica minus control) gives temporal standard errors by batch means.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import numpy as np
+
+__all__ = [
+    "sas_statistics",
+    "estimate_by_window",
+    "forgetting_curve",
+    "paper_coefficient",
+    "mean_pairwise_abs_difference",
+    "least_squares_sas",
+    "time_average",
+    "student_t_975",
+]
+
+_HALF_NORMAL_MEAN = math.sqrt(2.0 / math.pi)
+
+#: two-sided 95 % critical values of Student's t, ``t_{0.975, dof}`` for dof = 1..30
+_T_975 = (
+    12.7062, 4.3027, 3.1824, 2.7764, 2.5706, 2.4469, 2.3646, 2.3060, 2.2622, 2.2281,
+    2.2010, 2.1788, 2.1604, 2.1448, 2.1314, 2.1199, 2.1098, 2.1009, 2.0930, 2.0860,
+    2.0796, 2.0739, 2.0687, 2.0639, 2.0595, 2.0555, 2.0518, 2.0484, 2.0452, 2.0423,
+)
+
+
+def student_t_975(dof: int | float) -> float:
+    r"""Two-sided 95 % critical value :math:`t_{0.975,\nu}` of Student's t with ``dof`` degrees
+    of freedom: a table for :math:`\nu \le 30`, above it the Cornish-Fisher expansion
+    :math:`z + (z^3 + z)/(4\nu) + (5z^5 + 16z^3 + 3z)/(96\nu^2)` with :math:`z = 1.95996`
+    (error below 1e-4). ``dof < 1`` or infinite gives the normal value ``z``."""
+    z = 1.959963984540054
+    if not math.isfinite(dof) or dof < 1:
+        return z
+    if dof <= 30 and float(dof).is_integer():
+        return _T_975[int(dof) - 1]
+    nu = float(dof)
+    return z + (z**3 + z) / (4 * nu) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * nu**2)
+
+
+def time_average(means: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Count-weighted average over axis 1 (blocks), ignoring NaN blocks: ``(R, B, P) -> (R, P)``."""
+    w = np.where(np.isfinite(means), counts[None, :, None], 0.0)
+    total = w.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        avg = np.where(total > 0, np.nansum(means * w, axis=1) / np.where(total > 0, total, 1.0), np.nan)
+    return avg
+
+
+def _batch_edges(counts: np.ndarray, min_batch_len: float | None) -> list[tuple[int, int]]:
+    """Contiguous groups of blocks, about ``sqrt(B)`` of them (at least 2 when possible), each
+    holding at least ``min_batch_len`` evaluations when given."""
+    n_blocks = len(counts)
+    if n_blocks < 2:
+        return []
+    n_batches = max(2, int(math.isqrt(n_blocks)))
+    total = float(counts.sum())
+    if min_batch_len:
+        n_batches = max(2, min(n_batches, int(total // max(min_batch_len, 1e-12))))
+    n_batches = min(n_batches, n_blocks)
+    cum = np.concatenate([[0.0], np.cumsum(counts)])
+    targets = np.linspace(0.0, total, n_batches + 1)
+    cuts = sorted(set(int(np.searchsorted(cum, t, side="left")) for t in targets[1:-1]) - {0, n_blocks})
+    edges = [0, *cuts, n_blocks]
+    return [(a, b) for a, b in zip(edges[:-1], edges[1:]) if b > a]
+
+
+def _temporal_se(series: np.ndarray, counts: np.ndarray, min_batch_len: float | None) -> np.ndarray | None:
+    """Batch-means SE of the count-weighted time average of ``series[..., b, ...]`` along axis 1.
+
+    ``SE^2 = sum_j C_j (M_j - M)^2 / ((J - 1) N)`` over batches ``j`` of ``C_j`` evaluations with
+    means ``M_j`` (reduces to ``sd(batch means)/sqrt(J)`` for equal batches). None if ``J < 2``.
+    """
+    edges = _batch_edges(counts, min_batch_len)
+    if len(edges) < 2:
+        return None
+    batch_means, batch_counts = [], []
+    for a, b in edges:
+        c = counts[a:b]
+        batch_counts.append(c.sum())
+        batch_means.append(np.nansum(series[:, a:b] * c[None, :, None], axis=1) / max(c.sum(), 1e-300))
+    means = np.stack(batch_means, axis=1)
+    cj = np.asarray(batch_counts)[None, :, None]
+    n = cj.sum()
+    overall = (means * cj).sum(axis=1, keepdims=True) / n
+    var = ((means - overall) ** 2 * cj).sum(axis=1) / ((len(edges) - 1) * n)
+    return np.sqrt(var)
+
+
+def _combine(values: np.ndarray, temporal: np.ndarray | None) -> float | None:
+    """SE of ``mean_k values_k``: spread between replicas (``sd / sqrt(K)``) and temporal noise
+    (``sqrt(mean_k s_k^2 / K)``) added in quadrature; None when neither is available."""
+    k = len(values)
+    parts = []
+    if k >= 2:
+        parts.append(float(np.std(values, ddof=1)) / math.sqrt(k))
+    if temporal is not None and np.all(np.isfinite(temporal)):
+        parts.append(math.sqrt(float(np.mean(temporal**2)) / k))
+    if not parts:
+        return None
+    return math.sqrt(sum(p * p for p in parts))
+
+
+def _finite_or_none(x: float) -> float | None:
+    return float(x) if np.isfinite(x) else None
+
+
+def sas_statistics(
+    perturbed: np.ndarray,
+    control: np.ndarray,
+    block_counts: np.ndarray,
+    removed_cols: np.ndarray,
+    added_cols: np.ndarray,
+    heldout_cols: np.ndarray,
+    min_batch_len: float | None = None,
+) -> dict[str, Any]:
+    r"""The SAS statistics of DESIGN section 4 with ``m`` swaps per replica, each with ``_se``,
+    ``_null`` and ``_resolved``.
+
+    Inputs are *aligned* block means: ``perturbed[k, b, c]`` of replica ``k + 1`` and
+    ``control[k, b, c]`` of the control at the same probe point, over replica ``k + 1``'s columns
+    (see :class:`~lightning_sas.data.SwapLayout`): the removed samples ``I_k`` (``removed_cols``),
+    the added held-out samples ``Z'_k`` (``added_cols``) and ``P_test`` (``heldout_cols``). With
+    :math:`d_k(z) = \langle l_k(z)\rangle - \langle l_0(z)\rangle`:
+
+    * ``sas_max`` = :math:`\frac1K\sum_k \max_{z \in I_k \cup Z'_k \cup P_\mathrm{test}} |d_k(z)|`;
+    * ``sas_mean`` = :math:`\frac1K\sum_k \frac1{|P_\mathrm{test}|}\sum_{z} |d_k(z)|` (held-out);
+    * ``sas_replaced`` = :math:`\frac1K\sum_k \frac1m\sum_{i \in I_k} |d_k(i)|`;
+    * the replace-one identity on both sides of every swap: removed
+      :math:`r_k(i) = d_k(i)` (the replica never saw ``i``, the control did), added
+      :math:`a_k(z') = -d_k(z')` (the control never saw ``z'``, the replica did);
+      ``stability_gap_removed`` = :math:`\frac1K\sum_k \bar r_k`, ``stability_gap_added`` =
+      :math:`\frac1K\sum_k \bar a_k`, and ``stability_gap`` = :math:`\frac1K\sum_k g_k` with
+      :math:`g_k = \frac{1}{2m}(\sum_i r_k(i) + \sum_{z'} a_k(z'))`, the mean of the replica's
+      ``2m`` values (the symmetric mean cancels much of each side's bias).
+
+    SE: the replicas are the independent units (the ``2m`` values of one replica share its
+    trajectory): the spread of the ``K`` per-replica values (``sd / sqrt(K)``) and the temporal
+    batch-means SE of each replica's series (:math:`G_k(b)` for ``g_k``, linear in the block
+    differences; for means of ``|d|`` the delta method, :math:`\mathrm{sign}(d)\,D`) in
+    quadrature. The critical value is Student's :math:`t_{0.975, K-1}` (``sas_critical_t``; 3.18
+    for K = 4). Null level (no effect at all): a mean of ``|d|`` with per-point SE ``s`` sits near
+    :math:`\sqrt{2/\pi}\,s`, a max over ``n`` points adds about :math:`s\sqrt{2\ln n}`;
+    ``*_resolved`` means ``estimate > null + t SE`` (``|gap| > t SE`` for the signed gaps).
+    ``stability_gap_max_share`` = :math:`\max_k |g_k| / \sum_k |g_k|` says whether one replica
+    carries the estimate (``1/K`` when all contribute alike). With ``m = 1`` every statistic but
+    the symmetric ``stability_gap`` is the one-replacement estimator of v0.1, whose
+    ``stability_gap`` is ``stability_gap_removed`` here.
+    """
+    pert = np.asarray(perturbed, dtype=np.float64)
+    ctrl = np.asarray(control, dtype=np.float64)
+    counts = np.asarray(block_counts, dtype=np.float64)
+    removed = np.asarray(removed_cols, dtype=np.int64)
+    added = np.asarray(added_cols, dtype=np.int64)
+    heldout = np.asarray(heldout_cols, dtype=np.int64)
+    if pert.shape != ctrl.shape or pert.ndim != 3:
+        raise ValueError(f"perturbed and control must be aligned (K, B, P) arrays, got {pert.shape} and {ctrl.shape}")
+    k, b, _p = pert.shape
+    if k < 1 or b < 1 or len(removed) < 1 or len(removed) != len(added):
+        raise ValueError(f"need >= 1 perturbed replica, >= 1 block and m >= 1 swaps on each side, got shape {pert.shape}, "
+                         f"{len(removed)} removed and {len(added)} added columns")
+    d = time_average(pert, counts) - time_average(ctrl, counts)  # (K, P)
+    diff = pert - ctrl  # (K, B, P)
+    se = _temporal_se(diff, counts, min_batch_len)  # (K, P) or None
+    r = d[:, removed]  # (K, m): removed side
+    a = -d[:, added]  # (K, m): added side
+    g = 0.5 * (r.mean(axis=1) + a.mean(axis=1))
+    # per-replica series, linear in the block differences: their batch means give temporal SEs
+    sign = np.where(r >= 0, 1.0, -1.0)
+    series = np.stack([
+        diff[:, :, removed].mean(axis=2),  # removed side
+        -diff[:, :, added].mean(axis=2),  # added side
+        0.5 * (diff[:, :, removed].mean(axis=2) - diff[:, :, added].mean(axis=2)),  # symmetric
+        (sign[:, None, :] * diff[:, :, removed]).mean(axis=2),  # delta method for mean |r|
+    ], axis=2)  # (K, B, 4)
+    series_se = _temporal_se(series, counts, min_batch_len)  # (K, 4) or None
+
+    def column(j: int) -> np.ndarray | None:
+        return series_se[:, j] if series_se is not None else None
+
+    candidates = np.concatenate([removed, added, heldout])
+    abs_cand = np.abs(d[:, candidates])
+    max_per_k = abs_cand.max(axis=1)
+    held_per_k = np.abs(d[:, heldout]).mean(axis=1)
+    se_max = se[np.arange(k), candidates[np.argmax(abs_cand, axis=1)]] if se is not None else None
+    se_held = se[:, heldout].mean(axis=1) if se is not None else None
+
+    crit = student_t_975(k - 1) if k >= 2 else 2.0
+    out: dict[str, Any] = {"n_replicas": k, "n_blocks": b, "swaps": int(len(removed)), "sas_critical_t": crit}
+    stats = {
+        "sas_max": (max_per_k, se_max),
+        "sas_mean": (held_per_k, se_held),
+        "sas_replaced": (np.abs(r).mean(axis=1), column(3)),
+        "stability_gap": (g, column(2)),
+        "stability_gap_removed": (r.mean(axis=1), column(0)),
+        "stability_gap_added": (a.mean(axis=1), column(1)),
+    }
+    for name, (values, temporal) in stats.items():
+        out[name] = _finite_or_none(values.mean())
+        out[f"{name}_se"] = _combine(values, temporal)
+    if se is not None:
+        out["sas_max_null"] = float(np.mean(se[:, candidates].mean(axis=1)) * (_HALF_NORMAL_MEAN + math.sqrt(2.0 * math.log(max(len(candidates), 2)))))
+        out["sas_mean_null"] = float(np.mean(se_held) * _HALF_NORMAL_MEAN)
+        out["sas_replaced_null"] = float(np.mean(se[:, removed]) * _HALF_NORMAL_MEAN)
+    else:
+        out["sas_max_null"] = out["sas_mean_null"] = out["sas_replaced_null"] = None
+    for name in ("sas_max", "sas_mean", "sas_replaced"):
+        value, err, null = out[name], out[f"{name}_se"], out[f"{name}_null"]
+        out[f"{name}_resolved"] = bool(value is not None and err is not None and null is not None and value > null + crit * err)
+    for name in ("stability_gap", "stability_gap_removed", "stability_gap_added"):
+        gap, gap_se = out[name], out[f"{name}_se"]
+        out[f"{name}_null"] = 0.0
+        out[f"{name}_resolved"] = bool(gap is not None and gap_se is not None and abs(gap) > crit * gap_se)
+    abs_g = np.abs(g[np.isfinite(g)])
+    out["stability_gap_max_share"] = float(abs_g.max() / abs_g.sum()) if abs_g.size and abs_g.sum() > 0 else None
+    out["sas_resolved"] = out["sas_max_resolved"]
+    out["d_replaced"] = r.mean(axis=1)
+    out["d_heldout_abs_mean"] = held_per_k
+    out["abs_d"] = np.abs(d)
+    return out
+
+
+#: statistics reported against the averaging window
+WINDOW_STATISTICS = ("sas_max", "sas_mean", "sas_replaced", "stability_gap")
+
+
+def estimate_by_window(
+    perturbed: np.ndarray,
+    control: np.ndarray,
+    block_counts: np.ndarray,
+    removed_cols: np.ndarray,
+    added_cols: np.ndarray,
+    heldout_cols: np.ndarray,
+    block_steps: np.ndarray,
+    fork_step: int,
+) -> dict[str, Any]:
+    """The estimate over the last 1/8, 1/4, 1/2 and all of the blocks (window doublings).
+
+    Returns lists ``steps_since_fork`` (window start minus ``fork_step``), ``window_blocks`` and
+    each statistic with its SE; ``converged`` is True when ``sas_max`` over the last two windows
+    (half and all) agrees within twice their combined SE.
+    """
+    pert = np.asarray(perturbed, dtype=np.float64)
+    ctrl = np.asarray(control, dtype=np.float64)
+    b = pert.shape[1]
+    out: dict[str, Any] = {"steps_since_fork": [], "window_blocks": []}
+    for n in WINDOW_STATISTICS:
+        out[n], out[f"{n}_se"] = [], []
+    for fraction in (8, 4, 2, 1):
+        n_blocks = max(2, b // fraction) if b >= 2 else b
+        if n_blocks < 1 or (out["window_blocks"] and out["window_blocks"][-1] == n_blocks):
+            continue
+        sl = slice(b - n_blocks, b)
+        stats = sas_statistics(pert[:, sl], ctrl[:, sl], np.asarray(block_counts)[sl], removed_cols, added_cols, heldout_cols)
+        out["window_blocks"].append(n_blocks)
+        out["steps_since_fork"].append(int(np.asarray(block_steps)[b - n_blocks]) - int(fork_step))
+        for n in WINDOW_STATISTICS:
+            out[n].append(stats[n])
+            out[f"{n}_se"].append(stats[f"{n}_se"])
+    converged = False
+    if len(out["sas_max"]) >= 2:
+        a, c = out["sas_max"][-2], out["sas_max"][-1]
+        sa, sc = out["sas_max_se"][-2], out["sas_max_se"][-1]
+        if None not in (a, c, sa, sc):
+            converged = abs(a - c) <= 2.0 * math.sqrt(sa * sa + sc * sc)
+    out["converged"] = bool(converged)
+    return out
+
+
+def forgetting_curve(
+    perturbed: np.ndarray, control: np.ndarray, block_steps: np.ndarray, removed_cols: np.ndarray, fork_step: int
+) -> dict[str, Any]:
+    """Loss of the removed samples over time since the fork: in the perturbed replicas that no
+    longer train on them (``perturbed``, mean over replicas and their ``m`` removed samples) and in
+    the control (``control``). A late fork whose replicas memorised them shows ``perturbed``
+    staying near ``control``."""
+    removed = np.asarray(removed_cols, dtype=np.int64)
+    pert = np.asarray(perturbed, dtype=np.float64)[:, :, removed].mean(axis=(0, 2))
+    ctrl = np.asarray(control, dtype=np.float64)[:, :, removed].mean(axis=(0, 2))
+    return {
+        "steps_since_fork": (np.asarray(block_steps, dtype=np.int64) - int(fork_step)).tolist(),
+        "perturbed": pert.tolist(),
+        "control": ctrl.tolist(),
+    }
+
+
+def _jackknife(values_by_pair: dict[tuple[int, int], float], n_runs: int) -> float | None:
+    """Leave-one-run-out jackknife SE of the mean over pairs (None with fewer than 3 runs)."""
+    if n_runs < 3:
+        return None
+    estimates = []
+    for r in range(n_runs):
+        kept = [v for (p, q), v in values_by_pair.items() if r not in (p, q)]
+        if kept:
+            estimates.append(float(np.mean(kept)))
+    n = len(estimates)
+    if n < 2:
+        return None
+    est = np.asarray(estimates)
+    return float(math.sqrt((n - 1) / n * float(((est - est.mean()) ** 2).sum())))
+
+
+def paper_coefficient(run_test_means: np.ndarray, pairs: Sequence[tuple[int, int]]) -> tuple[float, float | None]:
+    """The authors' "statistical stability coefficient": mean over neighbouring ``pairs`` of
+    ``|a_p - a_q|``, ``a_r`` = run ``r``'s time-averaged *mean* test loss; jackknife SE over runs."""
+    a = np.asarray(run_test_means, dtype=np.float64)
+    if not pairs:
+        raise ValueError("paper_coefficient needs at least one pair of runs")
+    values = {(int(p), int(q)): abs(float(a[p] - a[q])) for p, q in pairs}
+    return float(np.mean(list(values.values()))), _jackknife(values, len(a))
+
+
+def mean_pairwise_abs_difference(per_point_means: np.ndarray, pairs: Sequence[tuple[int, int]]) -> tuple[float, float | None]:
+    """Mean over ``pairs`` and probe points of ``|<l_p(z)> - <l_q(z)>|`` (a per-point statistic,
+    distinct from :func:`paper_coefficient`); jackknife SE over runs."""
+    m = np.asarray(per_point_means, dtype=np.float64)
+    if not pairs:
+        raise ValueError("mean_pairwise_abs_difference needs at least one pair of runs")
+    values = {(int(p), int(q)): float(np.nanmean(np.abs(m[p] - m[q]))) for p, q in pairs}
+    return float(np.mean(list(values.values()))), _jackknife(values, len(m))
+
+
+def least_squares_sas(
+    X: np.ndarray, y: np.ndarray, X_perturbed: np.ndarray, y_perturbed: np.ndarray, X_probe: np.ndarray, y_probe: np.ndarray
+) -> np.ndarray:
+    r"""Closed-form ``d(z)`` for least squares: with :math:`w = \arg\min \|Xw - y\|^2` on each
+    dataset and the loss :math:`l(w, (x, y)) = \tfrac12 (x^\top w - y)^2`, returns
+    :math:`l(w', z) - l(w, z)` per probe point. Small-step SGD's time-averaged loss approaches
+    :math:`l(\bar w)` plus an O(step) covariance term, so this is the SAS limit."""
+    w = np.linalg.lstsq(X, y, rcond=None)[0]
+    w_p = np.linalg.lstsq(X_perturbed, y_perturbed, rcond=None)[0]
+    return 0.5 * (X_probe @ w_p - y_probe) ** 2 - 0.5 * (X_probe @ w - y_probe) ** 2

@@ -1,0 +1,143 @@
+"""The swap estimator end to end: ``swaps=1`` reproduces v0.1's one-replacement estimator, the
+null of identical swaps, the defaults that adapt to the data, and errors naming the way out."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader
+
+from conftest import TinyClassifier, make_classification, trainer_kwargs
+from lightning_sas import SASMonitor, SASReplicas
+from lightning_sas.data import DEFAULT_SWAPS
+
+#: v0.1's summary of the run below, computed with the v0.1 code before the swap estimator
+V01 = json.loads((Path(__file__).parent / "data" / "v01_one_replacement.json").read_text())
+
+
+def _cross_entropy(module: Any, batch: Any) -> torch.Tensor:
+    x, y = batch
+    return torch.nn.functional.cross_entropy(module(x), y, reduction="none")
+
+
+def _run(tmp_path: Any, path: str, **replica_kwargs: Any) -> dict[str, Any]:
+    pl.seed_everything(0)
+    replicas = SASReplicas(replicas=3, path=path, loss_fn=_cross_entropy, probe_every=5, num_train_probes=24,
+                           num_heldout_probes=24, flush_every=50, batch_size=16, **replica_kwargs)
+    monitor = SASMonitor(flush_every=50, figure_every=0, num_train_probes=0, replicas=replicas, store=False)
+    pl.Trainer(callbacks=[monitor], **trainer_kwargs(tmp_path, max_steps=300, precision="64-true")).fit(
+        TinyClassifier(), DataLoader(make_classification(320), batch_size=16, shuffle=False))
+    return monitor.summary()
+
+
+@pytest.mark.parametrize("path", ["fast", "generic"])
+def test_one_swap_reproduces_the_v01_estimator(tmp_path: Any, path: str) -> None:
+    """Same replicas, same replaced samples, same probes: every v0.1 statistic to floating-point
+    agreement; v0.1's ``stability_gap`` (the removed side only) is ``stability_gap_removed``."""
+    summary = _run(tmp_path, path, swaps=1)
+    reference = V01[path]
+    assert summary["swaps"] == 1
+    for key, value in reference.items():
+        if key == "ergodic_gap_se":  # v0.2 adds the sampling of the probe points to the temporal SE
+            assert summary[key] >= value
+            continue
+        ours = summary["stability_gap_removed" if key == "stability_gap" else key]
+        if key == "stability_gap_se":
+            ours = summary["stability_gap_removed_se"]
+        if isinstance(value, float):
+            assert ours == pytest.approx(value, rel=1e-9, abs=1e-14), key
+        else:
+            assert ours == value, key
+    # the symmetric estimator adds the other side of each swap
+    assert summary["stability_gap"] == pytest.approx(0.5 * (summary["stability_gap_removed"] + summary["stability_gap_added"]))
+
+
+def test_identical_swaps_give_no_stability_gap(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The null of the issue: each replica swaps samples for themselves (its dataset is S). With
+    independent batch orders the replicas still differ, so each side alone is noise, but the two
+    sides cancel: the stability gap is 0 and not resolved."""
+    import lightning_sas.callbacks.sas_replicas as module
+
+    def identical(train: np.ndarray, holdout: np.ndarray, k: int, m: int, seed: int, exclude: Any = None) -> Any:
+        chosen = np.random.default_rng(seed).choice(train, size=k * m, replace=False)
+        return [[(int(i), int(i)) for i in chosen[r * m : (r + 1) * m]] for r in range(k)]
+
+    monkeypatch.setattr(module, "choose_swaps", identical)
+    summary = _run(tmp_path, "fast", swaps=4, sampler="independent")
+    assert summary["stability_gap"] == pytest.approx(0.0, abs=1e-12)
+    assert not summary["stability_gap_resolved"]
+    assert summary["stability_gap_removed"] == pytest.approx(-summary["stability_gap_added"], rel=1e-9)
+    assert summary["stability_gap_removed"] != 0.0  # the sides alone are noise, not 0
+
+
+def test_auto_swaps_adapt_to_the_data(tmp_path: Any) -> None:
+    big = SASReplicas(replicas=4)
+    assert big.resolve_swaps(5000)[0] == DEFAULT_SWAPS
+    assert big.resolve_swaps(1000)[0] == 9  # about 1 % of S (900 samples)
+    assert big.resolve_swaps(60)[0] == 1
+    # with default arguments a 1000-sample dataset never gets a set-up error
+    monitor = SASMonitor(flush_every=20, figure_every=0, store=False, replicas=4)
+    pl.Trainer(callbacks=[monitor], **trainer_kwargs(tmp_path, max_steps=20)).fit(
+        TinyClassifier(), DataLoader(make_classification(1000), batch_size=32, shuffle=True))
+    assert monitor.summary()["swaps"] == 9
+
+
+def test_explicit_swaps_that_do_not_fit_name_the_way_out(tmp_path: Any) -> None:
+    monitor = SASMonitor(figure_every=0, store=False, replicas=4, swaps=50)
+    trainer = pl.Trainer(callbacks=[monitor], **trainer_kwargs(tmp_path, max_steps=5))
+    with pytest.raises(ValueError, match=r"swaps=50.*holdout_fraction"):
+        trainer.fit(TinyClassifier(), DataLoader(make_classification(1000), batch_size=32))
+    with pytest.raises(ValueError, match="swaps must be"):
+        SASReplicas(swaps=0)
+
+
+def test_swaps_are_restored_not_redrawn(tmp_path: Any) -> None:
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    data = DataLoader(make_classification(320), batch_size=32)
+    first = SASMonitor(flush_every=10, figure_every=0, store=False, replicas=SASReplicas(replicas=2, swaps=3))
+    ckpt = ModelCheckpoint(dirpath=str(tmp_path / "ckpt"), every_n_epochs=1, save_top_k=-1)
+    kwargs = trainer_kwargs(tmp_path, max_steps=10, enable_checkpointing=True)
+    pl.Trainer(callbacks=[first, ckpt], **kwargs).fit(TinyClassifier(), data)
+    saved = torch.load(tmp_path / "ckpt" / "epoch=0-step=10.ckpt", weights_only=True)["callbacks"]["SASMonitor"]
+    assert saved["replicas"]["swaps"] == first.replicas._swaps_json()
+    # a second run with another seed would draw other swaps: resumed, it keeps the checkpoint's
+    second = SASMonitor(flush_every=10, figure_every=0, store=False, replicas=SASReplicas(replicas=2, swaps=3, seed=5))
+    kwargs["max_steps"] = 20
+    pl.Trainer(callbacks=[second, ModelCheckpoint(dirpath=str(tmp_path / "c2"))], **kwargs).fit(
+        TinyClassifier(), data, ckpt_path=str(tmp_path / "ckpt" / "epoch=0-step=10.ckpt"))
+    assert second.replicas._swaps_json() == first.replicas._swaps_json()
+
+
+def test_setting_errors_name_the_way_out(tmp_path: Any) -> None:
+    from lightning_sas import LossStream
+    from lightning_sas.cli import main as cli_main
+
+    with pytest.raises(ValueError, match=r"loss_stream=.*window"):
+        SASMonitor(loss_stream=LossStream(), window=64)
+    with pytest.raises(ValueError, match=r"replicas=.*swaps"):
+        SASMonitor(replicas=SASReplicas(replicas=2), swaps=4)
+    with pytest.raises(ValueError, match="histogram_every"):
+        SASMonitor(histogram_every=-1)
+    assert cli_main(["perturb", "--n", "100", "--runs", "4", "--swaps", "5"]) == 2  # 21 held-out needed, 10 given
+
+
+def test_a_checkpoint_with_other_swaps_is_refused(tmp_path: Any) -> None:
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    data = DataLoader(make_classification(320), batch_size=32)
+    first = SASMonitor(flush_every=10, figure_every=0, store=False, replicas=SASReplicas(replicas=2, swaps=3))
+    kwargs = trainer_kwargs(tmp_path, max_steps=10, enable_checkpointing=True)
+    pl.Trainer(callbacks=[first, ModelCheckpoint(dirpath=str(tmp_path / "ckpt"), every_n_epochs=1, save_top_k=-1)],
+               **kwargs).fit(TinyClassifier(), data)
+    second = SASMonitor(flush_every=10, figure_every=0, store=False, replicas=SASReplicas(replicas=2, swaps=2))
+    kwargs["max_steps"] = 20
+    with pytest.raises(ValueError, match="swaps"):
+        pl.Trainer(callbacks=[second], **kwargs).fit(TinyClassifier(), data,
+                                                     ckpt_path=str(tmp_path / "ckpt" / "epoch=0-step=10.ckpt"))
