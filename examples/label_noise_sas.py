@@ -110,7 +110,7 @@ def run(noise: float, args: argparse.Namespace, data: dict) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--noise", type=float, nargs="+", default=[0.0, 0.2, 0.4])
-    parser.add_argument("--steps", type=int, default=6000)
+    parser.add_argument("--steps", type=int, default=4000)
     parser.add_argument("--replicas", type=int, default=4, help="K perturbed replicas")
     parser.add_argument("--swaps", default="auto", help="m samples swapped per replica ('auto': SASReplicas' default)")
     parser.add_argument("--holdout-fraction", type=float, default=0.1)

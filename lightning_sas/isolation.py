@@ -60,10 +60,13 @@ def isolated_rng() -> Iterator[None]:
 
 @contextmanager
 def eval_mode(module: torch.nn.Module) -> Iterator[None]:
-    """``module.eval()`` for the block, then every submodule's own ``training`` flag restored (a
-    model may keep parts in eval mode on purpose, e.g. a frozen backbone)."""
+    """Every submodule in eval mode for the block, then its own ``training`` flag restored (a
+    model may keep parts in eval mode on purpose, e.g. a frozen backbone). The flags are set
+    directly: a module's ``train()``/``eval()``, which a user may override or record, is never
+    called."""
     modes = [(m, m.training) for m in module.modules()]
-    module.eval()
+    for m, _ in modes:
+        m.training = False
     try:
         yield
     finally:

@@ -193,13 +193,17 @@ def test_hparams_are_merged_once_per_logger() -> None:
     """Hooking the same logger twice merges once; every new logger is hooked (no id-keyed memory)."""
     received: list[dict[str, Any]] = []
 
-    class RecordingLogger:
+    class TensorBoardLogger:  # the merge is for TensorBoard loggers (by class name, either namespace)
+        def log_hyperparams(self, params: Any) -> None:
+            received.append(dict(params))
+
+    class CSVLogger(TensorBoardLogger.__base__):  # type: ignore[misc]
         def log_hyperparams(self, params: Any) -> None:
             received.append(dict(params))
 
     class FakeTrainer:
         def __init__(self) -> None:
-            self.loggers = [RecordingLogger()]
+            self.loggers = [TensorBoardLogger()]
 
     monitor = SASMonitor(flush_every=7)
     for _ in range(3):
@@ -210,3 +214,9 @@ def test_hparams_are_merged_once_per_logger() -> None:
         del trainer
     assert len(received) == 3
     assert all(r["lr"] == 0.1 and r["sas/flush_every"] == 7 for r in received)
+    # other loggers keep the user's hparams as they are
+    other = FakeTrainer()
+    other.loggers = [CSVLogger()]
+    monitor._hook_hparams(other)
+    other.loggers[0].log_hyperparams({"lr": 0.2})
+    assert received[-1] == {"lr": 0.2}

@@ -264,3 +264,63 @@ def test_sas_replicas_on_its_own_flushes(tmp_path: Any) -> None:
     pl.Trainer(callbacks=[replicas], **trainer_kwargs(tmp_path, max_steps=20)).fit(
         zoo.DropoutMLP(), DataLoader(zoo.classification_data(), batch_size=16))
     assert replicas.diagnostics.get("sas_max") is not None
+
+
+class OnceStream(torch.utils.data.IterableDataset):
+    """A stream that can be read once (a queue, a generator): a second reader takes its items."""
+
+    def __init__(self, n: int = 96) -> None:
+        self.items = iter(list(zip(*zoo.classification_data(n).tensors)))
+
+    def __iter__(self) -> Any:
+        return self.items
+
+
+def test_a_stream_is_not_read_by_the_monitor(tmp_path: Any) -> None:
+    """(loops/test_double_iter_in_iterable_dataset.py) reading an IterableDataset a second time can
+    take the run's own items: without replicas the monitor leaves it alone, with one warning."""
+    seen = []
+
+    class Counting(zoo.NoBatchIdxMLP):
+        def training_step(self, batch: Any) -> torch.Tensor:
+            seen.append(len(batch[0]))
+            return super().training_step(batch)
+
+    monitor = SASMonitor(flush_every=2, figure_every=0, store=False)
+    with pytest.warns(SASWarning, match="IterableDataset"):
+        pl.Trainer(callbacks=[monitor], **trainer_kwargs(tmp_path, max_epochs=1)).fit(
+            Counting(), DataLoader(OnceStream(96), batch_size=16))
+    assert sum(seen) == 96  # every item went to training
+    assert "IterableDataset" in monitor.summary()["unavailable"]["probe_train_loss"]
+
+
+def test_the_module_train_method_is_never_called(tmp_path: Any) -> None:
+    """(models/test_hooks.py) probes switch modes by the flags, not through ``module.train()``,
+    which a user may override or record."""
+    calls: list[bool] = []
+
+    class Recording(zoo.DropoutMLP):
+        def train(self, mode: bool = True) -> Any:
+            calls.append(mode)
+            return super().train(mode)
+
+    def run(monitor: SASMonitor | None) -> list[bool]:
+        calls.clear()
+        pl.Trainer(callbacks=[monitor] if monitor else [], **trainer_kwargs(tmp_path, max_steps=20)).fit(
+            Recording(), DataLoader(zoo.classification_data(), batch_size=16), DataLoader(zoo.classification_data(64, seed=1)))
+        return list(calls)
+
+    assert run(SASMonitor(flush_every=10, probe_every=5, figure_every=0, store=False)) == run(None)
+
+
+def test_magicmock_logger_log_dir_is_not_a_path(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """(models/test_hparams.py) a MagicMock answers ``os.fspath``: still not a directory."""
+    monkeypatch.chdir(tmp_path)
+    logger = mock.MagicMock(spec=pl.loggers.Logger)
+    logger.log_dir = mock.MagicMock()
+    pl.Trainer(callbacks=[SASMonitor(flush_every=2, figure_every=0)], **trainer_kwargs(tmp_path, max_steps=4, logger=logger)).fit(
+        BoringModel())
+    assert not any("Mock" in name for name in os.listdir(tmp_path))
+    # and the user's mocked log_hyperparams receives the user's hparams only
+    for call in logger.log_hyperparams.call_args_list:
+        assert not any(str(k).startswith("sas/") for k in dict(call.args[0] if call.args else {}))

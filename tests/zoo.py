@@ -25,11 +25,9 @@ from torch.utils.data import DataLoader, IterableDataset, TensorDataset
 
 
 def classification_data(n: int = 256, d: int = 8, classes: int = 3, seed: int = 0) -> TensorDataset:
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, d, generator=g)
-    w = torch.randn(d, classes, generator=g)
-    y = (x @ w + 0.3 * torch.randn(n, classes, generator=g)).argmax(1)
-    return TensorDataset(x, y)
+    from conftest import make_classification
+
+    return make_classification(n, d, classes, seed)
 
 
 # -- 1. MLP with dropout, SGD, a shuffled loader without a generator (the global RNG orders it) --

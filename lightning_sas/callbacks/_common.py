@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import os
+from pathlib import PurePath
 import warnings
 import weakref
 from typing import Any, Callable
@@ -81,7 +82,8 @@ def run_directory(trainer: Any, store: bool | str | os.PathLike = True) -> str |
             base = getattr(logger, "log_dir", None)
         except Exception:  # a logger whose log_dir cannot be computed here
             continue
-        if isinstance(base, (str, os.PathLike)) and os.fspath(base):
+        # a real path only: a Mock's attribute also answers os.fspath
+        if isinstance(base, (str, PurePath)) and str(base):
             return os.path.join(os.fspath(base), "sas")
     return None
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 
-from lightning_sas._compat import Callback
+from lightning_sas._compat import Callback, is_tensorboard_logger
 from lightning_sas.callbacks._common import is_global_zero, run_directory, warn_once
 from lightning_sas.callbacks.base import FlushContext
 from lightning_sas.callbacks.loss_stream import LossStream
@@ -278,6 +278,10 @@ class SASMonitor(Callback):
         ``hparams.yaml`` (which ``load_from_checkpoint(hparams_file=...)`` passes to the model)."""
         ours = {f"sas/{k}": v for k, v in self.config().items() if isinstance(v, (int, float, str, bool))}
         for logger in getattr(trainer, "loggers", []) or []:
+            # only TensorBoard, which keeps the first session: other loggers' hparams stay the user's
+            # (our settings are in the run's meta.json)
+            if not is_tensorboard_logger(logger):
+                continue
             if "log_hyperparams" in vars(logger) or not hasattr(logger, "log_hyperparams"):
                 continue  # already wrapped (by us or by someone else): leave it alone
             original = logger.log_hyperparams
@@ -311,13 +315,15 @@ class SASMonitor(Callback):
         self.loss_stream.start(trainer, pl_module)
         self.weights.attach(pl_module)
         self.probes.heldout_elsewhere = self.replicas is not None
+        if self.replicas is not None:  # first: iterable data is read once, into the replicas' pool
+            self.replicas.attach(trainer, pl_module)
+            source = self.replicas._source
+            self.probes.pool = source if source is not None and source.pooled else None
         if self.probes.num_train_probes > 0:
             self.probes.attach(trainer, pl_module)
         else:
             self.probes.enabled = False
             self.probes.unavailable = {k: "probe losses are off (num_train_probes=0)" for k in PROBE_KEYS}
-        if self.replicas is not None:
-            self.replicas.attach(trainer, pl_module)
         self._schedule(self.loss_stream.current_index)
         if is_global_zero(trainer):
             directory = run_directory(trainer, self.store) if self.store else None

@@ -11,7 +11,7 @@ from torch import Tensor
 
 from lightning_sas.callbacks._common import device_float_dtype, prepare_batch, resolve_callable, warn_once
 from lightning_sas.callbacks.base import FlushContext, StreamCallback
-from lightning_sas.data.loaders import SampleSource, training_source, validation_source
+from lightning_sas.data.loaders import SampleSource, first_loader, is_map_style, training_source, validation_source
 from lightning_sas.isolation import observed
 from lightning_sas.losses import PerSampleLoss, per_sample_loss
 from lightning_sas.metrics import ErgodicGap, TimeAverage
@@ -69,6 +69,8 @@ class ProbeLosses(StreamCallback):
         self.seed = seed
         #: set by ``SASMonitor`` when replicas measure the gap on a held-out split instead
         self.heldout_elsewhere = False
+        #: samples of iterable training data read by the replicas, shared (set by ``SASMonitor``)
+        self.pool: SampleSource | None = None
         self._reset_state()
 
     def _reset_state(self) -> None:
@@ -127,11 +129,19 @@ class ProbeLosses(StreamCallback):
         if self.num_train_probes == 0:
             self._disable("num_train_probes=0", warn=False)
             return
-        train = training_source(trainer)
+        loader = first_loader(getattr(trainer, "train_dataloader", None))
+        if loader is not None and loader.dataset is not None and not is_map_style(loader.dataset) and self.pool is None:
+            # reading a user's IterableDataset again could consume the stream the run trains on
+            # (a queue, a generator): only SASReplicas, asked for explicitly, reads it into a pool
+            self._disable("the training data is an IterableDataset, which the monitor does not read a second time "
+                          "(SASMonitor(replicas=K) reads it once into a pool that the probes then share)")
+            return
+        train = self.pool if self.pool is not None else training_source(trainer)
         if train is None or len(train) == 0:
             self._disable("the run has no training dataset to draw probe samples from")
             return
-        heldout, where = (None, "num_test_probes=0") if self.num_test_probes == 0 else validation_source(trainer)
+        heldout, where = ((None, "num_test_probes=0") if self.num_test_probes == 0
+                          else validation_source(trainer, read_iterable=False))
         if heldout is not None and len(heldout) == 0:
             heldout, where = None, "the validation dataset is empty"
         plan_data = self._plan_dataset(train.dataset)

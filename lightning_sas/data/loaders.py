@@ -157,7 +157,8 @@ def _overridden(name: str, instance: Any) -> bool:
         return callable(getattr(instance, name, None))
 
 
-def validation_source(trainer: Any, pool_size: int = DEFAULT_POOL_SIZE) -> tuple[SampleSource | None, str]:
+def validation_source(trainer: Any, pool_size: int = DEFAULT_POOL_SIZE,
+                      read_iterable: bool = True) -> tuple[SampleSource | None, str]:
     """Samples of the first validation loader, wherever Lightning keeps it, and a description.
 
     Lightning sets validation up lazily (before the first validation run, which may come after
@@ -188,6 +189,8 @@ def validation_source(trainer: Any, pool_size: int = DEFAULT_POOL_SIZE) -> tuple
     loader = loaders[0]
     if loader.dataset is None:
         return None, "the validation loader has no dataset"
+    if not read_iterable and not is_map_style(loader.dataset):
+        return None, "the validation data is an IterableDataset, which the monitor does not read a second time"
     where = "validation" if len(loaders) == 1 else f"validation (first of {len(loaders)} loaders)"
     return SampleSource(loader, pool_size), where
 

@@ -1,9 +1,0 @@
-"""The replicas of the in-run SAS estimate: generic (deep copies running the module's own code)
-and stacked (``torch.func``) engines, their trainer view, optimizers, sampler, private random
-stream and placement over DDP ranks."""
-
-from lightning_sas.replicas.generic import GenericReplicas
-from lightning_sas.replicas.stacked import StackedReplicas
-from lightning_sas.replicas.trainer_view import ReplicaTrainerError, ReplicaTrainerView
-
-__all__ = ["GenericReplicas", "ReplicaTrainerError", "ReplicaTrainerView", "StackedReplicas"]

@@ -1,0 +1,42 @@
+"""The monitor's cost work (scheduled snapshots, probes and flushes, batched TensorBoard events,
+cached learning rate) changed no statistic: three runs (plain, gradient accumulation, manual
+optimization) give the summaries the code gave before it (``tests/data``, recorded with commit
+db98ff9), to floating-point identity."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytorch_lightning as pl
+from pytorch_lightning.demos.boring_classes import ManualOptimBoringModel
+
+from conftest import TinyClassifier, loaders
+from lightning_sas import SASMonitor
+
+BEFORE = json.loads((Path(__file__).parent / "data" / "monitor_before_cost_work.json").read_text())
+
+
+@pytest.mark.parametrize("name", ["plain", "accumulate", "manual"])
+def test_summaries_equal_the_code_before_the_cost_work(name: str, tmp_path: Any) -> None:
+    pl.seed_everything(0, verbose=False)
+    kw: dict[str, Any] = dict(accelerator="cpu", max_steps=300, logger=False, enable_checkpointing=False,
+                              enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                              limit_val_batches=1.0, default_root_dir=str(tmp_path))
+    monitor = SASMonitor(flush_every=50, snapshot_every=10, sketch_every=20, probe_every=10, num_train_probes=64,
+                         num_test_probes=64, figure_every=0, store=False)
+    train, val = loaders(shuffle=False)
+    if name == "accumulate":
+        kw["accumulate_grad_batches"] = 2
+    if name == "manual":
+        pl.Trainer(callbacks=[monitor], **kw).fit(ManualOptimBoringModel())
+    else:
+        pl.Trainer(callbacks=[monitor], **kw).fit(TinyClassifier(), train, val)
+    summary = monitor.summary()
+    for key, before in BEFORE[name].items():
+        if isinstance(before, float):
+            assert summary[key] == pytest.approx(before, rel=1e-12, abs=1e-15), key
+        else:
+            assert summary[key] == before, key
