@@ -66,7 +66,7 @@ def main() -> None:
             for m in args.swaps:
                 settings = SimpleNamespace(
                     replicas=args.replicas, swaps=m, holdout_fraction=args.holdout_fraction, sampler="common",
-                    probe_every=10, steps=args.steps, optimizer=optimizer, lr=OPTIMIZERS[optimizer],
+                    probe_every=20, steps=args.steps, optimizer=optimizer, lr=OPTIMIZERS[optimizer],
                     logdir=os.path.join("runs", "swap_study"), seed=args.seed,
                 )
                 summary = run(noise, settings, data)

@@ -31,18 +31,20 @@ class GlobalRNGState:
     """A snapshot of every global generator a training run draws from: torch CPU, each CUDA
     device in use, numpy's legacy global ``RandomState`` and Python's ``random``."""
 
-    def __init__(self) -> None:
+    def __init__(self, numpy: bool = True) -> None:
+        """``numpy=False``: the caller saves and restores numpy's generator itself."""
         self.devices = cuda_devices_in_use()
         self.torch_cpu = torch.get_rng_state()
         self.torch_cuda = [torch.cuda.get_rng_state(d) for d in self.devices]
-        self.numpy = np.random.get_state()
+        self.numpy = np.random.get_state() if numpy else None
         self.python = random.getstate()
 
     def restore(self) -> None:
         torch.set_rng_state(self.torch_cpu)
         for device, state in zip(self.devices, self.torch_cuda):
             torch.cuda.set_rng_state(state, device)
-        np.random.set_state(self.numpy)
+        if self.numpy is not None:
+            np.random.set_state(self.numpy)
         random.setstate(self.python)
 
 
