@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import random
 import warnings
 from typing import Any
 
+import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
@@ -15,6 +17,15 @@ os.environ.setdefault("PL_DISABLE_FORK", "1")
 warnings.filterwarnings("ignore", message=".*does not have many workers.*")
 warnings.filterwarnings("ignore", message=".*LeafSpec.*")
 warnings.filterwarnings("ignore", message=".*litlogger.*")
+
+
+@pytest.fixture(autouse=True)
+def _seeded_global_generators() -> None:
+    """Every test starts from the same torch, numpy and ``random`` states, so a model's
+    initialisation (and what its short run finds) does not depend on the tests that ran before."""
+    torch.manual_seed(0)
+    np.random.seed(0)
+    random.seed(0)
 
 
 def make_classification(n: int = 512, d: int = 10, classes: int = 3, seed: int = 0) -> TensorDataset:
