@@ -36,7 +36,7 @@ class GlobalRNGState:
         self.devices = cuda_devices_in_use()
         self.torch_cpu = torch.get_rng_state()
         self.torch_cuda = [torch.cuda.get_rng_state(d) for d in self.devices]
-        self.numpy = np.random.get_state() if numpy else None
+        self.numpy = np.random.get_state() if numpy else None  # rng-ok: a snapshot, no draw
         self.python = random.getstate()
 
     def restore(self) -> None:
@@ -44,7 +44,7 @@ class GlobalRNGState:
         for device, state in zip(self.devices, self.torch_cuda):
             torch.cuda.set_rng_state(state, device)
         if self.numpy is not None:
-            np.random.set_state(self.numpy)
+            np.random.set_state(self.numpy)  # rng-ok: restores the snapshot
         random.setstate(self.python)
 
 

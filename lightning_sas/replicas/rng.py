@@ -84,7 +84,7 @@ class PrivateRNG:
         try:
             torch.set_rng_state(self.cpu_state)
             if address is None:
-                np.random.set_state(self.numpy_state)
+                np.random.set_state(self.numpy_state)  # rng-ok: installs the replicas' own state
             else:
                 ctypes.memmove(address, replica_numpy, _MT_BYTES)
             random.setstate(self.python_state)
@@ -98,7 +98,7 @@ class PrivateRNG:
             self.cpu_state = torch.get_rng_state()
             if address is None:
                 before = self.numpy_state
-                self.numpy_state = np.random.get_state()
+                self.numpy_state = np.random.get_state()  # rng-ok: reads the replicas' advanced state
                 if not self.numpy_drawn and not _same_numpy_state(before, self.numpy_state):
                     self.numpy_drawn = True
             else:
