@@ -42,7 +42,7 @@ class StreamCallback(Callback):
     method, :meth:`should_flush`.
     """
 
-    def __init__(self, flush_every: int = 200) -> None:
+    def __init__(self, flush_every: int = 400) -> None:
         if not isinstance(flush_every, int) or flush_every < 1:
             raise ValueError(f"flush_every must be a positive integer, got {flush_every!r}")
         self.flush_every = flush_every

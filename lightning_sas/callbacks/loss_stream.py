@@ -44,7 +44,7 @@ class LossStream(StreamCallback):
 
     def __init__(
         self,
-        flush_every: int = 200,
+        flush_every: int = 400,
         window: int = 4096,
         max_blocks: int = 256,
         late_phase_start: int | None = None,

@@ -49,7 +49,7 @@ class ProbeLosses(StreamCallback):
         num_test_probes: int = 256,
         probe_batch_size: int = 256,
         loss_fn: PerSampleLoss | str | None = None,
-        flush_every: int = 200,
+        flush_every: int = 400,
         max_blocks: int = 128,
         seed: int = 0,
     ) -> None:

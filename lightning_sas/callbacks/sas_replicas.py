@@ -150,7 +150,7 @@ class SASReplicas(StreamCallback):
         batch_size: int | None = None,
         holdout_excluded: bool = False,
         checkpoint_replicas: bool = True,
-        flush_every: int = 200,
+        flush_every: int = 400,
         max_blocks: int = 128,
         probe_batch_size: int = 512,
         pool_size: int = DEFAULT_POOL_SIZE,

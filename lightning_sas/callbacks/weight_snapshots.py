@@ -59,7 +59,7 @@ class WeightSnapshots(StreamCallback):
         snapshot_every: int = 100,
         sketch_every: int = 100,
         sketch_dim: int = 32,
-        flush_every: int = 200,
+        flush_every: int = 400,
         track_update: bool = True,
         track_init: bool = True,
         track_ergodic_mean: bool = True,
