@@ -140,5 +140,5 @@ class PrivateRNG:
 
 
 def _same_numpy_state(a: Any, b: Any) -> bool:
-    """Two legacy numpy states (``np.random.get_state()`` tuples) are equal."""
+    """Two legacy numpy generator state tuples are equal (key array, position, Gaussian cache)."""
     return a[2] == b[2] and a[3] == b[3] and a[4] == b[4] and np.array_equal(a[1], b[1])
