@@ -1,7 +1,7 @@
 """Overhead of lightning-sas: plain ``trainer.fit`` vs the same fit with ``SASMonitor()`` defaults.
 
 Every fit trains the same MLP (``examples/mnist1d_common.py``) on the same data, generated once:
-mnist1d by default, or DESIGN.md's digits prototype (``--workload digits``, a step bound by per-call
+mnist1d by default, or the digits prototype (``--workload digits``, a step bound by per-call
 overhead rather than arithmetic, as small models are on a GPU). Repetitions are interleaved in one
 process and the order alternates (plain first, then monitored first), so drift in the machine's
 speed hits both sides alike. Only ``trainer.fit`` is timed. Two logger settings, each compared
@@ -74,7 +74,7 @@ class Workload:
     """One benchmark workload: arrays for :class:`MNIST1DDataModule`, batch size and model.
 
     ``mnist1d``: the examples' MLP 40-256-256-10, batch 64 (a step bound by its matrix products on
-    a CPU); ``digits``: DESIGN.md's prototype, sklearn digits (1200 train / 597 test), MLP
+    a CPU); ``digits``: the digits prototype, sklearn digits (1200 train / 597 test), MLP
     64-128-128-10, SGD lr 0.1, batch 32 (a step bound by per-call overhead, as small models are on
     a GPU)."""
 
@@ -589,7 +589,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=5, help="interleaved repetitions (pairs) per logger setting; 0 skips timing")
     parser.add_argument("--loggers", nargs="+", choices=LOGGERS, default=list(LOGGERS), help="logger settings to compare (default: both)")
     parser.add_argument("--workload", choices=["mnist1d", "digits"], default="mnist1d",
-                        help="mnist1d MLP (default, matrix-product bound on a CPU) or DESIGN.md's digits prototype (overhead bound)")
+                        help="mnist1d MLP (default, matrix-product bound on a CPU) or the digits prototype (overhead bound)")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (default 0: torch's default)")
     parser.add_argument("--replicas", type=int, default=0, help="also time SASMonitor(replicas=K), fast and generic paths")

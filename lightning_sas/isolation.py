@@ -1,6 +1,6 @@
 """The monitor is an observer: everything it runs leaves the user's run exactly as it was.
 
-DESIGN section 9 ("The monitor is an observer"): nothing the monitor does may draw from a random
+Nothing the monitor does may draw from a random
 stream the user's run draws from (torch's CPU and CUDA generators, numpy's and Python's global
 generators), and every module mode it flips is put back. Every forward pass of ours (probe dry
 runs, probes, replica steps and their data loading) runs inside :func:`isolated_rng`;

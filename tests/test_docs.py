@@ -87,3 +87,64 @@ def test_every_docs_page_is_in_the_nav() -> None:
     pages = sorted(p.relative_to(DOCS).as_posix() for p in DOCS.rglob("*.md"))
     missing = [page for page in pages if f": {page}\n" not in config]
     assert not missing, f"mkdocs.yml nav lacks {missing}"
+
+
+def _documented_commands() -> list[tuple[str, str, list[str]]]:
+    """Every ``python <script>.py [--flags]`` command named in the README and the docs, as
+    (page, script, flags)."""
+    import re
+
+    pages = [README] + sorted(DOCS.rglob("*.md"))
+    found = []
+    for page in pages:
+        for line in page.read_text(encoding="utf-8").splitlines():
+            for match in re.finditer(r"python3? ((?:examples|benchmarks|tools)/[\w/]+\.py)([^`|#]*)", line):
+                flags = re.findall(r"(?<![\w-])(--[a-z][\w-]*)", match.group(2))
+                found.append((page.relative_to(ROOT).as_posix(), match.group(1), flags))
+    return found
+
+
+def test_every_named_command_exists_with_its_flags() -> None:
+    """A figure's command named in the README or the docs runs a script that exists and accepts
+    every flag the page gives it (its argparse declares the flag)."""
+    commands = _documented_commands()
+    assert len(commands) >= 10, "the README and docs name fewer commands than expected: is the pattern broken?"
+    problems = []
+    for page, script, flags in commands:
+        path = ROOT / script
+        if not path.is_file():
+            problems.append(f"{page}: {script} does not exist")
+            continue
+        source = path.read_text(encoding="utf-8")
+        # a LightningCLI script takes its options from the CLI (--config, --trainer.*, ...)
+        flags = [f for f in flags if not ("LightningCLI" in source and (f == "--config" or "." in f))]
+        problems += [f"{page}: {script} has no option {flag}" for flag in flags if f'"{flag}"' not in source]
+    assert not problems, "\n".join(problems)
+
+
+def test_lightning_sas_subcommands_named_in_the_docs_exist() -> None:
+    import argparse
+    import re
+
+    from lightning_sas.cli import _build_parser
+
+    parser = _build_parser()
+    subcommands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    named = set()
+    for page in [README] + sorted(DOCS.rglob("*.md")):
+        named |= set(re.findall(r"`lightning-sas ([a-z]+)\b", page.read_text(encoding="utf-8")))
+    assert named, "the docs name no lightning-sas subcommand: is the pattern broken?"
+    unknown = sorted(named - set(subcommands))
+    assert not unknown, f"the docs name lightning-sas subcommands that do not exist: {unknown}"
+
+
+def test_nothing_cites_a_file_outside_the_repository() -> None:
+    """The code, docs, benchmarks and changelog explain themselves: no reference to a design note
+    that is not in the repository."""
+    roots = [ROOT / "lightning_sas", DOCS, ROOT / "benchmarks", ROOT / "examples", ROOT / "tests"]
+    files = [p for r in roots for p in r.rglob("*") if p.suffix in {".py", ".md"}] + [ROOT / "CHANGELOG.md", README]
+    marker = "DESIGN" + ".md"
+    citing = sorted(p.relative_to(ROOT).as_posix() for p in files
+                    if marker in p.read_text(encoding="utf-8") or "DESIGN section" in p.read_text(encoding="utf-8")
+                    or "DESIGN 9" in p.read_text(encoding="utf-8"))
+    assert not citing, f"these files cite a design note that is not in the repository: {citing}"

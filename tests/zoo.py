@@ -1,7 +1,7 @@
 """A zoo of module shapes people train, written the way people write them, not for lightning-sas.
 
 Each ``Shape`` builds a fresh module, its data and the Trainer settings it needs. The shapes cover
-what DESIGN section 9 and the "trust" issue list: dropout, BatchNorm, bf16, schedulers that read
+the observer contract (docs: Design) and the "trust" issue list: dropout, BatchNorm, bf16, schedulers that read
 ``self.trainer``, ``self.log``/``self.logger`` in hooks, a causal transformer on dict batches, an
 output object with ``.loss``/``.logits``, manual optimization with two optimizers (a GAN), an
 ``IterableDataset``, ``torch.compile``, sparse and multiple validation loaders, a frozen backbone

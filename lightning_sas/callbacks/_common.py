@@ -54,7 +54,7 @@ def extract_loss(outputs: Any) -> Tensor | None:
 
 
 def stream_index(trainer: Any, pl_module: Any, batches_seen: int) -> int:
-    """Index of the current stream entry (DESIGN 9): optimizer step in automatic optimization,
+    """Index of the current stream entry: optimizer step in automatic optimization,
     batch count in manual optimization."""
     if pl_module.automatic_optimization:
         return int(trainer.global_step)

@@ -31,7 +31,7 @@ class LossStream(StreamCallback):
 
     so memory is fixed by ``flush_every``, ``window`` and ``max_blocks``, never by run length.
 
-    Indexing (DESIGN 9): one entry per optimizer step in automatic optimization (with
+    Indexing: one entry per optimizer step in automatic optimization (with
     ``accumulate_grad_batches=N`` Lightning hands over ``loss / N`` per micro-batch, so the entry is
     the mean of the micro-batch losses), one per batch in manual optimization.
 

@@ -1,6 +1,6 @@
 """Where the monitor's own samples come from: the training and validation loaders of a run.
 
-Everything here observes the run without changing it (DESIGN section 9): no iterator of the
+Everything here observes the run without changing it (docs: Design, "What must stay true"): no iterator of the
 user's loaders is created or advanced, a stateful ``collate_fn`` is not called when torch's
 ``default_collate`` can batch the samples, and every read runs with the global generators forked
 (a dataset's ``__getitem__`` may draw random augmentations).

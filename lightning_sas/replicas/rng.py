@@ -47,7 +47,7 @@ class PrivateRNG:
     ``with rng.active(device):`` saves the global states, installs the replicas' states, and on
     exit stores the replicas' advanced states and puts the global ones back, so dropout and random
     augmentations inside replica steps draw from their own seeded streams and the main run's
-    streams are untouched (DESIGN section 9).
+    streams are untouched (docs: Design, "The monitor is an observer").
 
     numpy's legacy ``get_state``/``set_state`` take about 35 us each, four per replica step, so
     numpy's generator is swapped as the 2500 bytes of its MT19937 state (key and position, read

@@ -3,7 +3,7 @@
 Generic replicas run the user's own ``configure_optimizers`` and ``training_step``, which read
 ``self.trainer`` (``max_steps`` and ``estimated_stepping_batches`` for ``OneCycleLR``,
 ``current_epoch``, ``global_step``, ...) and call ``self.log``. A deep copy has no trainer, so each
-replica gets a :class:`ReplicaTrainerView` (DESIGN section 9): the run's settings and progress
+replica gets a :class:`ReplicaTrainerView` (docs: Design, "Decisions about Lightning"): the run's settings and progress
 are read live from the real trainer, the replica's own optimizers and schedulers stand in for the
 trainer's, logging is silent, and nothing can be changed through it. Anything else raises
 :class:`ReplicaTrainerError`, which names the attribute and the way out.

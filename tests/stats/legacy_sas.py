@@ -79,7 +79,7 @@ def sas_statistics(
     heldout_cols: np.ndarray,
     min_batch_len: float | None = None,
 ) -> dict[str, Any]:
-    r"""The SAS statistics of DESIGN section 4, each with ``_se``, ``_null`` and ``_resolved``.
+    r"""The SAS statistics (docs: Statistics, "SAS"), each with ``_se``, ``_null`` and ``_resolved``.
 
     * ``sas_max`` = :math:`\frac1K\sum_k \max_{z \in \{i_k, z'_k\} \cup P_\mathrm{test}} |d_k(z)|`;
     * ``sas_mean`` = :math:`\frac1K\sum_k \frac1{|P_\mathrm{test}|}\sum_{z} |d_k(z)|` (held-out);
