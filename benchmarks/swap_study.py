@@ -9,6 +9,7 @@ bias is ``stability_gap - ergodic_gap`` in units of their combined SE. The held-
 
     python benchmarks/swap_study.py                    # 16 runs, about 10 minutes on 2 CPU cores
     python benchmarks/swap_study.py --json study.json
+    python benchmarks/swap_study.py --from-json study.json --pivot   # the README's table, no rerun
 """
 
 from __future__ import annotations
@@ -46,6 +47,41 @@ def bias_in_se(summary: dict[str, Any]) -> float | None:
     return (summary["stability_gap"] - summary["ergodic_gap"]) / se if se > 0 else None
 
 
+def print_rows(rows: list[dict[str, Any]]) -> None:
+    """One line per run: every column of the study."""
+    print("| optimizer | noise | m | `stability_gap` | removed side | added side | `ergodic_gap` | bias (SE) | resolved |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for s in rows:
+        bias = bias_in_se(s)
+        print(f"| {s['optimizer']} | {s['label_noise']:.0%} | {s['swaps']} | {_pm(s, 'stability_gap')} | "
+              f"{_pm(s, 'stability_gap_removed')} | {_pm(s, 'stability_gap_added')} | {_pm(s, 'ergodic_gap')} | "
+              f"{'n/a' if bias is None else f'{bias:+.2f}'} | {'yes' if s.get('stability_gap_resolved') else 'no'} |")
+
+
+def print_pivot(rows: list[dict[str, Any]], reference_m: int = 32) -> None:
+    """The README's table: one row per (optimizer, noise), one column per m, each cell
+    ``stability_gap ± SE (bias)``, and the measured gap of the ``reference_m`` run last."""
+    swaps = sorted({int(s["swaps_requested"]) for s in rows})
+    settings = list(dict.fromkeys((s["optimizer"], s["label_noise"]) for s in rows))
+    cells = {(s["optimizer"], s["label_noise"], int(s["swaps_requested"])): s for s in rows}
+    print("| optimizer, noise | " + " | ".join(f"m = {m}" for m in swaps) + f" | `ergodic_gap` (m = {reference_m} run) |")
+    print("|---" * (len(swaps) + 2) + "|")
+    for optimizer, noise in settings:
+        line = []
+        for m in swaps:
+            s = cells.get((optimizer, noise, m))
+            if s is None or s.get("stability_gap") is None:
+                line.append("n/a")
+                continue
+            bias = bias_in_se(s)
+            line.append(f"{s['stability_gap']:.2f} ± {s['stability_gap_se']:.2f} "
+                        f"({'n/a' if bias is None else f'{bias:+.1f}'})")
+        ref = cells.get((optimizer, noise, reference_m))
+        gap = "n/a" if ref is None or ref.get("ergodic_gap") is None else \
+            f"{ref['ergodic_gap']:.2f} ± {ref['ergodic_gap_se']:.2f}"
+        print(f"| {optimizer}, {noise:.0%} | " + " | ".join(line) + f" | {gap} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--swaps", type=int, nargs="+", default=[1, 8, 32, 128])
@@ -56,8 +92,18 @@ def main() -> None:
     parser.add_argument("--holdout-fraction", type=float, default=0.2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", help="write every summary here")
+    parser.add_argument("--from-json", help="print the tables of a study saved with --json (no training)")
+    parser.add_argument("--pivot", action="store_true", help="also print the README's table (one column per m)")
     args = parser.parse_args()
 
+    if args.from_json:
+        with open(args.from_json) as fh:
+            rows = json.load(fh)
+        print_rows(rows)
+        if args.pivot:
+            print()
+            print_pivot(rows)
+        return
     data = make_mnist1d(seed=args.seed)
     rows: list[dict[str, Any]] = []
     started = time.time()
@@ -76,13 +122,10 @@ def main() -> None:
                       f"ergodic_gap {_pm(summary, 'ergodic_gap')}, bias {bias_in_se(summary)}", flush=True)
     print(f"\nK = {args.replicas}, {args.steps} steps, holdout_fraction {args.holdout_fraction}, "
           f"{time.time() - started:.0f} s in all\n")
-    print("| optimizer | noise | m | `stability_gap` | removed side | added side | `ergodic_gap` | bias (SE) | resolved |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for s in rows:
-        bias = bias_in_se(s)
-        print(f"| {s['optimizer']} | {s['label_noise']:.0%} | {s['swaps']} | {_pm(s, 'stability_gap')} | "
-              f"{_pm(s, 'stability_gap_removed')} | {_pm(s, 'stability_gap_added')} | {_pm(s, 'ergodic_gap')} | "
-              f"{'n/a' if bias is None else f'{bias:+.2f}'} | {'yes' if s.get('stability_gap_resolved') else 'no'} |")
+    print_rows(rows)
+    if args.pivot:
+        print()
+        print_pivot(rows)
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(rows, fh, indent=1, default=str)
