@@ -5,7 +5,7 @@ For each setting it trains the label-noise example's MLP with ``SASMonitor(repli
 swaps=m))`` and reports the symmetric ``stability_gap`` (both sides of every swap), its two sides,
 and the ``ergodic_gap`` measured on the control replica against the same held-out split; the
 bias is ``stability_gap - ergodic_gap`` in units of their combined SE. The held-out split is
-20 % of the data so that m = 128 fits (4 x 128 replacements and the held-out probes).
+20 % of the data so that m = 128 fits (K m + 1 = 513 held-out samples: 4 x 128 replacements and a P_test point).
 
     python benchmarks/swap_study.py                    # 16 runs, about 10 minutes on 2 CPU cores
     python benchmarks/swap_study.py --json study.json
