@@ -64,7 +64,7 @@ PROBE_KEYS = ("ergodic_gap", "ergodic_gap_se", "probe_train_loss", "probe_test_l
 
 #: why a summary key is None when its part gave no more specific reason (``summary["unavailable"]``)
 GENERIC_REASONS: dict[str, str] = {
-    "late_phase_start": "the late phase has not started: MSER-5 finds the loss still trending (the statistics "
+    "late_phase_start": "the late phase has not started: MSER finds the loss still trending (the statistics "
                         "use the second half of the stream and are provisional)",
     "loss_mean": "no finite training loss recorded yet (training_step returned no loss tensor, or all were NaN/Inf)",
     "loss_se": "too few late-phase blocks for a batch-means standard error",

@@ -14,7 +14,7 @@ __all__ = ["EXPLANATIONS", "html_page"]
 #: plain-words explanation of each summary key
 EXPLANATIONS: dict[str, str] = {
     "steps": "Stream entries seen (optimizer steps; batches in manual optimization).",
-    "late_phase_start": "Step where the initial transient ends (MSER-5 on the loss); n/a while the loss is still trending.",
+    "late_phase_start": "Step where the initial transient ends (MSER on the loss stream's blocks); n/a while the loss is still trending.",
     "late_phase_found": "Whether MSER found the end of the transient; if not, the statistics use the second half and are provisional.",
     "late_phase_steps": "Number of loss values in the late phase.",
     "loss_mean": "Time-averaged training loss over the late phase.",

@@ -39,7 +39,7 @@ class LossStream(StreamCallback):
         flush_every: entries between flushes (host copy, statistics, logging, storage).
         window: raw values kept for the spectral statistics.
         max_blocks: blocks of the bounded summary (even).
-        late_phase_start: fixed late-phase start (a stream index); None finds it with MSER-5.
+        late_phase_start: fixed late-phase start (a stream index); None finds it with MSER (count-weighted, on the stream's blocks).
     """
 
     def __init__(
