@@ -121,10 +121,11 @@ def compare_runs(runs: Sequence[Any], pairs: Sequence[tuple[int, int]], from_ste
     """SAS statistics across runs on neighbouring datasets, from their stored probe streams.
 
     Every run must have probed the same points (same seed and dataset sizes); the late phase is
-    ``from_step`` or the latest of the runs' late-phase starts. Returns the held-out sensitivity
-    ``sas_mean`` (mean over pairs and ``P_test`` of ``|<l_p(z)> - <l_q(z)>|``, with SE),
-    ``sas_max`` (mean over pairs of the max over ``P_test``), the authors' ``paper_coefficient``
-    and per-run time-averaged test losses.
+    ``from_step`` or the latest of the runs' late-phase starts. Returns
+    ``mean_pairwise_abs_difference`` (mean over pairs and ``P_test`` of
+    ``|<l_p(z)> - <l_q(z)>|``, with SE), ``heldout_max_abs_difference`` (mean over pairs of the
+    max over ``P_test``: not ``sas_max``, whose max also runs over the swapped samples), the
+    authors' ``paper_coefficient`` and per-run time-averaged test losses.
 
     Runs of a ``lightning-sas perturb`` plan (trained on
     :meth:`~lightning_sas.data.NeighbouringDataset.from_plan` sets) also probed every run's
@@ -172,9 +173,9 @@ def compare_runs(runs: Sequence[Any], pairs: Sequence[tuple[int, int]], from_ste
         "runs": len(runs),
         "pairs": ", ".join(f"{p}-{q}" for p, q in pairs),
         "from_step": int(from_step),
-        "sas_mean": mpd,
-        "sas_mean_se": mpd_se,
-        "sas_max": sup,
+        "mean_pairwise_abs_difference": mpd,
+        "mean_pairwise_abs_difference_se": mpd_se,
+        "heldout_max_abs_difference": sup,
         "paper_coefficient": coef,
         "paper_coefficient_se": coef_se,
     }

@@ -52,6 +52,8 @@ EXPLANATIONS: dict[str, str] = {
     "stability_gap_max_share": "Share of the largest replica in the sum of its |per-replica stability gap|: near 1, one replica carries stability_gap and its SE from K samples is not to be trusted (raise K or swaps).",
     "sas_converged": "Whether the last two doublings of the averaging window agree.",
     "paper_coefficient": "The authors' statistic: mean |difference| of time-averaged mean test losses over neighbouring runs.",
+    "mean_pairwise_abs_difference": "Mean over neighbouring pairs and held-out points of |difference of time-averaged probe losses|.",
+    "heldout_max_abs_difference": "Mean over neighbouring pairs of the largest |difference of time-averaged probe losses| on the held-out points (not sas_max, whose max also covers the swapped samples).",
 }
 
 
