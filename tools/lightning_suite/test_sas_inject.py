@@ -1,5 +1,5 @@
-"""Self-check of the injection plugin (not collected by the project's test run, whose testpaths
-is ``tests``): ``python -m pytest tools/lightning_suite/test_sas_inject.py -q``."""
+"""Self-check of the injection plugin, collected by the project's test run (pyproject's
+``testpaths``) and runnable alone: ``python -m pytest tools/lightning_suite/test_sas_inject.py -q``."""
 
 from __future__ import annotations
 
