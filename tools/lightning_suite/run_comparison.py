@@ -470,6 +470,36 @@ def _mask(error: str) -> str:
     return re.sub(r"\d+(?:\.\d+)*", "N", error)
 
 
+#: the replica set-up errors, by the message each raises (the table in docs/development.md)
+SETUP_ERRORS: list[tuple[str, str]] = [
+    ("no per-sample loss (bare-tensor batches, a module without forward)", r"SASReplicas needs the per-sample loss"),
+    ("a training set of 2-4 samples", r"a training set of \d+ samples is too small"),
+    ("no training dataset (dataloader_iter, bare iterators)", r"SASReplicas needs training data"),
+]
+
+
+def setup_error_counts(summary: dict, mode: str = "replicas") -> dict[str, int]:
+    """How many of the failures only with ``mode`` carry each of :data:`SETUP_ERRORS`' messages
+    (anywhere in the error, also when a test's own assertion quotes it); the rest is "other"."""
+    counts = {label: 0 for label, _ in SETUP_ERRORS}
+    counts["other"] = 0
+    for failure in summary["only_with"].get(mode, []):
+        error = failure.get("error") or ""
+        label = next((label for label, pattern in SETUP_ERRORS if re.search(pattern, error)), "other")
+        counts[label] += 1
+    return counts
+
+
+def cmd_setup_errors(args: argparse.Namespace) -> None:
+    summary = json.loads((Path(args.results) / "summary.json").read_text())
+    counts = setup_error_counts(summary, args.mode)
+    print(f"| failing only with {args.mode}: set-up error | count |")
+    print("|---|---:|")
+    for label, count in counts.items():
+        print(f"| {label} | {count} |")
+    print(f"| all | {sum(counts.values())} |")
+
+
 def cmd_compare(args: argparse.Namespace) -> None:
     work = Path(args.workdir).resolve()
     compare(work, Path(args.out) if args.out else work)
@@ -586,6 +616,11 @@ def main(argv: list[str] | None = None) -> None:
     p_cmp.add_argument("--workdir", required=True)
     p_cmp.add_argument("--out", help="where summary.md/json go [workdir]")
     p_cmp.set_defaults(func=cmd_compare)
+
+    p_se = sub.add_parser("setup-errors", help="count the replica-only failures by set-up error (from summary.json)")
+    p_se.add_argument("--results", required=True, help="a results/<tag>_<commit> folder")
+    p_se.add_argument("--mode", default="replicas")
+    p_se.set_defaults(func=cmd_setup_errors)
 
     p_re = sub.add_parser("rerun", help="rerun test ids in each mode")
     p_re.add_argument("--workdir", required=True, help="a rerun-<time> folder is made in it")
