@@ -255,19 +255,10 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def _perturb(args: argparse.Namespace) -> int:
-    from lightning_sas.data import auto_swaps, choose_swaps, split_holdout
+    from lightning_sas.data import choose_swaps, resolve_swaps, split_holdout
 
-    n_hold = max(int(round(args.n * args.holdout_fraction)), args.runs + 1)
-    if str(args.swaps) == "auto":
-        m = auto_swaps(args.n - n_hold, n_hold, args.runs)
-    elif str(args.swaps).isdigit() and int(args.swaps) >= 1:
-        m = int(args.swaps)
-        if args.runs * m + 1 > n_hold:
-            raise ValueError(f"--swaps {m} with --runs {args.runs} needs {args.runs * m + 1} held-out samples, but "
-                             f"--holdout-fraction {args.holdout_fraction} of {args.n} gives {n_hold}: lower --swaps (or "
-                             "use auto), or raise --holdout-fraction")
-    else:
-        raise ValueError(f"--swaps must be 'auto' or a positive integer, got {args.swaps!r}")
+    m, _ = resolve_swaps(args.n, args.holdout_fraction, args.runs, args.swaps,
+                         names=("--swaps", "--runs", "--holdout-fraction"))
     s_idx, holdout = split_holdout(args.n, args.holdout_fraction, args.seed, min_holdout=args.runs * m + 1)
     swaps = choose_swaps(s_idx, holdout, args.runs, m, args.seed)
     plan = {

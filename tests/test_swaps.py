@@ -91,7 +91,7 @@ def test_auto_swaps_adapt_to_the_data(tmp_path: Any) -> None:
     (-0.89, -0.20, -1.04, -0.57), with an SE of 0.08-0.23. m = 1 has the largest SE (0.36-0.95,
     unresolved at 0 % noise) and is low by 2.1 SE at 40 % on SGD; m = 8 is biased low at 40 %
     noise on both optimizers (-2.2 and -3.9 SE). m = 128 has a smaller SE still (0.04-0.11) and
-    its bias is within one SE too, but it needs 4Km = 512 held-out samples (the 20 % split of
+    its bias is within one SE too, but it needs K m + 1 = 513 held-out samples (the 20 % split of
     this study; the default holdout_fraction is 0.1) and moves each neighbouring dataset 4 % of
     the way from S, far from the replace-one definition. So DEFAULT_SWAPS = 32, capped at 1 % of
     S.
@@ -160,3 +160,19 @@ def test_a_checkpoint_with_other_swaps_is_refused(tmp_path: Any) -> None:
     with pytest.raises(ValueError, match="swaps"):
         pl.Trainer(callbacks=[second], **kwargs).fit(TinyClassifier(), data,
                                                      ckpt_path=str(tmp_path / "ckpt" / "epoch=0-step=10.ckpt"))
+
+
+def test_one_rule_for_the_held_out_size_and_the_swaps() -> None:
+    """SASReplicas and `lightning-sas perturb` size the held-out split and m by one function."""
+    from lightning_sas.data import auto_swaps, resolve_swaps
+
+    assert resolve_swaps(1000, 0.1, 4, "auto") == (auto_swaps(900, 100, 4), 100)
+    assert resolve_swaps(1000, 0.1, 4, 24) == (24, 100)  # 4 * 24 + 1 = 97 held-out samples fit in 100
+    assert resolve_swaps(20, 0.1, 4, "auto")[1] == 5  # at least K + 1
+    with pytest.raises(ValueError, match=r"--swaps=25 with --runs=4 needs 101 held-out .*--holdout-fraction"):
+        resolve_swaps(1000, 0.1, 4, 25, names=("--swaps", "--runs", "--holdout-fraction"))
+    with pytest.raises(ValueError, match="swaps must be 'auto' or a positive integer"):
+        resolve_swaps(1000, 0.1, 4, "many")
+    assert SASReplicas(replicas=4, swaps=24, holdout_fraction=0.1).resolve_swaps(1000) == (24, 100)
+    with pytest.raises(ValueError, match=r"swaps=25 with replicas=4 needs 101"):
+        SASReplicas(replicas=4, swaps=25, holdout_fraction=0.1).resolve_swaps(1000)

@@ -14,7 +14,7 @@ from torch.utils.data import TensorDataset, default_collate
 
 from lightning_sas.callbacks._common import prepare_batch, resolve_callable, warn_once
 from lightning_sas.callbacks.base import FlushContext, StreamCallback
-from lightning_sas.data import auto_swaps, choose_swaps, make_probe_set, split_holdout
+from lightning_sas.data import choose_swaps, make_probe_set, resolve_swaps, split_holdout
 from lightning_sas.data.loaders import DEFAULT_POOL_SIZE, SampleSource, training_source
 from lightning_sas.isolation import isolated_rng, observed
 from lightning_sas.losses import per_sample_loss
@@ -254,25 +254,11 @@ class SASReplicas(StreamCallback):
         return self._split(n)[1]
 
     def resolve_swaps(self, n: int) -> tuple[int, int]:
-        """``(m, held-out size)`` for a training set of ``n`` samples.
-
-        The held-out split has ``round(n * holdout_fraction)`` samples, at least ``K + 1`` (a
-        small dataset still gets one replacement per replica and a ``P_test`` point).
-        ``swaps="auto"`` takes :func:`~lightning_sas.data.auto_swaps`: the default m from the bias
-        study, at most about 1 % of ``S`` and what the held-out pool allows (``K m`` replacements
-        and a ``P_test`` point), at least 1. An explicit ``swaps`` that does not fit is an error
-        naming ``swaps`` and ``holdout_fraction``."""
-        n_hold = max(int(round(n * self.holdout_fraction)), self.replicas + 1)
-        if self.swaps == "auto":
-            return auto_swaps(n - n_hold, n_hold, self.replicas), n_hold
-        m = int(self.swaps)
-        if self.replicas * m + 1 > n_hold:
-            raise ValueError(
-                f"swaps={m} with replicas={self.replicas} needs {self.replicas * m + 1} held-out samples (K * m "
-                f"replacements and one P_test point), but holdout_fraction={self.holdout_fraction} of {n} samples gives "
-                f"{n_hold}: lower swaps (or use swaps='auto'), or raise holdout_fraction."
-            )
-        return m, n_hold
+        """``(m, held-out size)`` for a training set of ``n`` samples
+        (:func:`~lightning_sas.data.resolve_swaps`: ``swaps="auto"`` takes the default m from the
+        bias study, at most about 1 % of ``S`` and what the held-out pool allows; an explicit
+        ``swaps`` that does not fit is an error naming ``swaps`` and ``holdout_fraction``)."""
+        return resolve_swaps(n, self.holdout_fraction, self.replicas, self.swaps)
 
     def _split(self, n: int) -> tuple[np.ndarray, np.ndarray]:
         """The seeded split of ``range(n)`` into ``S`` and the held-out samples."""

@@ -7,9 +7,10 @@ from lightning_sas.data.neighbouring import (
     auto_swaps,
     choose_replacements,
     choose_swaps,
+    resolve_swaps,
     split_holdout,
 )
 from lightning_sas.data.probes import ProbeSet, SwapLayout, make_probe_set
 
 __all__ = ["DEFAULT_SWAPS", "IndexedDataset", "NeighbouringDataset", "ProbeSet", "SwapLayout", "auto_swaps", "choose_replacements",
-           "choose_swaps", "make_probe_set", "split_holdout"]
+           "choose_swaps", "make_probe_set", "resolve_swaps", "split_holdout"]

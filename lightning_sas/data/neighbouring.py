@@ -97,6 +97,30 @@ def auto_swaps(n_train: int, n_holdout: int, k: int, default: int = DEFAULT_SWAP
     return max(1, min(default, int(round(AUTO_SWAP_SHARE * n_train)), (n_holdout - 1) // max(k, 1)))
 
 
+def resolve_swaps(n: int, holdout_fraction: float, k: int, swaps: int | str,
+                  names: tuple[str, str, str] = ("swaps", "replicas", "holdout_fraction")) -> tuple[int, int]:
+    """``(m, held-out size)`` for ``n`` samples, ``k`` perturbed replicas (or runs) and ``swaps``
+    (an integer m or ``"auto"``: :func:`auto_swaps`).
+
+    The held-out split has ``round(n * holdout_fraction)`` samples, at least ``k + 1`` (a small
+    data set still gets one replacement per replica and a ``P_test`` point); m swaps need
+    ``k * m + 1`` of them. An m that does not fit is a ``ValueError`` naming the arguments as the
+    caller spells them (``names``: swaps, replicas, holdout fraction)."""
+    n_hold = max(int(round(n * holdout_fraction)), k + 1)
+    if str(swaps) == "auto":
+        return auto_swaps(n - n_hold, n_hold, k), n_hold
+    if isinstance(swaps, bool) or not str(swaps).isdigit() or int(swaps) < 1:
+        raise ValueError(f"{names[0]} must be 'auto' or a positive integer, got {swaps!r}")
+    m = int(swaps)
+    if k * m + 1 > n_hold:
+        raise ValueError(
+            f"{names[0]}={m} with {names[1]}={k} needs {k * m + 1} held-out samples (K * m replacements and one "
+            f"P_test point), but {names[2]}={holdout_fraction} of {n} samples gives {n_hold}: lower {names[0]} "
+            f"(or use 'auto'), or raise {names[2]}."
+        )
+    return m, n_hold
+
+
 def choose_swaps(
     train_indices: np.ndarray, holdout_indices: np.ndarray, k: int, m: int, seed: int, exclude: np.ndarray | None = None
 ) -> list[list[tuple[int, int]]]:
