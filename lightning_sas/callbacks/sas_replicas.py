@@ -33,7 +33,7 @@ from lightning_sas.replicas.placement import (
 from lightning_sas.replicas.rng import PrivateRNG
 from lightning_sas.replicas.sampler import ReplicaSampler
 from lightning_sas.replicas.stacked import StackedReplicas, stacked_unsupported_reason
-from lightning_sas.replicas.trainer_view import ReplicaTrainerError
+from lightning_sas.replicas.trainer_view import WAYS_OUT, ReplicaTrainerError
 
 __all__ = ["SASReplicas", "SAS_KEYS", "replica_rows"]
 
@@ -353,11 +353,13 @@ class SASReplicas(StreamCallback):
             if first.ndim != 1 or first.shape[0] != min(chunk, 2 * self.m):
                 raise ValueError(f"it returned shape {tuple(first.shape)}, expected ({min(chunk, 2 * self.m)},)")
         except Exception as err:
-            raise ValueError(
-                f"SASReplicas needs the per-sample loss of probe samples ({type(err).__name__}: {err}). Define "
-                "`sas_per_sample_loss(self, batch) -> Tensor[B]` on the module or pass loss_fn=(module, batch) -> "
-                "Tensor[B] (a callable or an import path)."
-            ) from err
+            if callable(getattr(pl_module, "sas_per_sample_loss", None)):  # it comes before any loss_fn
+                way = ("Make the module's `sas_per_sample_loss(self, batch) -> Tensor[B]` return one loss per sample of a "
+                       "training batch (it is used before any loss_fn).")
+            else:
+                way = ("Define `sas_per_sample_loss(self, batch) -> Tensor[B]` on the module or pass loss_fn=(module, "
+                       "batch) -> Tensor[B] (a callable or an import path).")
+            raise ValueError(f"SASReplicas needs the per-sample loss of probe samples ({type(err).__name__}: {err}). {way}") from err
         self.metric = SASEstimate(probes.layout(), max_blocks=self.max_blocks).to(device)
         restored, self._restored = self._restored, None
         if restored is not None and restored.get("engine") is not None:
@@ -414,7 +416,7 @@ class SASReplicas(StreamCallback):
         engine: Any = None
         if n == 0:  # more ranks than replicas: this rank only keeps the collectives in step
             if self.path == "fast" and reason is not None:
-                raise ValueError(f"SASReplicas(path='fast') cannot run this module: {reason}. Use path='auto' or 'generic'.")
+                raise ValueError(self._fast_refusal(trainer, pl_module, reason, use_step, clip, opt_state))
             path = "fast" if self.path in ("auto", "fast") and reason is None else "generic"
             self.engine = NoLocalReplicas(path, self._probe_device())
             self.fork_step = int(step)
@@ -429,25 +431,57 @@ class SASReplicas(StreamCallback):
                 engine = None
         if engine is None:
             if self.path == "fast":
-                raise ValueError(f"SASReplicas(path='fast') cannot run this module: {reason}. Use path='auto' or 'generic'.")
-            try:
-                probe = GenericReplicas(pl_module, 1, self.loss_fn, use_step, clip, opt_state, trainer=trainer)
-                self._dry_run(probe)
-            except ReplicaTrainerError as err:
-                raise ValueError(str(err)) from err
-            except Exception as err:
-                raise ValueError(
-                    f"SASReplicas: a replica step failed at fork time ({type(err).__name__}: {err}). A replica is a deep "
-                    "copy of the module that runs its own training_step and configure_optimizers with a read-only view "
-                    "of the trainer; pass loss_fn=(module, batch) -> per-sample losses (replicas then train on it, "
-                    "and replica_path='fast' can stack them), or define `sas_configure_optimizers(self)`."
-                ) from err
+                raise ValueError(self._fast_refusal(trainer, pl_module, reason, use_step, clip, opt_state))
+            refusal = self._generic_refusal(trainer, pl_module, use_step, clip, opt_state)
+            if refusal is not None:
+                raise refusal
             engine = GenericReplicas(pl_module, n, self.loss_fn, use_step, clip, opt_state, trainer=trainer)
             self.fallback_reason = reason
             if self.path == "auto" and reason:
                 rank_zero_info(f"lightning-sas: replicas use the generic path because {reason}.")
         self.engine = engine
         self.fork_step = int(step)
+
+    def _generic_refusal(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", use_step: bool,
+                         clip: Any, opt_state: Any) -> ValueError | None:
+        """Build one generic replica and dry-run a step: None when it works, else the error to
+        raise, naming the hook that failed and the one way out for it."""
+        stage = "configure_optimizers"
+        try:
+            probe = GenericReplicas(pl_module, 1, self.loss_fn, use_step, clip, opt_state, trainer=trainer)
+            stage = "step"
+            self._dry_run(probe)
+        except ReplicaTrainerError as err:
+            return ValueError(str(err))
+        except Exception as err:
+            failure = f"({type(err).__name__}: {err})"
+            if stage == "configure_optimizers":
+                message = (f"SASReplicas: the replicas' configure_optimizers failed at fork time {failure}. "
+                           f"{WAYS_OUT['configure_optimizers']}")
+            elif use_step and pl_module.automatic_optimization:
+                message = (f"SASReplicas: a replica's training_step failed at fork time {failure}. A replica is a deep "
+                           f"copy of the module with a read-only view of the trainer. {WAYS_OUT['training_step']}")
+            elif use_step:
+                message = (f"SASReplicas: a replica's manual-optimization training_step failed at fork time {failure}. "
+                           f"{WAYS_OUT['manual training_step']}")
+            else:
+                message = (f"SASReplicas: a replica step on the per-sample loss failed at fork time {failure}. "
+                           f"{WAYS_OUT['per-sample loss']}")
+            error = ValueError(message)
+            error.__cause__ = err
+            return error
+        return None
+
+    def _fast_refusal(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", reason: str | None, use_step: bool,
+                      clip: Any, opt_state: Any) -> str:
+        """Why ``path='fast'`` cannot run this module, with a way out that was tried: the generic
+        path when a generic replica runs it (dry run), else what the generic path needs."""
+        generic = self._generic_refusal(trainer, pl_module, use_step, clip, opt_state)
+        if generic is None:
+            way = "Use path='generic' (a dry run of a generic replica on this module worked)."
+        else:
+            way = f"The generic path cannot run it as it is either: {generic}"
+        return f"SASReplicas(path='fast') cannot run this module: {reason}. {way}"
 
     def _dry_run(self, engine: Any) -> None:
         assert self._sampler is not None
