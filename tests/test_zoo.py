@@ -280,3 +280,42 @@ def test_every_refusal_names_a_way_out_that_works(refusal: zoo.Refusal, tmp_path
     run_shape(with_module(lambda: module), tmp_path / "followed", monitor)
     summary = monitor.summary()
     assert monitor.replicas.enabled and summary["sas_max"] is not None, summary["unavailable"].get("sas_max")
+
+
+@pytest.mark.parametrize("name", zoo.COMPILED_WITH_VALIDATION)
+def test_compiled_module_probes_find_the_validation_data(name: str, tmp_path: Any) -> None:
+    """``fit(torch.compile(module), ...)`` with validation data (passed to ``fit``, validated every
+    3 epochs, or from the module's own hooks): the probes find it and the monitor reports the
+    ergodic gap on it, observing the run without changing it."""
+    shape = zoo.shape(name)
+    plain = run_shape(shape, tmp_path / "plain", None)
+    monitor = SASMonitor(flush_every=10, snapshot_every=5, probe_every=5, num_train_probes=16, num_test_probes=16,
+                         figure_every=0)
+    assert_observer(plain, run_shape(shape, tmp_path / "monitored", monitor))
+    summary = monitor.summary()
+    assert summary["ergodic_gap"] is not None, summary["unavailable"].get("ergodic_gap")
+    assert summary["ergodic_gap_source"] == "validation"
+
+
+def test_validation_source_unwraps_a_wrapped_module_in_the_data_source(tmp_path: Any) -> None:
+    """The fit loop's data source may hold the module as given (compiled, or inside a strategy's
+    wrapper): its ``val_dataloader`` hook is asked on the module inside."""
+    from types import SimpleNamespace
+
+    from pytorch_lightning.trainer.connectors.data_connector import _DataLoaderSource
+
+    from lightning_sas._compat import unwrap_module
+    from lightning_sas.data.loaders import validation_source
+
+    module = zoo.OwnLoadersMLP()
+    compiled = torch.compile(module, backend="eager")
+    wrapped = torch.nn.DataParallel(compiled)
+    assert unwrap_module(wrapped) is module and unwrap_module(module) is module and unwrap_module(None) is None
+    for instance in (compiled, wrapped):
+        loop = SimpleNamespace(_data_source=_DataLoaderSource(instance, "val_dataloader"))
+        trainer = SimpleNamespace(val_dataloaders=None, lightning_module=instance, limit_val_batches=1.0,
+                                  fit_loop=SimpleNamespace(epoch_loop=SimpleNamespace(val_loop=loop)))
+        source, where = validation_source(trainer)
+        assert source is not None and len(source) == 64 and where == "validation", where
+    source, where = validation_source(SimpleNamespace(val_dataloaders=None, lightning_module=module, limit_val_batches=1.0))
+    assert source is None and "fit_loop.epoch_loop.val_loop._data_source" in where  # named, not a traceback

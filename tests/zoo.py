@@ -449,6 +449,16 @@ class NeedsFitLoopInTrainingStep(DropoutMLP):
         return super().training_step(batch, batch_idx)
 
 
+class OwnLoadersMLP(DropoutMLP):
+    """Its loaders come from its own ``train_dataloader``/``val_dataloader`` hooks."""
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(classification_data(), batch_size=16, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return _val(classification_data(64, seed=1))
+
+
 def squared_error(module: Any, batch: Any) -> torch.Tensor:
     x, y = batch
     return (module(x)[:, 0] - y) ** 2
@@ -531,11 +541,19 @@ SHAPES: list[Shape] = [
           trainer={"accumulate_grad_batches": 2}),
     Shape("datamodule_built_in_setup", lambda: (ResidualNet(), {"datamodule": SetupDataModule()})),
     Shape("lbfgs_closure", lambda: (LBFGSRegression(), _loaders(regression_data())), expect=("loss_mean", "weight_norm")),
+    Shape("torch_compile_validation_every_3_epochs", lambda: (torch.compile(DropoutMLP(), backend="eager"),
+                                                           _loaders(classification_data(), _val(classification_data(64, seed=1)))),
+          trainer={"check_val_every_n_epoch": 3}),
+    Shape("torch_compile_own_loader_hooks", lambda: (torch.compile(OwnLoadersMLP(), backend="eager"), {}),
+          trainer={"check_val_every_n_epoch": 3}),
     Shape("template_recipe_trainer_model", lambda: (TemplateRecipe(), _loaders(classification_data(), _val(classification_data(64, seed=1))))),
     Shape("template_recipe_batchnorm", lambda: (TemplateRecipe(batchnorm=True), _loaders(classification_data(), _val(classification_data(64, seed=1))))),
     Shape("scaled_warmup_recipe", lambda: (ScaledWarmupRecipe(), _loaders(classification_data(), _val(classification_data(64, seed=1)))),
           trainer={"accumulate_grad_batches": 2}),
 ]
+
+#: compiled modules with validation data: the probes must find it (no replicas: the gap is the validation one)
+COMPILED_WITH_VALIDATION = ("torch_compile", "torch_compile_validation_every_3_epochs", "torch_compile_own_loader_hooks")
 
 #: the recipe shapes that must run with replicas on the fast path too (given a loss_fn)
 FAST_RECIPES = ("template_recipe_trainer_model", "scaled_warmup_recipe")
