@@ -107,9 +107,11 @@ class SASReplicas(StreamCallback):
         swaps: ``m``, the samples each replica swaps (``"auto"``: the default of the bias study,
             at most about 1 % of ``S`` and what the held-out split allows; see
             :meth:`resolve_swaps`). ``swaps=1`` is v0.1's one-replacement estimator.
-        fork_at: ``"start"``, ``"late_phase"`` (first stable late-phase start) or a step.
+        fork_at: ``"start"``, ``"late_phase"`` (first stable late-phase start) or a step (late
+            forks need ``holdout``).
         sampler: ``"common"`` or ``"independent"``.
-        holdout_fraction: share of the training data held out for replacements and ``P_test``.
+        holdout_fraction: share of the training data held out for replacements and ``P_test``
+            (without ``holdout``).
         num_train_probes, num_heldout_probes: sizes of ``P_train`` (plus every ``i_k``) and ``P_test``.
         probe_every: steps between probe evaluations of all replicas.
         loss_fn: per-sample loss ``(module, batch) -> Tensor[B]`` or its import path.
