@@ -575,12 +575,13 @@ class SASReplicas(StreamCallback):
     def _dry_run(self, engine: Any) -> None:
         assert self._sampler is not None
         positions = ReplicaSampler(len(self._s_indices), self._sampler.batch_size, self.replicas + 1, "common", self.seed).next()
-        batches = self._batches(positions, self._rows[: engine.n], device=self._probe_device())
+        rows = self._rows[: engine.n] or list(range(engine.n))  # a rank without replicas tries the control's
+        batches = self._batches(positions, rows, device=self._probe_device())
         saved = self._rng.state_dict()
         try:
             with self._rng.active(self._probe_device()):
                 engine.step(batches, 0, 0)
-                engine.per_sample_losses(self._probe_batches[:1], self._swap_batches[:1], self._rows[: engine.n])
+                engine.per_sample_losses(self._probe_batches[:1], self._swap_batches[:1], rows)
         finally:
             self._rng.load_state_dict(saved)
 
