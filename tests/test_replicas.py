@@ -296,6 +296,7 @@ def test_holdout_errors(tmp_path: Any) -> None:
         (full, [1, 2, 3, 4, 5], "needs the training data to be a torch.utils.data.Subset"),
         (torch.utils.data.Subset(full, list(range(150))), list(range(140, 160)), "10 holdout= indices .* are in the training Subset"),
         (full, full, "the training dataset itself"),
+        (torch.utils.data.Subset(full, list(range(150))), full, "the dataset the training Subset draws from"),
     ]
     for train, holdout, message in cases:
         monitor = SASMonitor(store=False, figure_every=0, replicas=SASReplicas(replicas=2, holdout=holdout))

@@ -347,8 +347,9 @@ class SASReplicas(StreamCallback):
         if self._restored is None and resumed_step > 0 and self.fork_at == "start" and self.holdout is None:
             raise ValueError(
                 f"SASReplicas: the run starts at step {resumed_step} without replica state (resumed from a checkpoint "
-                "saved without SASReplicas, or a second fit). Replicas forked now would start from weights already trained on the held-out "
-                "split, without optimizer history of their own, and the estimate would be labelled as forked at step 0 "
+                "saved without SASReplicas, or a second fit). Replicas forked now would start from weights already "
+                "trained on the held-out split, without optimizer history of their own, and the estimate would be "
+                "labelled as forked at step 0 "
                 "(contaminated). Start the run from step 0 (no ckpt_path) with SASReplicas; or, if the main run never "
                 "trained on some samples, pass them as holdout= (a Dataset, or indices into the dataset of a training "
                 "Subset): the replicas then fork at the resume step (a late fork)."
@@ -438,6 +439,9 @@ class SASReplicas(StreamCallback):
         if not _is_index_list(held):  # a Dataset (a list or array of integers is indices)
             if source is not None and held is source.dataset:
                 raise ValueError("holdout= is the training dataset itself; pass samples the main run does not train on")
+            if source is not None and held is getattr(source.dataset, "dataset", None):
+                raise ValueError("holdout= is the dataset the training Subset draws from; pass the left-out indices "
+                                 "(holdout=indices) or a Dataset of samples the main run does not train on")
             return held
         indices = np.asarray(held.cpu() if isinstance(held, torch.Tensor) else held, dtype=np.int64).ravel()
         if source is None:
