@@ -6,8 +6,13 @@ what DESIGN section 9 and the "trust" issue list: dropout, BatchNorm, bf16, sche
 output object with ``.loss``/``.logits``, manual optimization with two optimizers (a GAN), an
 ``IterableDataset``, ``torch.compile``, sparse and multiple validation loaders, a frozen backbone
 with two parameter groups, gradient accumulation, a DataModule built in ``setup()``,
-``training_step(self, batch)`` without ``batch_idx``, LBFGS, and the ``lightning.pytorch``
-namespace.
+``training_step(self, batch)`` without ``batch_idx``, LBFGS, the ``lightning.pytorch``
+namespace, compiled modules validated every 3 epochs or with their own loader hooks, and the
+recipes projects use: an optimizer on ``self.trainer.model.parameters()`` with torchmetrics and
+``ReduceLROnPlateau`` (lightning-hydra-template), with BatchNorm, and a learning rate and warmup
+from the run's devices, accumulation, precision, strategy and stepping batches. ``REFUSALS``
+lists setups the replicas refuse, each with the advice its error must give and that advice
+applied.
 """
 
 from __future__ import annotations
