@@ -230,3 +230,107 @@ def test_setup_errors(tmp_path: Any) -> None:
     trainer = pl.Trainer(callbacks=[monitor], **trainer_kwargs(tmp_path, max_steps=5))
     with pytest.raises(ValueError, match="contaminated"):
         trainer.fit(TinyClassifier(), DataLoader(make_classification(200), batch_size=16))
+
+
+# -- late forks on an explicit held-out set, resume without replica state ----------------------
+class BatchRecorder(pl.Callback):
+    """Every input row the main run trains on."""
+
+    def __init__(self) -> None:
+        self.rows: list[torch.Tensor] = []
+
+    def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
+        self.rows.append(batch[0].detach().clone())
+
+
+def _rows_in(rows: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """For each row of ``rows``: is it (bitwise) a row of ``table``?"""
+    return (rows[:, None, :] == table[None, :, :]).all(-1).any(1)
+
+
+@pytest.mark.parametrize("kind", ["indices", "dataset"])
+def test_late_fork_takes_the_holdout_the_main_run_never_trains_on(kind: str, tmp_path: Any) -> None:
+    """End to end: the main run trains on a Subset; the held-out samples are passed as indices
+    into its dataset (or as a Dataset). The main run never sees one of them, the replicas fork
+    late (step 40, with the main optimizer's state), every replacement and every P_test point is
+    a held-out sample, and every sample the replicas' S holds is one the main run trains on."""
+    full = make_classification(300)
+    held = np.sort(np.random.default_rng(5).choice(300, size=60, replace=False))
+    kept = np.setdiff1d(np.arange(300), held)
+    train = torch.utils.data.Subset(full, kept.tolist())
+    holdout: Any = held if kind == "indices" else TensorDataset(*(t[torch.from_numpy(held)] for t in full.tensors))
+    replicas = SASReplicas(replicas=2, swaps=4, fork_at=40, holdout=holdout, probe_every=5, num_train_probes=16,
+                           num_heldout_probes=16, flush_every=40)
+    recorder = BatchRecorder()
+    monitor = SASMonitor(flush_every=40, store=False, figure_every=0, num_train_probes=0, replicas=replicas)
+    pl.seed_everything(0)
+    trainer = pl.Trainer(callbacks=[recorder, monitor], **trainer_kwargs(tmp_path, max_steps=120))
+    trainer.fit(MomentumClassifier(), DataLoader(train, batch_size=16, shuffle=True))
+    summary = monitor.summary()
+    assert summary["fork_step"] == 40 and summary["sas_max"] is not None and summary["steps_since_fork"] == 80
+    x_full = full.tensors[0]
+    trained = torch.cat(recorder.rows)
+    assert len(trained) == 120 * 16 > len(kept)  # several epochs over the Subset
+    # no held-out sample is among the rows the main run trained on
+    assert not _rows_in(trained, x_full[torch.from_numpy(held)]).any()
+    assert _rows_in(trained, x_full[torch.from_numpy(kept)]).all()
+    n = len(kept)
+    data = replicas._data
+    added = [z for pairs in replicas._swaps for _, z in pairs]
+    removed = [i for pairs in replicas._swaps for i, _ in pairs]
+    assert min(added) >= n and max(removed) < n and set(replicas._s_indices) == set(range(n))
+    heldout_probes = replicas.probe_set.shared_indices[replicas.probe_set.shared_indices >= n]
+    assert len(heldout_probes) > 0
+    points = torch.stack([data[int(z)][0] for z in list(added) + list(heldout_probes)])
+    assert _rows_in(points, x_full[torch.from_numpy(held)]).all()  # held-out samples
+    assert not _rows_in(points, x_full[torch.from_numpy(kept)]).any()  # none the main run trains on
+
+
+def test_holdout_errors(tmp_path: Any) -> None:
+    with pytest.raises(ValueError, match="holdout_excluded was removed.*holdout="):
+        SASReplicas(holdout_excluded=True)
+    with pytest.raises(ValueError, match="holdout must be"):
+        SASReplicas(holdout=0.1)
+    full = make_classification(200)
+    cases = [
+        (full, [1, 2, 3, 4, 5], "needs the training data to be a torch.utils.data.Subset"),
+        (torch.utils.data.Subset(full, list(range(150))), list(range(140, 160)), "10 holdout= indices .* are in the training Subset"),
+        (full, full, "the training dataset itself"),
+        (torch.utils.data.Subset(full, list(range(150))), full, "the dataset the training Subset draws from"),
+    ]
+    for train, holdout, message in cases:
+        monitor = SASMonitor(store=False, figure_every=0, replicas=SASReplicas(replicas=2, holdout=holdout))
+        trainer = pl.Trainer(callbacks=[monitor], **trainer_kwargs(tmp_path, max_steps=3))
+        with pytest.raises(ValueError, match=message):
+            trainer.fit(TinyClassifier(), DataLoader(train, batch_size=16))
+
+
+def _checkpoint_without_replicas(tmp_path: Any, data: Any) -> str:
+    pl.seed_everything(0)
+    monitor = SASMonitor(flush_every=10, store=False, figure_every=0)
+    trainer = pl.Trainer(callbacks=[monitor], **trainer_kwargs(tmp_path / "first", max_steps=20))
+    trainer.fit(MomentumClassifier(), DataLoader(data, batch_size=16, shuffle=True))
+    path = str(tmp_path / "no-replicas.ckpt")
+    trainer.save_checkpoint(path)
+    return path
+
+
+def test_resume_without_replica_state_is_refused_or_a_late_fork_on_holdout(tmp_path: Any) -> None:
+    """Replicas requested at a resume from a checkpoint saved without them: refused at train start
+    with the reason (they would fork from trained weights, labelled step 0); with ``holdout=``
+    they fork at the resume step, from the restored weights and optimizer state."""
+    full = make_classification(300)
+    train = torch.utils.data.Subset(full, list(range(240)))
+    ckpt = _checkpoint_without_replicas(tmp_path, train)
+    monitor = SASMonitor(flush_every=10, store=False, figure_every=0, replicas=SASReplicas(replicas=2, probe_every=5))
+    trainer = pl.Trainer(callbacks=[monitor], **trainer_kwargs(tmp_path / "refused", max_steps=40))
+    with pytest.raises(ValueError, match=r"starts at step 20 without replica state.*contaminated.*holdout="):
+        trainer.fit(MomentumClassifier(), DataLoader(train, batch_size=16, shuffle=True), ckpt_path=ckpt)
+    replicas = SASReplicas(replicas=2, probe_every=5, holdout=list(range(240, 300)), num_train_probes=16,
+                           num_heldout_probes=16, flush_every=10)
+    monitor = SASMonitor(flush_every=10, store=False, figure_every=0, replicas=replicas)
+    trainer = pl.Trainer(callbacks=[monitor], **trainer_kwargs(tmp_path / "late", max_steps=60))
+    main = MomentumClassifier()
+    trainer.fit(main, DataLoader(train, batch_size=16, shuffle=True), ckpt_path=ckpt)
+    summary = monitor.summary()
+    assert summary["fork_step"] == 20 and summary["steps_since_fork"] == 40 and summary["sas_max"] is not None

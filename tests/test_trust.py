@@ -122,7 +122,18 @@ def test_replica_trainer_view_is_read_only_and_names_what_it_cannot_serve(tmp_pa
     assert view.max_steps == 7 and view.lightning_module is module and view.callback_metrics == {}
     with pytest.raises(ReplicaTrainerError, match="max_steps"):
         view.max_steps = 3
-    with pytest.raises(ReplicaTrainerError, match=r"trainer\.fit_loop.*replica_path='fast'.*sas_configure_optimizers"):
+    with pytest.raises(ReplicaTrainerError, match=r"trainer\.fit_loop"):
+        view.fit_loop  # noqa: B018
+    # what a configure_optimizers reads: the replica itself as model, the run's settings and placement
+    assert view.model is module and view.strategy.model is module and view.strategy.lightning_module is module
+    assert view.strategy.root_device == trainer.strategy.root_device and view.strategy.world_size == 1
+    assert (view.num_devices, view.world_size, view.accumulate_grad_batches) == (1, 1, 1)
+    assert view.estimated_stepping_batches == 7 and view.precision == trainer.precision
+    with pytest.raises(ReplicaTrainerError, match=r"trainer\.strategy\.barrier"):
+        view.strategy.barrier  # noqa: B018 (collectives: replicas live on some ranks only)
+    with view.running("configure_optimizers"), pytest.raises(ReplicaTrainerError, match="sas_configure_optimizers"):
+        view.fit_loop  # noqa: B018
+    with view.running("training_step"), pytest.raises(ReplicaTrainerError, match=r"loss_fn=\(module, batch\)"):
         view.fit_loop  # noqa: B018
     assert getattr(view, "fit_loop", None) is None  # an AttributeError: getattr defaults still work
 

@@ -239,3 +239,83 @@ def test_observer_contract_under_ddp(path: str, tmp_path: Any) -> None:
         assert len(plain["batches"]) == 30
         for key in ("batches", "state", "optim", "torch", "numpy", "python"):
             assert_same_tree(plain[key], monitored[key], f"rank{rank}.{key}")
+
+
+@pytest.mark.parametrize("path", ["fast", "generic"])
+@pytest.mark.parametrize("name", zoo.FAST_RECIPES)
+def test_recipe_shapes_run_replicas_on_both_paths(name: str, path: str, tmp_path: Any) -> None:
+    """``configure_optimizers`` on ``self.trainer.model.parameters()`` (the project-template recipe)
+    and on the run's settings (devices, accumulation, precision, strategy, stepping batches): the
+    replicas' trainer view serves them on both paths, and the run is observed, not changed."""
+    shape = zoo.shape(name)
+    plain = run_shape(shape, tmp_path / "plain", None)
+    monitor = monitor_for(shape, path=path, **({"loss_fn": zoo.cross_entropy} if path == "fast" else {}))
+    monitored = run_shape(shape, tmp_path / path, monitor)
+    assert_observer(plain, monitored)
+    summary = monitor.summary()
+    assert summary["replica_path"] == path and summary["sas_max"] is not None
+    engine = monitor.replicas.engine
+    # the replicas' optimizers hold the replicas' own parameters (trainer.model is the replica)
+    if path == "generic":
+        for module, optim in zip(engine.modules, engine.optim):
+            assert {id(p) for g in optim.optimizers[0].param_groups for p in g["params"]} == {id(p) for p in module.parameters()}
+    else:
+        assert {id(p) for g in engine.optim.optimizers[0].param_groups for p in g["params"]} == {id(p) for p in engine.params.values()}
+
+
+@pytest.mark.parametrize("refusal", zoo.REFUSALS, ids=lambda r: r.name)
+def test_every_refusal_names_a_way_out_that_works(refusal: zoo.Refusal, tmp_path: Any) -> None:
+    """Each refusal in the zoo names one way out; following it (and nothing else) makes the run
+    work with replicas: the advice never points at a path that refuses the module too."""
+    base = zoo.shape(refusal.shape)
+
+    def with_module(module_factory: Any) -> zoo.Shape:
+        return zoo.Shape(base.name, lambda: (module_factory(), base.build()[1]), trainer=base.trainer)
+
+    with pytest.raises(ValueError, match=refusal.advice) as caught:
+        run_shape(with_module(refusal.module), tmp_path / "refused", monitor_for(base, **refusal.replicas))
+    assert "path='auto'" not in str(caught.value)  # 'auto' tries the same paths: never a way out
+    module, replicas = refusal.follow(refusal.module(), dict(refusal.replicas))
+    monitor = monitor_for(base, **replicas)
+    run_shape(with_module(lambda: module), tmp_path / "followed", monitor)
+    summary = monitor.summary()
+    assert monitor.replicas.enabled and summary["sas_max"] is not None, summary["unavailable"].get("sas_max")
+
+
+@pytest.mark.parametrize("name", zoo.COMPILED_WITH_VALIDATION)
+def test_compiled_module_probes_find_the_validation_data(name: str, tmp_path: Any) -> None:
+    """``fit(torch.compile(module), ...)`` with validation data (passed to ``fit``, validated every
+    3 epochs, or from the module's own hooks): the probes find it and the monitor reports the
+    ergodic gap on it, observing the run without changing it."""
+    shape = zoo.shape(name)
+    plain = run_shape(shape, tmp_path / "plain", None)
+    monitor = SASMonitor(flush_every=10, snapshot_every=5, probe_every=5, num_train_probes=16, num_test_probes=16,
+                         figure_every=0)
+    assert_observer(plain, run_shape(shape, tmp_path / "monitored", monitor))
+    summary = monitor.summary()
+    assert summary["ergodic_gap"] is not None, summary["unavailable"].get("ergodic_gap")
+    assert summary["ergodic_gap_source"] == "validation"
+
+
+def test_validation_source_unwraps_a_wrapped_module_in_the_data_source(tmp_path: Any) -> None:
+    """The fit loop's data source may hold the module as given (compiled, or inside a strategy's
+    wrapper): its ``val_dataloader`` hook is asked on the module inside."""
+    from types import SimpleNamespace
+
+    from pytorch_lightning.trainer.connectors.data_connector import _DataLoaderSource
+
+    from lightning_sas._compat import unwrap_module
+    from lightning_sas.data.loaders import validation_source
+
+    module = zoo.OwnLoadersMLP()
+    compiled = torch.compile(module, backend="eager")
+    wrapped = torch.nn.DataParallel(compiled)
+    assert unwrap_module(wrapped) is module and unwrap_module(module) is module and unwrap_module(None) is None
+    for instance in (compiled, wrapped):
+        loop = SimpleNamespace(_data_source=_DataLoaderSource(instance, "val_dataloader"))
+        trainer = SimpleNamespace(val_dataloaders=None, lightning_module=instance, limit_val_batches=1.0,
+                                  fit_loop=SimpleNamespace(epoch_loop=SimpleNamespace(val_loop=loop)))
+        source, where = validation_source(trainer)
+        assert source is not None and len(source) == 64 and where == "validation", where
+    source, where = validation_source(SimpleNamespace(val_dataloaders=None, lightning_module=module, limit_val_batches=1.0))
+    assert source is None and "fit_loop.epoch_loop.val_loop._data_source" in where  # named, not a traceback

@@ -6,8 +6,13 @@ the observer contract (docs: Design) and the "trust" issue list: dropout, BatchN
 output object with ``.loss``/``.logits``, manual optimization with two optimizers (a GAN), an
 ``IterableDataset``, ``torch.compile``, sparse and multiple validation loaders, a frozen backbone
 with two parameter groups, gradient accumulation, a DataModule built in ``setup()``,
-``training_step(self, batch)`` without ``batch_idx``, LBFGS, and the ``lightning.pytorch``
-namespace.
+``training_step(self, batch)`` without ``batch_idx``, LBFGS, the ``lightning.pytorch``
+namespace, compiled modules validated every 3 epochs or with their own loader hooks, and the
+recipes projects use: an optimizer on ``self.trainer.model.parameters()`` with torchmetrics and
+``ReduceLROnPlateau`` (lightning-hydra-template), with BatchNorm, and a learning rate and warmup
+from the run's devices, accumulation, precision, strategy and stepping batches. ``REFUSALS``
+lists setups the replicas refuse, each with the advice its error must give and that advice
+applied.
 """
 
 from __future__ import annotations
@@ -348,6 +353,122 @@ def regression_data(n: int = 192, d: int = 6, seed: int = 0) -> TensorDataset:
     return TensorDataset(x, x @ torch.randn(d, generator=g) + 0.1 * torch.randn(n, generator=g))
 
 
+# -- 11. the project-template recipe: optimizer from self.trainer.model, torchmetrics, plateau --
+class TemplateRecipe(pl.LightningModule):
+    """Written like lightning-hydra-template's ``MNISTLitModule``: the optimizer and scheduler
+    are partials in ``hparams``, built on ``self.trainer.model.parameters()`` (Lightning's
+    FSDP-ready pattern), losses are torchmetrics ``MeanMetric``\ s logged with ``self.log``, and
+    ``ReduceLROnPlateau`` monitors the validation loss."""
+
+    def __init__(self, d: int = 8, classes: int = 3, batchnorm: bool = False) -> None:
+        super().__init__()
+        import functools
+
+        import torchmetrics
+
+        self.save_hyperparameters(logger=False)
+        self.hparams.optimizer = functools.partial(torch.optim.Adam, lr=3e-3, weight_decay=0.0)
+        self.hparams.scheduler = functools.partial(torch.optim.lr_scheduler.ReduceLROnPlateau, mode="min", factor=0.5,
+                                                   patience=2)
+        norm: nn.Module = nn.BatchNorm1d(32) if batchnorm else nn.Identity()
+        self.net = nn.Sequential(nn.Linear(d, 32), norm, nn.ReLU(), nn.Linear(32, classes))
+        self.train_loss, self.val_loss = torchmetrics.MeanMetric(), torchmetrics.MeanMetric()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def on_train_start(self) -> None:
+        self.val_loss.reset()
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        loss = F.cross_entropy(self(x), y)
+        self.train_loss(loss)
+        self.log("train/loss", self.train_loss, on_step=False, on_epoch=True, prog_bar=True)
+        return loss
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        x, y = batch
+        self.val_loss(F.cross_entropy(self(x), y))
+        self.log("val/loss", self.val_loss, on_step=False, on_epoch=True, prog_bar=True)
+
+    def configure_optimizers(self) -> Any:
+        optimizer = self.hparams.optimizer(params=self.trainer.model.parameters())
+        scheduler = self.hparams.scheduler(optimizer=optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": "val/loss",
+                                                          "interval": "epoch", "frequency": 1}}
+
+
+# -- 12. a recipe that reads the run's settings: devices, accumulation, precision, strategy ----
+class ScaledWarmupRecipe(pl.LightningModule):
+    """Learning rate scaled by the effective batch, a linear warmup over a share of
+    ``estimated_stepping_batches``, parameters from ``self.trainer.lightning_module``, and the
+    strategy's ``root_device`` and precision read in ``configure_optimizers``."""
+
+    def __init__(self, d: int = 8, classes: int = 3) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(d, 32), nn.GELU(), nn.Dropout(0.1), nn.Linear(32, classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        loss = F.cross_entropy(self(x), y)
+        self.log("train_loss", loss, sync_dist=self.trainer.world_size > 1)
+        return loss
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        x, y = batch
+        self.log("val_loss", F.cross_entropy(self(x), y))
+
+    def configure_optimizers(self) -> Any:
+        trainer = self.trainer
+        scale = trainer.num_devices * trainer.num_nodes * trainer.accumulate_grad_batches * trainer.world_size
+        assert trainer.strategy.root_device.type == "cpu" and str(trainer.precision) in ("32-true", "32", "bf16-mixed")
+        assert trainer.max_epochs is not None or trainer.max_steps > 0
+        params = [p for p in trainer.lightning_module.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=2e-3 * scale)
+        total = trainer.estimated_stepping_batches
+        warmup = max(1, int(0.1 * total))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / warmup))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+# -- 13. hooks that need what a replica cannot have (the refusals and their ways out) ----------
+class NeedsFitLoopInOptimizers(DropoutMLP):
+    def configure_optimizers(self) -> Any:
+        _ = self.trainer.fit_loop.epoch_loop  # trainer internals a replica cannot have
+        return super().configure_optimizers()
+
+
+class OwnReplicaOptimizers(NeedsFitLoopInOptimizers):
+    def sas_configure_optimizers(self) -> Any:
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+class NeedsFitLoopInTrainingStep(DropoutMLP):
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        if self.trainer.fit_loop.epoch_loop.batch_progress.current.ready < 0:  # trainer internals
+            raise RuntimeError("unreachable")
+        return super().training_step(batch, batch_idx)
+
+
+class OwnLoadersMLP(DropoutMLP):
+    """Its loaders come from its own ``train_dataloader``/``val_dataloader`` hooks."""
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(classification_data(), batch_size=16, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return _val(classification_data(64, seed=1))
+
+
+def squared_error(module: Any, batch: Any) -> torch.Tensor:
+    x, y = batch
+    return (module(x)[:, 0] - y) ** 2
+
+
 @dataclasses.dataclass
 class Shape:
     """One zoo entry: ``build()`` returns ``(module, fit_kwargs)``; ``trainer`` are extra Trainer
@@ -425,6 +546,62 @@ SHAPES: list[Shape] = [
           trainer={"accumulate_grad_batches": 2}),
     Shape("datamodule_built_in_setup", lambda: (ResidualNet(), {"datamodule": SetupDataModule()})),
     Shape("lbfgs_closure", lambda: (LBFGSRegression(), _loaders(regression_data())), expect=("loss_mean", "weight_norm")),
+    Shape("torch_compile_validation_every_3_epochs", lambda: (torch.compile(DropoutMLP(), backend="eager"),
+                                                           _loaders(classification_data(), _val(classification_data(64, seed=1)))),
+          trainer={"check_val_every_n_epoch": 3}),
+    Shape("torch_compile_own_loader_hooks", lambda: (torch.compile(OwnLoadersMLP(), backend="eager"), {}),
+          trainer={"check_val_every_n_epoch": 3}),
+    Shape("template_recipe_trainer_model", lambda: (TemplateRecipe(), _loaders(classification_data(), _val(classification_data(64, seed=1))))),
+    Shape("template_recipe_batchnorm", lambda: (TemplateRecipe(batchnorm=True), _loaders(classification_data(), _val(classification_data(64, seed=1))))),
+    Shape("scaled_warmup_recipe", lambda: (ScaledWarmupRecipe(), _loaders(classification_data(), _val(classification_data(64, seed=1)))),
+          trainer={"accumulate_grad_batches": 2}),
+]
+
+#: compiled modules with validation data: the probes must find it (no replicas: the gap is the validation one)
+COMPILED_WITH_VALIDATION = ("torch_compile", "torch_compile_validation_every_3_epochs", "torch_compile_own_loader_hooks")
+
+#: the recipe shapes that must run with replicas on the fast path too (given a loss_fn)
+FAST_RECIPES = ("template_recipe_trainer_model", "scaled_warmup_recipe")
+
+
+def shape(name: str) -> Shape:
+    return next(s for s in SHAPES if s.name == name)
+
+
+@dataclasses.dataclass
+class Refusal:
+    """A setup the replicas refuse: ``module`` and ``replicas`` (SASReplicas arguments) for
+    ``shape``'s data; the error must match ``advice``, and ``follow`` (the advice applied:
+    ``(module, replicas) -> (module, replicas)``) must make the run work."""
+
+    name: str
+    shape: str
+    module: Callable[[], Any]
+    replicas: dict[str, Any]
+    advice: str
+    follow: Callable[[Any, dict[str, Any]], tuple[Any, dict[str, Any]]]
+
+
+def _with(**changes: Any) -> Callable[[Any, dict[str, Any]], tuple[Any, dict[str, Any]]]:
+    return lambda module, replicas: (module, {**replicas, **changes})
+
+
+REFUSALS: list[Refusal] = [
+    Refusal("gan_per_sample_loss_raises", "manual_gan_no_per_sample_loss", lambda: ManualGAN(per_sample=False), {},
+            r"Make the module's `sas_per_sample_loss\(self, batch\)", lambda module, replicas: (ManualGAN(per_sample=True), replicas)),
+    Refusal("fast_without_loss_fn", "dropout_mlp", DropoutMLP, {"path": "fast"}, r"path='generic'", _with(path="generic")),
+    Refusal("fast_batchnorm_template", "template_recipe_batchnorm", lambda: TemplateRecipe(batchnorm=True),
+            {"path": "fast", "loss_fn": cross_entropy}, r"BatchNorm1d.*path='generic'", _with(path="generic")),
+    Refusal("fast_lbfgs", "lbfgs_closure", LBFGSRegression, {"path": "fast", "loss_fn": squared_error},
+            r"LBFGS.*path='generic'", _with(path="generic")),
+    Refusal("fit_loop_in_configure_optimizers_generic", "dropout_mlp", NeedsFitLoopInOptimizers, {"path": "generic"},
+            r"configure_optimizers uses `trainer\.fit_loop`.*sas_configure_optimizers",
+            lambda module, replicas: (OwnReplicaOptimizers(), replicas)),
+    Refusal("fit_loop_in_configure_optimizers_fast", "dropout_mlp", NeedsFitLoopInOptimizers,
+            {"path": "fast", "loss_fn": cross_entropy}, r"configure_optimizers uses `trainer\.fit_loop`.*sas_configure_optimizers",
+            lambda module, replicas: (OwnReplicaOptimizers(), replicas)),
+    Refusal("fit_loop_in_training_step", "dropout_mlp", NeedsFitLoopInTrainingStep, {},
+            r"training_step uses `trainer\.fit_loop`.*loss_fn=", _with(loss_fn=cross_entropy)),
 ]
 if HAS_LIGHTNING:
     SHAPES.append(Shape("lightning_pytorch_namespace", _lightning_shape, namespace="lightning.pytorch"))

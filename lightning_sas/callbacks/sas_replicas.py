@@ -10,12 +10,12 @@ import pytorch_lightning as pl
 import torch
 import torch.distributed as dist
 from pytorch_lightning.utilities.rank_zero import rank_zero_info
-from torch.utils.data import TensorDataset, default_collate
+from torch.utils.data import ConcatDataset, Subset, TensorDataset, default_collate
 
 from lightning_sas.callbacks._common import prepare_batch, resolve_callable, warn_once
 from lightning_sas.callbacks.base import FlushContext, StreamCallback
-from lightning_sas.data import choose_swaps, make_probe_set, resolve_swaps, split_holdout
-from lightning_sas.data.loaders import DEFAULT_POOL_SIZE, SampleSource, training_source
+from lightning_sas.data import auto_swaps, choose_swaps, make_probe_set, resolve_swaps, split_holdout
+from lightning_sas.data.loaders import DEFAULT_POOL_SIZE, SampleSource, is_map_style, training_source
 from lightning_sas.isolation import isolated_rng, observed
 from lightning_sas.losses import per_sample_loss
 from lightning_sas.losses import PerSampleLoss
@@ -33,7 +33,7 @@ from lightning_sas.replicas.placement import (
 from lightning_sas.replicas.rng import PrivateRNG
 from lightning_sas.replicas.sampler import ReplicaSampler
 from lightning_sas.replicas.stacked import StackedReplicas, stacked_unsupported_reason
-from lightning_sas.replicas.trainer_view import ReplicaTrainerError
+from lightning_sas.replicas.trainer_view import WAYS_OUT, ReplicaTrainerError
 
 __all__ = ["SASReplicas", "SAS_KEYS", "replica_rows"]
 
@@ -107,16 +107,26 @@ class SASReplicas(StreamCallback):
         swaps: ``m``, the samples each replica swaps (``"auto"``: the default of the bias study,
             at most about 1 % of ``S`` and what the held-out split allows; see
             :meth:`resolve_swaps`). ``swaps=1`` is v0.1's one-replacement estimator.
-        fork_at: ``"start"``, ``"late_phase"`` (first stable late-phase start) or a step.
+        fork_at: ``"start"``, ``"late_phase"`` (first stable late-phase start) or a step (late
+            forks need ``holdout``).
         sampler: ``"common"`` or ``"independent"``.
-        holdout_fraction: share of the training data held out for replacements and ``P_test``.
+        holdout_fraction: share of the training data held out for replacements and ``P_test``
+            (without ``holdout``).
         num_train_probes, num_heldout_probes: sizes of ``P_train`` (plus every ``i_k``) and ``P_test``.
         probe_every: steps between probe evaluations of all replicas.
         loss_fn: per-sample loss ``(module, batch) -> Tensor[B]`` or its import path.
         path: ``"auto"``, ``"fast"`` or ``"generic"``.
         batch_size: replica batch size (default: the training loader's).
-        holdout_excluded: set when the main run trains without the held-out split (see
-            :meth:`holdout_indices`); required for late forks, which are otherwise contaminated.
+        holdout: held-out samples the main run never trains on, for late forks (``fork_at``
+            ``"late_phase"`` or a step, or a resume from a checkpoint without replica state): a
+            map-style ``Dataset``, or indices into the dataset of a training
+            ``torch.utils.data.Subset`` that leaves them out (checked: disjoint from the Subset's
+            indices). The replicas then train on all of the training data (``S``) and take their
+            replacements and ``P_test`` from ``holdout`` (``holdout_fraction`` is not used).
+            Default: a seeded split of ``holdout_fraction`` of the training data, which the main
+            run trains on, so only ``fork_at="start"`` is allowed.
+        holdout_excluded: removed (it excluded nothing: the split was drawn from the data the main
+            run trains on); passing it is an error that names ``holdout=``.
         checkpoint_replicas: save the replicas in checkpoints (exact resume; the growth is
             reported as ``replica_checkpoint_bytes``).
         flush_every, max_blocks: see :class:`~lightning_sas.callbacks.base.StreamCallback` and
@@ -148,7 +158,8 @@ class SASReplicas(StreamCallback):
         loss_fn: PerSampleLoss | str | None = None,
         path: str = "auto",
         batch_size: int | None = None,
-        holdout_excluded: bool = False,
+        holdout: Any = None,
+        holdout_excluded: Any = None,
         checkpoint_replicas: bool = True,
         flush_every: int = 400,
         max_blocks: int = 128,
@@ -176,6 +187,15 @@ class SASReplicas(StreamCallback):
             raise ValueError(f"num_train_probes must be a non-negative integer, got {num_train_probes!r}")
         if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
             raise ValueError(f"batch_size must be None or a positive integer, got {batch_size!r}")
+        if holdout_excluded is not None:
+            raise ValueError(
+                "holdout_excluded was removed: it excluded nothing (the held-out split was drawn from the data the main "
+                "run trains on). For late forks train the main run on a Subset that leaves held-out samples out and pass "
+                "them as holdout= (a Dataset, or the left-out indices into the Subset's dataset)."
+            )
+        if holdout is not None and not (is_map_style(holdout) or _is_index_list(holdout)):
+            raise ValueError(f"holdout must be None, a map-style Dataset or a 1-D sequence of integer indices, got "
+                             f"{type(holdout).__name__}")
         if not isinstance(pool_size, int) or pool_size < 2:
             raise ValueError(f"pool_size must be an integer >= 2, got {pool_size!r}")
         self.replicas = replicas
@@ -189,7 +209,7 @@ class SASReplicas(StreamCallback):
         self.loss_fn = resolve_callable(loss_fn, "loss_fn")
         self.path = path
         self.batch_size = batch_size
-        self.holdout_excluded = holdout_excluded
+        self.holdout = holdout
         self.checkpoint_replicas = checkpoint_replicas
         self.max_blocks = max_blocks
         self.probe_batch_size = probe_batch_size
@@ -207,6 +227,10 @@ class SASReplicas(StreamCallback):
         self._off_reason: str | None = None
         self._meta_written = False
         self._source: SampleSource | None = None
+        #: the samples the replicas index: the training data, then the explicit ``holdout``
+        self._data: SampleSource | None = None
+        #: size of the explicit ``holdout`` (0: the held-out split of the training data)
+        self._external = 0
         self.pooled = False
         self._trainer: Any = None
         self._s_indices = np.zeros(0, dtype=np.int64)
@@ -240,6 +264,7 @@ class SASReplicas(StreamCallback):
             "fork_at": str(self.fork_at),
             "replica_sampler": self.sampler_mode,
             "holdout_fraction": self.holdout_fraction,
+            "replica_holdout": "split" if self.holdout is None else "explicit",
             "replica_num_train_probes": self.num_train_probes,
             "replica_num_heldout_probes": self.num_heldout_probes,
             "replica_probe_every": self.probe_every,
@@ -249,19 +274,39 @@ class SASReplicas(StreamCallback):
 
     # -- the split, for users who exclude it from the main run ----------------------------
     def holdout_indices(self, n: int) -> np.ndarray:
-        """Indices of the held-out split of a training set of size ``n`` (exclude them from the
-        main run, e.g. with ``torch.utils.data.Subset``, to allow late forks)."""
+        """Indices of the held-out split the replicas take from a training set of size ``n``
+        (without ``holdout=``; the main run trains on them, which is why only ``fork_at="start"``
+        is allowed then). With ``holdout=``, ``n`` to ``n + len(holdout) - 1``: the explicit
+        held-out samples, after the training data in the replicas' index space."""
         return self._split(n)[1]
 
     def resolve_swaps(self, n: int) -> tuple[int, int]:
         """``(m, held-out size)`` for a training set of ``n`` samples
         (:func:`~lightning_sas.data.resolve_swaps`: ``swaps="auto"`` takes the default m from the
         bias study, at most about 1 % of ``S`` and what the held-out pool allows; an explicit
-        ``swaps`` that does not fit is an error naming ``swaps`` and ``holdout_fraction``)."""
-        return resolve_swaps(n, self.holdout_fraction, self.replicas, self.swaps)
+        ``swaps`` that does not fit is an error naming ``swaps`` and ``holdout_fraction``). With
+        ``holdout=`` the held-out pool is that data, and ``S`` is all ``n`` training samples."""
+        if not self._external:
+            return resolve_swaps(n, self.holdout_fraction, self.replicas, self.swaps)
+        n_hold = self._external
+        if n_hold < self.replicas + 1:
+            raise ValueError(f"holdout= has {n_hold} samples; the replicas need at least {self.replicas + 1} (one "
+                             "replacement per replica and one P_test point)")
+        if self.swaps == "auto":
+            return auto_swaps(n, n_hold, self.replicas), n_hold
+        m = int(self.swaps)
+        if self.replicas * m + 1 > n_hold:
+            raise ValueError(f"swaps={m} with replicas={self.replicas} needs {self.replicas * m + 1} held-out samples (K * m "
+                             f"replacements and one P_test point), but holdout= has {n_hold}: lower swaps (or use "
+                             "swaps='auto'), or hold out more samples.")
+        return m, n_hold
 
     def _split(self, n: int) -> tuple[np.ndarray, np.ndarray]:
-        """The seeded split of ``range(n)`` into ``S`` and the held-out samples."""
+        """``S`` and the held-out samples: with ``holdout=``, all ``n`` training samples and the
+        ``len(holdout)`` after them; else the seeded split of ``range(n)``."""
+        if self.holdout is not None:
+            size = self._external or len(self._holdout_dataset(None))
+            return np.arange(n, dtype=np.int64), np.arange(n, n + size, dtype=np.int64)
         return split_holdout(n, self.holdout_fraction, self.seed, min_holdout=self.resolve_swaps(n)[1])
 
     def should_probe(self, index: int) -> bool:
@@ -280,18 +325,36 @@ class SASReplicas(StreamCallback):
         dataset is read into a pool from a fresh iterator), its ``collate_fn`` is called only when
         ``default_collate`` cannot batch the samples, and every read and dry run happens with the
         global generators forked."""
-        if self.fork_at != "start" and not self.holdout_excluded:
+        if self.fork_at != "start" and self.holdout is None:
             raise ValueError(
-                f"fork_at={self.fork_at!r}: the main model trains on the held-out split, so replicas forked from it "
-                "have already seen the replacements (contaminated). Exclude SASReplicas.holdout_indices(len(dataset)) "
-                "from the main run and pass holdout_excluded=True, or use fork_at='start'."
+                f"fork_at={self.fork_at!r}: the main model trains on every training sample, so replicas forked from it "
+                "later have already seen the samples they would hold out (contaminated). Train the main run on a Subset "
+                "that leaves held-out samples out and pass them as holdout= (a Dataset, or the left-out indices into "
+                "the Subset's dataset), or use fork_at='start'."
             )
         source = training_source(trainer, pool_size=self.pool_size)
         if source is None or len(source) == 0:
             raise ValueError("SASReplicas needs training data to build neighbouring datasets; the run has no training "
                              "dataset. Run the multi-run protocol instead (lightning-sas perturb).")
+        resumed_step = int(getattr(trainer, "global_step", 0) or 0)
+        if self._restored is None and resumed_step > 0 and self.fork_at == "start" and self.holdout is None:
+            raise ValueError(
+                f"SASReplicas: the run starts at step {resumed_step} without replica state (resumed from a checkpoint "
+                "saved without SASReplicas, or a second fit). Replicas forked now would start from weights already "
+                "trained on the held-out split, without optimizer history of their own, and the estimate would be "
+                "labelled as forked at step 0 "
+                "(contaminated). Start the run from step 0 (no ckpt_path) with SASReplicas; or, if the main run never "
+                "trained on some samples, pass them as holdout= (a Dataset, or indices into the dataset of a training "
+                "Subset): the replicas then fork at the resume step (a late fork)."
+            )
         self.pooled = source.pooled
         n = len(source)
+        data = source
+        if self.holdout is not None:
+            held = self._holdout_dataset(source)
+            self._external = len(held)
+            data = SampleSource.of(source.loader, ConcatDataset([source.dataset, held]))
+        self._data = data
         self.m = self.resolve_swaps(n)[0]
         s_idx, holdout = self._split(n)
         loader_batch = getattr(source.loader, "batch_size", None)
@@ -326,12 +389,12 @@ class SASReplicas(StreamCallback):
         chunk = max(1, self.probe_batch_size)
         try:
             self._probe_batches = [
-                prepare_batch(trainer, source.collate(source.samples(shared[i : i + chunk])), device)
+                prepare_batch(trainer, data.collate(data.samples(shared[i : i + chunk])), device)
                 for i in range(0, len(shared), chunk)
             ]
             swap_points = [probes.replica_swap_indices(k) for k in range(1, self.replicas + 1)]
             self._swap_batches = [
-                [prepare_batch(trainer, source.collate(source.samples(points[i : i + chunk])), device) for points in swap_points]
+                [prepare_batch(trainer, data.collate(data.samples(points[i : i + chunk])), device) for points in swap_points]
                 for i in range(0, 2 * self.m, chunk)
             ]
             with observed(pl_module, trainer):
@@ -339,11 +402,13 @@ class SASReplicas(StreamCallback):
             if first.ndim != 1 or first.shape[0] != min(chunk, 2 * self.m):
                 raise ValueError(f"it returned shape {tuple(first.shape)}, expected ({min(chunk, 2 * self.m)},)")
         except Exception as err:
-            raise ValueError(
-                f"SASReplicas needs the per-sample loss of probe samples ({type(err).__name__}: {err}). Define "
-                "`sas_per_sample_loss(self, batch) -> Tensor[B]` on the module or pass loss_fn=(module, batch) -> "
-                "Tensor[B] (a callable or an import path)."
-            ) from err
+            if callable(getattr(pl_module, "sas_per_sample_loss", None)):  # it comes before any loss_fn
+                way = ("Make the module's `sas_per_sample_loss(self, batch) -> Tensor[B]` return one loss per sample of a "
+                       "training batch (it is used before any loss_fn).")
+            else:
+                way = ("Define `sas_per_sample_loss(self, batch) -> Tensor[B]` on the module or pass loss_fn=(module, "
+                       "batch) -> Tensor[B] (a callable or an import path).")
+            raise ValueError(f"SASReplicas needs the per-sample loss of probe samples ({type(err).__name__}: {err}). {way}") from err
         self.metric = SASEstimate(probes.layout(), max_blocks=self.max_blocks).to(device)
         restored, self._restored = self._restored, None
         if restored is not None and restored.get("engine") is not None:
@@ -353,8 +418,44 @@ class SASReplicas(StreamCallback):
             self._resume_without_replicas(trainer, pl_module, restored)
         elif restored is not None:
             self._apply_restored(restored)
+        elif self.fork_at == "start" and resumed_step > 0:  # resumed without replica state, holdout= given
+            rank_zero_info(f"lightning-sas: the checkpoint has no replica state; the replicas fork at the resume step "
+                           f"{resumed_step} (a late fork on holdout=).")
+            self._fork(trainer, pl_module, resumed_step)
         elif self.fork_at == "start":
             self._fork(trainer, pl_module, 0)
+
+    def _holdout_dataset(self, source: SampleSource | None) -> Any:
+        """The explicit ``holdout`` as a dataset: itself, or ``Subset(base, indices)`` for indices
+        into the dataset of the training ``Subset`` (checked to leave them out)."""
+        held = self.holdout
+        if not _is_index_list(held):  # a Dataset (a list or array of integers is indices)
+            if source is not None and held is source.dataset:
+                raise ValueError("holdout= is the training dataset itself; pass samples the main run does not train on")
+            if source is not None and held is getattr(source.dataset, "dataset", None):
+                raise ValueError("holdout= is the dataset the training Subset draws from; pass the left-out indices "
+                                 "(holdout=indices) or a Dataset of samples the main run does not train on")
+            return held
+        indices = np.asarray(held.cpu() if isinstance(held, torch.Tensor) else held, dtype=np.int64).ravel()
+        if source is None:
+            return indices
+        train = source.dataset if not source.pooled else None
+        if not isinstance(train, Subset):
+            raise ValueError(
+                "holdout= as indices needs the training data to be a torch.utils.data.Subset of the dataset they index "
+                f"(the training dataset is {type(train).__name__ if train is not None else 'an iterable pool'}); train on "
+                "Subset(dataset, kept_indices) and pass holdout=left_out_indices, or pass holdout= as a Dataset."
+            )
+        base = train.dataset
+        if len(indices) == 0 or indices.min() < 0 or indices.max() >= len(base):
+            raise ValueError(f"holdout= indices must lie in [0, {len(base)}) (the training Subset's dataset)")
+        if len(np.unique(indices)) != len(indices):
+            raise ValueError("holdout= indices must not repeat")
+        trained = np.intersect1d(np.asarray(train.indices, dtype=np.int64), indices)
+        if len(trained):
+            raise ValueError(f"{len(trained)} holdout= indices (e.g. {int(trained[0])}) are in the training Subset: the "
+                             "main run trains on them. Leave them out of the Subset.")
+        return Subset(base, indices.tolist())
 
     def _resume_without_replicas(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", state: dict[str, Any]) -> None:
         """A checkpoint saved with ``checkpoint_replicas=False`` after the fork: the replicas' weights
@@ -362,7 +463,7 @@ class SASReplicas(StreamCallback):
         (contaminated) unless the main run excludes it: then they restart as a late fork (new time
         averages); otherwise the estimate stays off, with the reason in the summary."""
         self._steps_taken = 0
-        if self.holdout_excluded:
+        if self.holdout is not None:
             warn_once(self, "noreplicas", "SASReplicas: the checkpoint has no replica weights (checkpoint_replicas=False); "
                       "the replicas restart from the current weights as a late fork, with new time averages.")
             self._fork(trainer, pl_module, int(trainer.global_step))
@@ -370,7 +471,8 @@ class SASReplicas(StreamCallback):
         self.enabled = False
         self._off_reason = ("the checkpoint has no replica weights (checkpoint_replicas=False) and replicas forked again "
                             "from the main model would have seen the held-out split; resume from a checkpoint with "
-                            "checkpoint_replicas=True, or exclude the split (holdout_excluded=True) to restart them")
+                            "checkpoint_replicas=True, or train the main run without held-out samples and pass them "
+                            "as holdout= to restart them as a late fork")
         warn_once(self, "noreplicas", f"SASReplicas: {self._off_reason}. The SAS estimate is off for this run.")
 
     def _clip(self, trainer: "pl.Trainer") -> tuple[float, str] | None:
@@ -400,7 +502,7 @@ class SASReplicas(StreamCallback):
         engine: Any = None
         if n == 0:  # more ranks than replicas: this rank only keeps the collectives in step
             if self.path == "fast" and reason is not None:
-                raise ValueError(f"SASReplicas(path='fast') cannot run this module: {reason}. Use path='auto' or 'generic'.")
+                raise ValueError(self._fast_refusal(trainer, pl_module, reason, use_step, clip, opt_state))
             path = "fast" if self.path in ("auto", "fast") and reason is None else "generic"
             self.engine = NoLocalReplicas(path, self._probe_device())
             self.fork_step = int(step)
@@ -415,19 +517,10 @@ class SASReplicas(StreamCallback):
                 engine = None
         if engine is None:
             if self.path == "fast":
-                raise ValueError(f"SASReplicas(path='fast') cannot run this module: {reason}. Use path='auto' or 'generic'.")
-            try:
-                probe = GenericReplicas(pl_module, 1, self.loss_fn, use_step, clip, opt_state, trainer=trainer)
-                self._dry_run(probe)
-            except ReplicaTrainerError as err:
-                raise ValueError(str(err)) from err
-            except Exception as err:
-                raise ValueError(
-                    f"SASReplicas: a replica step failed at fork time ({type(err).__name__}: {err}). A replica is a deep "
-                    "copy of the module that runs its own training_step and configure_optimizers with a read-only view "
-                    "of the trainer; pass loss_fn=(module, batch) -> per-sample losses (replicas then train on it, "
-                    "and replica_path='fast' can stack them), or define `sas_configure_optimizers(self)`."
-                ) from err
+                raise ValueError(self._fast_refusal(trainer, pl_module, reason, use_step, clip, opt_state))
+            refusal = self._generic_refusal(trainer, pl_module, use_step, clip, opt_state)
+            if refusal is not None:
+                raise refusal
             engine = GenericReplicas(pl_module, n, self.loss_fn, use_step, clip, opt_state, trainer=trainer)
             self.fallback_reason = reason
             if self.path == "auto" and reason:
@@ -435,15 +528,57 @@ class SASReplicas(StreamCallback):
         self.engine = engine
         self.fork_step = int(step)
 
+    def _generic_refusal(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", use_step: bool,
+                         clip: Any, opt_state: Any) -> ValueError | None:
+        """Build one generic replica and dry-run a step: None when it works, else the error to
+        raise, naming the hook that failed and the one way out for it."""
+        stage = "configure_optimizers"
+        try:
+            probe = GenericReplicas(pl_module, 1, self.loss_fn, use_step, clip, opt_state, trainer=trainer)
+            stage = "step"
+            self._dry_run(probe)
+        except ReplicaTrainerError as err:
+            return ValueError(str(err))
+        except Exception as err:
+            failure = f"({type(err).__name__}: {err})"
+            if stage == "configure_optimizers":
+                message = (f"SASReplicas: the replicas' configure_optimizers failed at fork time {failure}. "
+                           f"{WAYS_OUT['configure_optimizers']}")
+            elif use_step and pl_module.automatic_optimization:
+                message = (f"SASReplicas: a replica's training_step failed at fork time {failure}. A replica is a deep "
+                           f"copy of the module with a read-only view of the trainer. {WAYS_OUT['training_step']}")
+            elif use_step:
+                message = (f"SASReplicas: a replica's manual-optimization training_step failed at fork time {failure}. "
+                           f"{WAYS_OUT['manual training_step']}")
+            else:
+                message = (f"SASReplicas: a replica step on the per-sample loss failed at fork time {failure}. "
+                           f"{WAYS_OUT['per-sample loss']}")
+            error = ValueError(message)
+            error.__cause__ = err
+            return error
+        return None
+
+    def _fast_refusal(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", reason: str | None, use_step: bool,
+                      clip: Any, opt_state: Any) -> str:
+        """Why ``path='fast'`` cannot run this module, with a way out that was tried: the generic
+        path when a generic replica runs it (dry run), else what the generic path needs."""
+        generic = self._generic_refusal(trainer, pl_module, use_step, clip, opt_state)
+        if generic is None:
+            way = "Use path='generic' (a dry run of a generic replica on this module worked)."
+        else:
+            way = f"The generic path cannot run it as it is either: {generic}"
+        return f"SASReplicas(path='fast') cannot run this module: {reason}. {way}"
+
     def _dry_run(self, engine: Any) -> None:
         assert self._sampler is not None
         positions = ReplicaSampler(len(self._s_indices), self._sampler.batch_size, self.replicas + 1, "common", self.seed).next()
-        batches = self._batches(positions, self._rows[: engine.n], device=self._probe_device())
+        rows = self._rows[: engine.n] or list(range(engine.n))  # a rank without replicas tries the control's
+        batches = self._batches(positions, rows, device=self._probe_device())
         saved = self._rng.state_dict()
         try:
             with self._rng.active(self._probe_device()):
                 engine.step(batches, 0, 0)
-                engine.per_sample_losses(self._probe_batches[:1], self._swap_batches[:1], self._rows[: engine.n])
+                engine.per_sample_losses(self._probe_batches[:1], self._swap_batches[:1], rows)
         finally:
             self._rng.load_state_dict(saved)
 
@@ -459,7 +594,7 @@ class SASReplicas(StreamCallback):
         """Collate ``dataset[i]`` for ``indices`` (under the replicas' private stream); a
         ``TensorDataset`` batched by ``default_collate`` is indexed in one call per tensor (same
         result, no per-sample Python)."""
-        source = self._source
+        source = self._data
         if isinstance(source.dataset, TensorDataset) and source.collate_fn is default_collate:
             index = torch.from_numpy(np.ascontiguousarray(indices, dtype=np.int64))
             return prepare_batch(self._trainer, [t[index] for t in source.dataset.tensors], device)
@@ -674,6 +809,15 @@ class SASReplicas(StreamCallback):
                 self.engine.load_state_dict(state["engine"])
             else:
                 self.engine.load_state_dict(select_engine_state(state["engine"], self._rows))
+
+
+def _is_index_list(value: Any) -> bool:
+    """A 1-D sequence of integers (list, tuple, numpy array or tensor)?"""
+    if isinstance(value, torch.Tensor):
+        return value.ndim == 1 and not value.is_floating_point() and not value.is_complex()
+    if isinstance(value, np.ndarray):
+        return value.ndim == 1 and np.issubdtype(value.dtype, np.integer)
+    return isinstance(value, (list, tuple)) and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in value)
 
 
 def _tensor_bytes(obj: Any) -> int:

@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 from torch.utils.data import DataLoader, IterableDataset, default_collate
 
+from lightning_sas._compat import LightningInternalsError, unwrap_module, validation_data_source
 from lightning_sas.isolation import isolated_rng
 
 __all__ = [
@@ -167,21 +168,26 @@ def validation_source(trainer: Any, pool_size: int = DEFAULT_POOL_SIZE,
     request them: loaders passed to ``fit`` directly, or the ``val_dataloader()`` hook of the
     DataModule or the LightningModule (called once, with the global generators forked). As in
     Lightning, there is no validation data when ``limit_val_batches`` is 0 or the module has no
-    ``validation_step``. Returns ``(None, reason)`` when there is none.
+    ``validation_step``. Whatever wraps the module (``torch.compile``, a strategy's or Fabric's
+    wrapper: :func:`~lightning_sas._compat.unwrap_module`), the module inside is asked. Returns
+    ``(None, reason)`` when there is none.
     """
     loaders = loaders_of(getattr(trainer, "val_dataloaders", None))
     if not loaders:
-        module = getattr(trainer, "lightning_module", None)
+        module = unwrap_module(getattr(trainer, "lightning_module", None))
         if getattr(trainer, "limit_val_batches", 1) == 0:
             return None, "validation is off (limit_val_batches=0)"
         if module is None or not _overridden("validation_step", module):
             return None, "the module has no validation_step (no validation data)"
-        source = _validation_data_source(trainer)
+        try:
+            source = _validation_data_source(trainer)
+        except LightningInternalsError as err:
+            return None, str(err)
         if source is None:
             return None, "no validation data source"
         try:
             with isolated_rng():
-                loaders = loaders_of(source.dataloader() if source.is_module() else source.instance)
+                loaders = _source_loaders(source)
         except Exception as err:  # a hook that cannot run yet: no held-out probes, training goes on
             return None, f"the validation loaders could not be obtained ({type(err).__name__}: {err})"
     if not loaders:
@@ -196,11 +202,24 @@ def validation_source(trainer: Any, pool_size: int = DEFAULT_POOL_SIZE,
 
 
 def _validation_data_source(trainer: Any) -> Any:
-    """Lightning's ``_DataLoaderSource`` of the validation loop (duck-typed; None if absent)."""
-    loop = getattr(getattr(getattr(trainer, "fit_loop", None), "epoch_loop", None), "val_loop", None)
-    source = getattr(loop, "_data_source", None)
-    if source is None or getattr(source, "instance", None) is None:
+    """Lightning's ``_DataLoaderSource`` of the validation loop (None if it holds nothing or a
+    module without ``val_dataloader``)."""
+    source = validation_data_source(trainer)
+    if source is None:
         return None
+    instance = unwrap_module(source.instance)
+    if instance is not source.instance:  # a wrapped module: ask the module inside
+        return source if _overridden("val_dataloader", instance) else None
     if source.is_module() and not source.is_defined():
         return None
     return source
+
+
+def _source_loaders(source: Any) -> list[DataLoader]:
+    """The loaders a ``_DataLoaderSource`` gives: its module's (or DataModule's) hook, called the
+    way Lightning calls it, or the loaders it holds; a wrapped module's hook is called on the
+    module inside."""
+    instance = unwrap_module(source.instance)
+    if instance is not source.instance:
+        return loaders_of(instance.val_dataloader())
+    return loaders_of(source.dataloader() if source.is_module() else source.instance)

@@ -12,7 +12,7 @@ from torch import Tensor
 from lightning_sas.isolation import eval_mode
 from lightning_sas.losses import PerSampleLoss, per_sample_loss
 from lightning_sas.replicas.optim import OptimizerSet, parse_optimizers
-from lightning_sas.replicas.trainer_view import attach_view
+from lightning_sas.replicas.trainer_view import attach_view, running
 
 __all__ = ["GenericReplicas", "ClipConfig", "clip_gradients", "detached_copies", "replica_optimizers",
            "takes_batch_idx", "precision_context"]
@@ -38,7 +38,8 @@ def replica_optimizers(module: Any) -> OptimizerSet:
     (to build them without the trainer), else its own ``configure_optimizers()``; the replica's
     trainer view then serves them (``self.optimizers()``, ``self.lr_schedulers()``)."""
     configure = getattr(module, "sas_configure_optimizers", None)
-    optim = parse_optimizers(configure() if callable(configure) else module.configure_optimizers())
+    with running(module, "configure_optimizers"):
+        optim = parse_optimizers(configure() if callable(configure) else module.configure_optimizers())
     view = getattr(module, "_trainer", None)
     if view is not None and hasattr(view, "set_optimizers"):
         view.set_optimizers(optim.optimizers, optim.schedulers)
@@ -114,7 +115,8 @@ class GenericReplicas:
             self.optim.append(opt)
 
     def _training_step(self, module: Any, batch: Any, batch_idx: int) -> Any:
-        out = module.training_step(batch, batch_idx) if self._pass_batch_idx else module.training_step(batch)
+        with running(module, "training_step" if self.automatic else "manual training_step"):
+            out = module.training_step(batch, batch_idx) if self._pass_batch_idx else module.training_step(batch)
         return out.get("loss") if isinstance(out, dict) else out
 
     def _loss(self, module: Any, batch: Any, batch_idx: int) -> Tensor | None:
@@ -123,7 +125,8 @@ class GenericReplicas:
             if loss is not None and not isinstance(loss, Tensor):
                 raise RuntimeError(f"training_step of a replica returned {type(loss).__name__}, not a loss tensor")
             return loss
-        return per_sample_loss(module, batch, self.loss_fn).mean()
+        with running(module, "per-sample loss"):
+            return per_sample_loss(module, batch, self.loss_fn).mean()
 
     def follow(self) -> None:
         """Give every replica the main module's current train/eval mode of each submodule and
@@ -188,7 +191,7 @@ class GenericReplicas:
         replica's swapped points in replica order."""
         parts = []
         for module, r in zip(self.modules, rows):
-            with eval_mode(module), self._context():
+            with eval_mode(module), self._context(), running(module, "per-sample loss"):
                 def losses(batches: Sequence[Any]) -> Tensor:
                     return torch.cat([per_sample_loss(module, b, self.loss_fn).detach().to(torch.float64) for b in batches])
 

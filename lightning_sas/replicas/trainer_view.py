@@ -1,20 +1,24 @@
 """What a replica sees as ``self.trainer``: a read-only view of the real trainer.
 
-Generic replicas run the user's own ``configure_optimizers`` and ``training_step``, which read
-``self.trainer`` (``max_steps`` and ``estimated_stepping_batches`` for ``OneCycleLR``,
-``current_epoch``, ``global_step``, ...) and call ``self.log``. A deep copy has no trainer, so each
-replica gets a :class:`ReplicaTrainerView` (docs: Design, "Decisions about Lightning"): the run's settings and progress
-are read live from the real trainer, the replica's own optimizers and schedulers stand in for the
-trainer's, logging is silent, and nothing can be changed through it. Anything else raises
-:class:`ReplicaTrainerError`, which names the attribute and the way out.
+Replicas run the user's own ``configure_optimizers`` (both paths) and ``training_step`` (the
+generic path), which read ``self.trainer``: ``self.trainer.model.parameters()`` (Lightning's
+FSDP-ready recipe), ``max_steps`` and ``estimated_stepping_batches`` for ``OneCycleLR``,
+``current_epoch``, ``global_step``, ... and call ``self.log``. A deep copy has no trainer, so each
+replica gets a :class:`ReplicaTrainerView`: the run's settings and progress are read live from
+the real trainer, the replica itself stands in for ``model`` and ``lightning_module``, its own
+optimizers and schedulers for the trainer's, a strategy that serves the replica and the run's
+read-only strategy attributes (``root_device``, ``world_size``, ...) for ``strategy``, logging is
+silent, and nothing can be changed through it. Anything else raises :class:`ReplicaTrainerError`,
+which names the attribute, the hook that asked for it and one way out that works for that hook.
 """
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, Iterator
 
-__all__ = ["ReplicaTrainerError", "ReplicaTrainerView", "SilentLogger", "attach_view"]
+__all__ = ["ReplicaTrainerError", "ReplicaTrainerView", "SilentLogger", "attach_view", "running"]
 
 #: read live from the real trainer (settings, progress and state; no collectives, no side effects)
 SERVED = frozenset(
@@ -31,9 +35,38 @@ SERVED = frozenset(
     }
 )
 
-#: what the replica gets instead of the trainer's own (its optimizers, no logger, no metrics)
-REPLACED = ("lightning_module", "optimizers", "lr_scheduler_configs", "strategy", "logger", "loggers",
+#: what the replica gets instead of the trainer's own (itself, its optimizers, no logger, no metrics)
+REPLACED = ("model", "lightning_module", "optimizers", "lr_scheduler_configs", "strategy", "logger", "loggers",
             "callback_metrics", "logged_metrics", "progress_bar_metrics", "callbacks")
+
+#: read live from the real trainer's strategy (placement and precision; no collectives)
+STRATEGY_SERVED = frozenset(
+    {
+        "root_device", "world_size", "global_rank", "local_rank", "node_rank", "is_global_zero", "num_nodes",
+        "num_processes", "parallel_devices", "precision_plugin", "accelerator",
+    }
+)
+
+#: the hooks a replica runs, as :meth:`ReplicaTrainerView.running` names them, and for each the
+#: one way out that works when it needs something a replica cannot have
+WAYS_OUT = {
+    "configure_optimizers": (
+        "Define `sas_configure_optimizers(self)` on the module, returning what configure_optimizers returns "
+        "without that attribute: both replica paths build the replica optimizers with it."
+    ),
+    "training_step": (
+        "Pass loss_fn=(module, batch) -> per-sample losses (a callable or an import path): replicas then train on "
+        "its mean instead of running training_step."
+    ),
+    "manual training_step": (
+        "A manual-optimization training_step steps the replicas itself, so it cannot do without it: measure SAS with "
+        "the multi-run protocol instead (lightning-sas perturb)."
+    ),
+    "per-sample loss": (
+        "Measure SAS with the multi-run protocol instead (lightning-sas perturb), or define "
+        "`sas_per_sample_loss(self, batch)` without that attribute."
+    ),
+}
 
 
 class ReplicaTrainerError(AttributeError):
@@ -61,6 +94,10 @@ class _ReplicaStrategy:
         self._view = view
 
     @property
+    def model(self) -> Any:
+        return self._view.model
+
+    @property
     def _lightning_optimizers(self) -> list[Any]:
         return self._view.optimizers
 
@@ -76,15 +113,23 @@ class _ReplicaStrategy:
         loss.backward(*args, **kwargs)
 
     def __getattr__(self, name: str) -> Any:
-        raise ReplicaTrainerError(_message(f"trainer.strategy.{name}"))
+        if name in STRATEGY_SERVED:
+            return getattr(self._view._trainer.strategy, name)
+        if name.startswith("__"):
+            raise AttributeError(name)
+        raise ReplicaTrainerError(_message(f"trainer.strategy.{name}", self._view._hook))
 
 
-def _message(what: str) -> str:
+def _message(what: str, hook: str | None) -> str:
+    """The error for ``what``, asked for by ``hook`` (a key of :data:`WAYS_OUT`, or None when
+    unknown), naming the one way out for that hook."""
+    where = f"a replica's {hook}" if hook else "a replica's code"
+    way = WAYS_OUT.get(hook or "", "Define `sas_configure_optimizers(self)` if configure_optimizers needs it, or pass "
+                       "loss_fn=(module, batch) -> per-sample losses if training_step needs it.")
     return (
-        f"SASReplicas: a replica's code uses `{what}`, which a replica cannot have (replicas see a "
-        "read-only view of the trainer: its settings and progress, their own optimizers, silent logging). "
-        "Use replica_path='fast' with loss_fn=(module, batch) -> per-sample losses, or define "
-        "`sas_configure_optimizers(self)` on the module to build the replica optimizers without the trainer."
+        f"SASReplicas: {where} uses `{what}`, which a replica cannot have (replicas see a read-only view of the "
+        "trainer: the run's settings and progress, the replica itself as `model` and `lightning_module`, their own "
+        f"optimizers, silent logging). {way}"
     )
 
 
@@ -102,6 +147,18 @@ class ReplicaTrainerView:
         object.__setattr__(self, "_optimizers", [])
         object.__setattr__(self, "_scheduler_configs", [])
         object.__setattr__(self, "_silent", SilentLogger())
+        object.__setattr__(self, "_hook", None)
+
+    @contextmanager
+    def running(self, hook: str) -> Iterator[None]:
+        """Name the hook the replica runs now (a key of :data:`WAYS_OUT`), so that an attribute
+        it cannot have is reported with the way out for that hook."""
+        previous = self._hook
+        object.__setattr__(self, "_hook", hook)
+        try:
+            yield
+        finally:
+            object.__setattr__(self, "_hook", previous)
 
     def set_optimizers(self, optimizers: list[Any], schedulers: list[tuple[Any, str, int]]) -> None:
         """The replica's own optimizers and ``(scheduler, interval, frequency)`` triples."""
@@ -111,6 +168,12 @@ class ReplicaTrainerView:
         object.__setattr__(self, "_scheduler_configs", configs)
 
     # the replacements
+    @property
+    def model(self) -> Any:
+        """The replica itself (``self.trainer.model.parameters()`` are the replica's parameters;
+        on the fast path, the module holding the stacked parameters)."""
+        return self._module
+
     @property
     def lightning_module(self) -> Any:
         return self._module
@@ -156,7 +219,7 @@ class ReplicaTrainerView:
             return getattr(self._trainer, name)
         if name.startswith("__"):
             raise AttributeError(name)
-        raise ReplicaTrainerError(_message(f"trainer.{name}"))
+        raise ReplicaTrainerError(_message(f"trainer.{name}", self._hook))
 
     def __setattr__(self, name: str, value: Any) -> None:
         raise ReplicaTrainerError(f"SASReplicas: a replica's code tried to set `trainer.{name}`; a replica cannot "
@@ -183,3 +246,14 @@ def attach_view(module: Any, trainer: Any) -> ReplicaTrainerView | None:
             sub.log = noop
             sub.log_dict = noop
     return view
+
+
+@contextmanager
+def running(module: Any, hook: str) -> Iterator[None]:
+    """:meth:`ReplicaTrainerView.running` for ``module``'s view (nothing without one)."""
+    view = getattr(module, "_trainer", None)
+    if isinstance(view, ReplicaTrainerView):
+        with view.running(hook):
+            yield
+    else:
+        yield
