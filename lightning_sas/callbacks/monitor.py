@@ -323,6 +323,8 @@ class SASMonitor(Callback):
         if uncalled and is_global_zero(trainer):
             # Lightning logged no hyperparameters (``save_hyperparameters(logger=False)``): ours alone, once
             for logger in uncalled:
+                if is_tensorboard_logger(logger) and getattr(logger, "hparams", None):
+                    continue  # the project logged its own before fit: TensorBoard keeps that first session only
                 logger.log_hyperparams(self._hparams())
                 _forget_our_hparams(logger, self._hparams())
         self.figure_schedule.start()
