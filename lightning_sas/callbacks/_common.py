@@ -112,6 +112,11 @@ def _next_version(root: str) -> str:
     return f"version_{n}"
 
 
+def _class_named(obj: Any, *names: str) -> bool:
+    """Is ``obj`` an instance of a class named one of ``names`` (either Lightning namespace, subclasses included)?"""
+    return any(cls.__name__ in names for cls in type(obj).__mro__)
+
+
 def store_location(trainer: Any, store: bool | str | os.PathLike = True) -> tuple[str | None, str | None]:
     """``(directory, note)``: where the run's streams go (None: nothing is written) and, where
     the user may not expect it, one line that says so and how to choose (else None).
@@ -119,10 +124,11 @@ def store_location(trainer: Any, store: bool | str | os.PathLike = True) -> tupl
     ``store`` a path: that directory. ``store=False``: nothing. ``store=True``:
 
     * ``<log_dir>/sas`` of the first logger whose ``log_dir`` is a real path (TensorBoard, CSV);
-    * with loggers but none with a log directory (MLflow, W&B): the documented default
-      ``<trainer.default_root_dir>/lightning_sas/<run id>`` (the first logger's ``version``: the
-      MLflow run id, the W&B run id; ``version_<n>``, the first free one, without it), with a
-      note saying where;
+    * with loggers but none with a log directory, among them MLflow or W&B: the documented
+      default ``<trainer.default_root_dir>/lightning_sas/<run id>`` (the first logger's
+      ``version``: the MLflow run id, the W&B run id; ``version_<n>``, the first free one,
+      without it), with a note saying where; with other loggers without a log directory:
+      nothing, with a note saying how to keep the run;
     * with no logger (``logger=False``, Hydra's ``logger: null``): nothing, with a note saying
       so and how to keep the run;
     * under ``fast_dev_run`` (Lightning replaces the loggers by a dummy and writes no logs):
@@ -142,7 +148,7 @@ def store_location(trainer: Any, store: bool | str | os.PathLike = True) -> tupl
         # a real path only: a Mock's attribute also answers os.fspath
         if isinstance(base, (str, PurePath)) and str(base):
             return os.path.join(os.fspath(base), "sas"), None
-    real = [lg for lg in loggers if not any(c.__name__ == "DummyLogger" for c in type(lg).__mro__)]
+    real = [lg for lg in loggers if not _class_named(lg, "DummyLogger")]
     if not loggers:
         return None, ("lightning-sas: nothing is written: the trainer has no logger and SASMonitor has no store, so "
                       "the diagnostics live in memory only (SASMonitor.summary()). To keep the run, pass "
@@ -150,6 +156,10 @@ def store_location(trainer: Any, store: bool | str | os.PathLike = True) -> tupl
                       "(e.g. TensorBoardLogger, whose log directory holds the store).")
     if not real:
         return None, None
+    names = ", ".join(dict.fromkeys(type(lg).__name__ for lg in real))
+    if not any(_class_named(lg, "MLFlowLogger", "WandbLogger") for lg in real):
+        return None, (f"lightning-sas: nothing is written: {names} has no log directory and SASMonitor has no store. "
+                      "To keep the run, pass SASMonitor(store=\"DIR\") (then `lightning-sas report DIR`).")
     root = getattr(trainer, "default_root_dir", None)
     root = os.fspath(root) if isinstance(root, (str, PurePath)) and str(root) else os.getcwd()
     root = os.path.join(root, DEFAULT_STORE_FOLDER)
@@ -158,7 +168,6 @@ def store_location(trainer: Any, store: bool | str | os.PathLike = True) -> tupl
     except Exception:
         version = ""
     directory = os.path.join(root, version or _next_version(root))
-    names = ", ".join(dict.fromkeys(type(lg).__name__ for lg in real))
     return directory, (f"lightning-sas: the run store goes to {directory} ({names} has no log directory); "
                        f"read it with `lightning-sas report {directory}`. SASMonitor(store=\"DIR\") puts it "
                        f"elsewhere, store=False writes none.")

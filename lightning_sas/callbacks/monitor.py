@@ -84,7 +84,8 @@ class SASMonitor(Callback):
             default from the bias study, about 1 % of the data at most).
 
         *What is written where*:
-        figure_every: flushes between TensorBoard figures (0: never).
+        figure_every: flushes between live figure sets (0: never); every fit ends with one final
+            set, whatever the budget.
         figure_budget: largest share of wall time the live figures may take (default 0.005);
             a due figure set waits until it fits (:class:`~lightning_sas.loggers.FigureSchedule`;
             0: the cadence alone). ``lightning-sas report`` draws every figure offline.
@@ -92,9 +93,10 @@ class SASMonitor(Callback):
         histogram_every: flushes between TensorBoard histograms (and at the last flush; 0: none);
             a histogram costs about a millisecond each.
         store: where the streams go: ``True`` (default) ``<log_dir>/sas`` of the first logger
-            with a log directory (nothing is written without one: ``logger=False``,
-            ``fast_dev_run``), a path (that directory, logger or not), or ``False`` (nothing
-            written; the summary lives in memory).
+            with a log directory, ``<default_root_dir>/lightning_sas/<run id>`` with loggers
+            that have none (MLflow, W&B; one line says where), nothing without a logger
+            (``logger=False``: one line says so; ``fast_dev_run``); a path (that directory,
+            logger or not), or ``False`` (nothing written; the summary lives in memory).
         progress_bar: show the running SAS estimate (``sas``), IAT (``sas_iat``) and ergodic
             gap (``sas_gap``) in Lightning's progress bar, updated at every flush.
 
@@ -280,9 +282,11 @@ class SASMonitor(Callback):
         ``hparams.yaml`` (which ``load_from_checkpoint(hparams_file=...)`` passes to the model)."""
         ours = self._hparams()
         for logger in getattr(trainer, "loggers", []) or []:
-            # not CSV: its only hparams record is the hparams.yaml that reloads the model (our
-            # settings are in the run store's meta.json beside it)
-            if any(cls.__name__ == "CSVLogger" for cls in type(logger).__mro__):
+            # TensorBoard, MLflow and W&B only. Not CSV: its only hparams record is the
+            # hparams.yaml that reloads the model (our settings are in the run store's meta.json
+            # beside it). Other loggers keep exactly the user's hparams.
+            if not any(cls.__name__ in ("MLFlowLogger", "WandbLogger") for cls in type(logger).__mro__) \
+                    and not is_tensorboard_logger(logger):
                 continue
             if "log_hyperparams" in vars(logger) or not hasattr(logger, "log_hyperparams"):
                 continue  # already wrapped (by us or by someone else): leave it alone
