@@ -191,12 +191,13 @@ def export_flush(trainer: Any, ctx: Any, figures: bool, histograms: bool = True,
                 write_scalars(logger, without_flags, step)
         elif numbers:
             logger.log_metrics(metrics=numbers, step=step)  # by keyword, as Lightning calls it
-    status = status_markdown(ctx.summary if status_summary is None else status_summary)
+    kinds = [(logger, logger_kind(logger)) for logger in loggers]
+    holds_text = [(logger, kind) for logger, kind in kinds if kind in ("tensorboard", "mlflow", "wandb")]
+    status = status_markdown(ctx.summary if status_summary is None else status_summary) if holds_text else ""
     writers = tensorboard_writers(trainer)
     for writer in writers:
         writer.add_text(STATUS_TAG, status, step)
-    for logger in loggers:
-        kind = logger_kind(logger)
+    for logger, kind in holds_text:
         try:
             if kind == "mlflow":
                 logger.experiment.log_text(logger.run_id, status, MLFLOW_STATUS_FILE)
