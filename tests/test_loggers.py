@@ -287,3 +287,29 @@ def test_no_logger_and_no_store_says_nothing_is_written(tmp_path: Path, caplog: 
                    **trainer_kwargs(tmp_path, max_steps=20)).fit(TinyClassifier(), loaders()[0])
     assert not [r for r in caplog.records if r.name == "lightning_sas"]
 
+
+
+def test_store_location_by_kind_of_logger(tmp_path: Path) -> None:
+    """Where ``store=True`` puts the run for each kind of logger, and which get a line."""
+    from types import SimpleNamespace
+
+    from lightning_sas.callbacks._common import store_location
+
+    class DummyLogger:  # what fast_dev_run puts in place of the loggers
+        pass
+
+    class CometLogger:  # a logger with neither a log directory nor a default of ours
+        version = "7"
+
+    class MLFlowLogger:
+        version = "ab/../c d"  # cleaned into one path component
+
+    def where(*loggers: Any) -> tuple[Any, Any]:
+        return store_location(SimpleNamespace(loggers=list(loggers), default_root_dir=str(tmp_path)))
+
+    assert where(DummyLogger()) == (None, None)
+    assert where(CometLogger())[0] is None and "nothing is written: CometLogger has no log directory" in where(CometLogger())[1]
+    directory, note = where(CometLogger(), MLFlowLogger())
+    assert directory == str(tmp_path / "lightning_sas" / "ab_.._c_d") and directory in note
+    assert store_location(SimpleNamespace(loggers=[MLFlowLogger()]), store=False) == (None, None)
+    assert store_location(SimpleNamespace(loggers=[]), store=str(tmp_path / "x")) == (str(tmp_path / "x"), None)

@@ -126,7 +126,7 @@ def store_location(trainer: Any, store: bool | str | os.PathLike = True) -> tupl
     * ``<log_dir>/sas`` of the first logger whose ``log_dir`` is a real path (TensorBoard, CSV);
     * with loggers but none with a log directory, among them MLflow or W&B: the documented
       default ``<trainer.default_root_dir>/lightning_sas/<run id>`` (the first logger's
-      ``version``: the MLflow run id, the W&B run id; ``version_<n>``, the first free one,
+      ``version`` of the MLflow or W&B logger: its run id; ``version_<n>``, the first free one,
       without it), with a note saying where; with other loggers without a log directory:
       nothing, with a note saying how to keep the run;
     * with no logger (``logger=False``, Hydra's ``logger: null``): nothing, with a note saying
@@ -163,8 +163,9 @@ def store_location(trainer: Any, store: bool | str | os.PathLike = True) -> tupl
     root = getattr(trainer, "default_root_dir", None)
     root = os.fspath(root) if isinstance(root, (str, PurePath)) and str(root) else os.getcwd()
     root = os.path.join(root, DEFAULT_STORE_FOLDER)
+    named = next(lg for lg in real if _class_named(lg, "MLFlowLogger", "WandbLogger"))
     try:
-        version = _path_part(getattr(real[0], "version", None))
+        version = _path_part(getattr(named, "version", None))
     except Exception:
         version = ""
     directory = os.path.join(root, version or _next_version(root))

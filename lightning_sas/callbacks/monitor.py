@@ -272,8 +272,9 @@ class SASMonitor(Callback):
         self._hook_hparams(trainer)
 
     def _hook_hparams(self, trainer: "pl.Trainer") -> None:
-        """Merge our settings into the single hparams call Lightning makes after ``setup``
-        (TensorBoard keeps only the first hparams session of a run).
+        """Merge our settings into the single hparams call Lightning makes after ``setup``, for
+        TensorBoard (which keeps only the first hparams session of a run), MLflow and W&B; when
+        Lightning makes no such call, :meth:`on_train_start` logs ours on their own.
 
         The merge is a wrapper set on the logger instance for that one call: it removes itself
         when called (and :meth:`_unhook_hparams` removes it at ``on_train_start`` if Lightning
