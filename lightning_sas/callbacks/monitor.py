@@ -448,6 +448,7 @@ class SASMonitor(Callback):
 
     def on_exception(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", exception: BaseException) -> None:
         """Training failed: the pending store writes still reach the disk (the run stays readable)."""
+        self._figures_owed = None  # holds the trainer and the module
         if self._writer is not None:
             self._writer.close()
             self._writer = None
