@@ -1,7 +1,7 @@
 """``lightning-sas``: offline reports and the multi-run SAS protocol.
 
-* ``lightning-sas report RUN_DIR [--out DIR] [--json]``: the diagnostics table and PNG figures of a
-  stored run (no Trainer, no GPU);
+* ``lightning-sas report DIR [--out DIR] [--json]``: the diagnostics table and PNG figures of a
+  stored run (no Trainer, no GPU); ``DIR`` is the run or a folder with one run below it;
 * ``lightning-sas perturb --n N ...``: a plan of neighbouring datasets for the multi-run protocol;
 * ``lightning-sas compare RUN_DIR...``: SAS statistics across runs trained on neighbouring datasets.
 """
@@ -18,7 +18,7 @@ import numpy as np
 
 from lightning_sas.formatting import format_table
 
-__all__ = ["main", "format_table", "report_summary"]
+__all__ = ["main", "format_table", "report_summary", "find_runs"]
 
 
 def _progress(label: str) -> Callable[[int, int], None]:
@@ -68,12 +68,58 @@ def report_summary(run: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     return summary, merged
 
 
+def _is_store(folder: Path) -> bool:
+    """Does ``folder`` hold a run store (``meta.json`` or ``streams/``, as ``read_run`` reads it)?"""
+    return (folder / "meta.json").is_file() or (folder / "streams").is_dir()
+
+
+def find_runs(path: str | Path, max_depth: int = 8) -> list[Path]:
+    """The run stores at or below ``path``: ``path`` itself or its ``sas/`` child when it is a run
+    (a store, or a Lightning version directory), else every store found below it (e.g. a Hydra
+    run folder's ``tensorboard/version_0/sas``, or ``lightning_sas/<run id>``), at most
+    ``max_depth`` levels down, sorted. Symbolic links are not followed and a store's own
+    folders are not searched."""
+    root = Path(path)
+    if not root.is_dir():
+        return []
+    for candidate in (root, root / "sas"):
+        if _is_store(candidate):
+            return [candidate]
+    found: list[Path] = []
+    level = [root]
+    for _ in range(max_depth):
+        below: list[Path] = []
+        for folder in level:
+            try:
+                children = sorted(p for p in folder.iterdir() if p.is_dir() and not p.is_symlink())
+            except OSError:
+                continue
+            for child in children:
+                (found if _is_store(child) else below).append(child)
+        level = below
+    return sorted(found)
+
+
+def _resolve_run(path: str) -> str | None:
+    """The one run that ``report PATH`` reads; several: they are listed and None is returned."""
+    runs = find_runs(path)
+    if len(runs) <= 1:
+        return str(runs[0]) if runs else path  # none: read_run says why
+    print(f"lightning-sas report: {len(runs)} runs below {path}; pick one:", file=sys.stderr)
+    for run in runs:
+        print(f"  lightning-sas report {run}", file=sys.stderr)
+    return None
+
+
 def _report(args: argparse.Namespace) -> int:
     from lightning_sas.diagnostics import figure_inputs
     from lightning_sas.loggers import figures
     from lightning_sas.loggers.status import status_text
 
-    run = _load(args.run_dir)
+    resolved = _resolve_run(args.run_dir)
+    if resolved is None:
+        return 2
+    run = _load(resolved)
     summary, for_status = report_summary(run)
     if args.json:
         print(json.dumps(summary, indent=1, default=str))
@@ -285,7 +331,8 @@ def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lightning-sas", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     rep = sub.add_parser("report", help="summary table and figures of a stored run")
-    rep.add_argument("run_dir", help="a run's store (…/sas) or its Lightning version directory")
+    rep.add_argument("run_dir", help="a run's store (…/sas), its Lightning version directory, or a folder with "
+                                     "one run below it (several: they are listed, exit code 2)")
     rep.add_argument("--out", help="folder for the PNG figures (default RUN/report)")
     rep.add_argument("--json", action="store_true", help="print the summary as JSON")
     rep.add_argument("--html", help="also write one self-contained HTML page (figures embedded) here")

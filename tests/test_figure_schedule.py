@@ -65,3 +65,18 @@ def test_monitor_validates_the_budget() -> None:
 
 def test_monitor_config_records_the_budget(tmp_path: Any) -> None:
     assert SASMonitor(figure_budget=0.05).config()["figure_budget"] == 0.05
+
+
+def test_sets_that_wait_for_the_budget_are_counted_for_the_status() -> None:
+    from lightning_sas.loggers.status import status_markdown
+
+    clock = FakeClock()
+    schedule = FigureSchedule(1, 0.02, first_cost=0.2, clock=clock)
+    assert schedule.status() == {}  # nothing waited: the status says nothing about figures
+    drawn = drive(schedule, clock, 30, 0.5, 0.3)
+    # every flush is due by cadence (every=1): each one that drew nothing waited for the budget
+    assert drawn[0] == 19 and schedule.skipped_for_budget == 30 - len(drawn) >= 19
+    status = status_markdown(schedule.status())
+    skipped = schedule.skipped_for_budget
+    assert f"**Figures:** live figures skipped at {skipped} flushes to stay within figure_budget = 0.02" in status
+    assert f"({len(drawn)} set{'s' if len(drawn) != 1 else ''} drawn so far)" in status

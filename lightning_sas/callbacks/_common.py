@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import importlib
+import logging
 import os
+import re
 from pathlib import PurePath
 import warnings
 import weakref
@@ -17,6 +19,8 @@ __all__ = [
     "extract_loss",
     "stream_index",
     "run_directory",
+    "store_location",
+    "say_once",
     "resolve_callable",
     "warn_once",
     "is_global_zero",
@@ -39,6 +43,21 @@ def warn_once(owner: object, key: str, message: str) -> None:
         return
     issued.add(key)
     warnings.warn(message, SASWarning, stacklevel=3)
+
+
+#: the lines lightning-sas says through :mod:`logging` (where the store goes, that nothing is
+#: written): WARNING level, so Python's default handler and Hydra's log show them
+log = logging.getLogger("lightning_sas")
+
+
+def say_once(owner: object, key: str, message: str) -> None:
+    """Log ``message`` (WARNING) once per ``owner`` and ``key``: for facts a user must see but
+    that are no fault (a SASWarning is for a diagnostic that is lost)."""
+    issued = _WARNED.setdefault(owner, set())
+    if f"say:{key}" in issued:
+        return
+    issued.add(f"say:{key}")
+    log.warning(message)
 
 
 def extract_loss(outputs: Any) -> Tensor | None:
@@ -66,26 +85,93 @@ def is_global_zero(trainer: Any) -> bool:
 
 
 def run_directory(trainer: Any, store: bool | str | os.PathLike = True) -> str | None:
-    """Where the run's streams go, or None when nothing should be written.
+    """Where the run's streams go, or None when nothing should be written
+    (:func:`store_location` without its note)."""
+    return store_location(trainer, store)[0]
 
-    ``store`` a path: that directory. ``store=True``: ``<log_dir>/sas`` of the first logger whose
-    ``log_dir`` is a real path (TensorBoard, CSV); with no such logger (``logger=False``,
-    ``fast_dev_run``, which replaces the loggers by a dummy) nothing is written, as Lightning
-    writes no logs then, and the summary lives in memory only. ``store=False``: nothing.
+
+#: the folder, under the trainer's ``default_root_dir``, of the stores of runs whose loggers
+#: have no log directory (MLflow, W&B): ``<default_root_dir>/lightning_sas/<the logger's run id>``
+DEFAULT_STORE_FOLDER = "lightning_sas"
+
+
+def _path_part(value: Any) -> str:
+    """A run id as one safe path component ("" when there is none)."""
+    if isinstance(value, bool) or value is None:
+        return ""
+    if isinstance(value, int):
+        return f"version_{value}"
+    text = re.sub(r"[^A-Za-z0-9_.-]", "_", str(value)).strip(".")
+    return text
+
+
+def _next_version(root: str) -> str:
+    n = 0
+    while os.path.exists(os.path.join(root, f"version_{n}")):
+        n += 1
+    return f"version_{n}"
+
+
+def _class_named(obj: Any, *names: str) -> bool:
+    """Is ``obj`` an instance of a class named one of ``names`` (either Lightning namespace, subclasses included)?"""
+    return any(cls.__name__ in names for cls in type(obj).__mro__)
+
+
+def store_location(trainer: Any, store: bool | str | os.PathLike = True) -> tuple[str | None, str | None]:
+    """``(directory, note)``: where the run's streams go (None: nothing is written) and, where
+    the user may not expect it, one line that says so and how to choose (else None).
+
+    ``store`` a path: that directory. ``store=False``: nothing. ``store=True``:
+
+    * ``<log_dir>/sas`` of the first logger whose ``log_dir`` is a real path (TensorBoard, CSV);
+    * with loggers but none with a log directory, among them MLflow or W&B: the documented
+      default ``<trainer.default_root_dir>/lightning_sas/<run id>`` (the first logger's
+      ``version`` of the MLflow or W&B logger: its run id; ``version_<n>``, the first free one,
+      without it), with a note saying where; with other loggers without a log directory:
+      nothing, with a note saying how to keep the run;
+    * with no logger (``logger=False``, Hydra's ``logger: null``): nothing, with a note saying
+      so and how to keep the run;
+    * under ``fast_dev_run`` (Lightning replaces the loggers by a dummy and writes no logs):
+      nothing, silently.
+
     Reads no collective (only rank 0 writes)."""
     if store is False or store is None:
-        return None
+        return None, None
     if isinstance(store, (str, os.PathLike)) and not isinstance(store, bool):
-        return os.fspath(store)
-    for logger in getattr(trainer, "loggers", None) or []:
+        return os.fspath(store), None
+    loggers = list(getattr(trainer, "loggers", None) or [])
+    for logger in loggers:
         try:
             base = getattr(logger, "log_dir", None)
         except Exception:  # a logger whose log_dir cannot be computed here
             continue
         # a real path only: a Mock's attribute also answers os.fspath
         if isinstance(base, (str, PurePath)) and str(base):
-            return os.path.join(os.fspath(base), "sas")
-    return None
+            return os.path.join(os.fspath(base), "sas"), None
+    real = [lg for lg in loggers if not _class_named(lg, "DummyLogger")]
+    if not loggers:
+        return None, ("lightning-sas: nothing is written: the trainer has no logger and SASMonitor has no store, so "
+                      "the diagnostics live in memory only (SASMonitor.summary()). To keep the run, pass "
+                      "SASMonitor(store=\"DIR\") (then `lightning-sas report DIR`) or give the Trainer a logger "
+                      "(e.g. TensorBoardLogger, whose log directory holds the store).")
+    if not real:
+        return None, None
+    names = ", ".join(dict.fromkeys(type(lg).__name__ for lg in real))
+    if not any(_class_named(lg, "MLFlowLogger", "WandbLogger") for lg in real):
+        return None, (f"lightning-sas: nothing is written: {names} has no log directory and SASMonitor has no store. "
+                      "To keep the run, pass SASMonitor(store=\"DIR\") (then `lightning-sas report DIR`).")
+    root = getattr(trainer, "default_root_dir", None)
+    root = os.fspath(root) if isinstance(root, (str, PurePath)) and str(root) else os.getcwd()
+    root = os.path.join(root, DEFAULT_STORE_FOLDER)
+    named = next(lg for lg in real if _class_named(lg, "MLFlowLogger", "WandbLogger"))
+    try:
+        version = _path_part(getattr(named, "version", None))
+    except Exception:
+        version = ""
+    directory = os.path.join(root, version or _next_version(root))
+    return directory, (f"lightning-sas: the run store goes to {directory} ({names} has no log directory); "
+                       f"read it with `lightning-sas report {directory}`. SASMonitor(store=\"DIR\") puts it "
+                       f"elsewhere, store=False writes none.")
 
 
 def resolve_callable(value: str | Callable | None, argument: str) -> Callable | None:

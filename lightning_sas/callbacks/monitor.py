@@ -9,7 +9,7 @@ from typing import Any
 import pytorch_lightning as pl
 
 from lightning_sas._compat import Callback, is_tensorboard_logger
-from lightning_sas.callbacks._common import is_global_zero, run_directory, warn_once
+from lightning_sas.callbacks._common import is_global_zero, say_once, store_location, warn_once
 from lightning_sas.callbacks.base import FlushContext
 from lightning_sas.callbacks.loss_stream import LossStream
 from lightning_sas.callbacks.probe_losses import ProbeLosses
@@ -84,7 +84,8 @@ class SASMonitor(Callback):
             default from the bias study, about 1 % of the data at most).
 
         *What is written where*:
-        figure_every: flushes between TensorBoard figures (0: never).
+        figure_every: flushes between live figure sets (0: never); every fit ends with one final
+            set, whatever the budget.
         figure_budget: largest share of wall time the live figures may take (default 0.005);
             a due figure set waits until it fits (:class:`~lightning_sas.loggers.FigureSchedule`;
             0: the cadence alone). ``lightning-sas report`` draws every figure offline.
@@ -92,9 +93,10 @@ class SASMonitor(Callback):
         histogram_every: flushes between TensorBoard histograms (and at the last flush; 0: none);
             a histogram costs about a millisecond each.
         store: where the streams go: ``True`` (default) ``<log_dir>/sas`` of the first logger
-            with a log directory (nothing is written without one: ``logger=False``,
-            ``fast_dev_run``), a path (that directory, logger or not), or ``False`` (nothing
-            written; the summary lives in memory).
+            with a log directory, ``<default_root_dir>/lightning_sas/<run id>`` with loggers
+            that have none (MLflow, W&B; one line says where), nothing without a logger
+            (``logger=False``: one line says so; ``fast_dev_run``); a path (that directory,
+            logger or not), or ``False`` (nothing written; the summary lives in memory).
         progress_bar: show the running SAS estimate (``sas``), IAT (``sas_iat``) and ergodic
             gap (``sas_gap``) in Lightning's progress bar, updated at every flush.
 
@@ -214,6 +216,8 @@ class SASMonitor(Callback):
         self._due = self._flush_due = 0
         self._restored_step: int | None = None
         self._layout_written = False
+        #: the last flush's context while its figures were not drawn (drawn at ``on_train_end``)
+        self._figures_owed: FlushContext | None = None
 
     @classmethod
     def _check_groups(cls, given: dict[str, Any]) -> None:
@@ -268,19 +272,22 @@ class SASMonitor(Callback):
         self._hook_hparams(trainer)
 
     def _hook_hparams(self, trainer: "pl.Trainer") -> None:
-        """Merge our settings into the single hparams call Lightning makes after ``setup``
-        (TensorBoard keeps only the first hparams session of a run).
+        """Merge our settings into the single hparams call Lightning makes after ``setup``, for
+        TensorBoard (which keeps only the first hparams session of a run), MLflow and W&B; when
+        Lightning makes no such call, :meth:`on_train_start` logs ours on their own.
 
         The merge is a wrapper set on the logger instance for that one call: it removes itself
         when called (and :meth:`_unhook_hparams` removes it at ``on_train_start`` if Lightning
         never called it), so after ``fit`` the logger and the trainer pickle as before. Our keys go
         to the hparams session only: they are taken out of the hparams the logger keeps for its
         ``hparams.yaml`` (which ``load_from_checkpoint(hparams_file=...)`` passes to the model)."""
-        ours = {f"sas/{k}": v for k, v in self.config().items() if isinstance(v, (int, float, str, bool))}
+        ours = self._hparams()
         for logger in getattr(trainer, "loggers", []) or []:
-            # only TensorBoard, which keeps the first session: other loggers' hparams stay the user's
-            # (our settings are in the run's meta.json)
-            if not is_tensorboard_logger(logger):
+            # TensorBoard, MLflow and W&B only. Not CSV: its only hparams record is the
+            # hparams.yaml that reloads the model (our settings are in the run store's meta.json
+            # beside it). Other loggers keep exactly the user's hparams.
+            if not any(cls.__name__ in ("MLFlowLogger", "WandbLogger") for cls in type(logger).__mro__) \
+                    and not is_tensorboard_logger(logger):
                 continue
             if "log_hyperparams" in vars(logger) or not hasattr(logger, "log_hyperparams"):
                 continue  # already wrapped (by us or by someone else): leave it alone
@@ -302,15 +309,29 @@ class SASMonitor(Callback):
             merged._sas_merged_for = self  # type: ignore[attr-defined]
             logger.log_hyperparams = merged  # type: ignore[method-assign]
 
-    def _unhook_hparams(self, trainer: "pl.Trainer") -> None:
-        """Remove a merge wrapper of ours that Lightning did not call."""
+    def _hparams(self) -> dict[str, Any]:
+        """Our settings as hyperparameters: ``sas/<setting>`` (numbers, strings, booleans)."""
+        return {f"sas/{k}": v for k, v in self.config().items() if isinstance(v, (int, float, str, bool))}
+
+    def _unhook_hparams(self, trainer: "pl.Trainer") -> list[Any]:
+        """Remove a merge wrapper of ours that Lightning did not call; returns those loggers."""
+        uncalled = []
         for logger in getattr(trainer, "loggers", []) or []:
             wrapper = vars(logger).get("log_hyperparams") if hasattr(logger, "__dict__") else None
             if getattr(wrapper, "_sas_merged_for", None) is self:
                 vars(logger).pop("log_hyperparams", None)
+                uncalled.append(logger)
+        return uncalled
 
     def on_train_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
-        self._unhook_hparams(trainer)
+        uncalled = self._unhook_hparams(trainer)
+        if uncalled and is_global_zero(trainer):
+            # Lightning logged no hyperparameters (``save_hyperparameters(logger=False)``): ours alone, once
+            for logger in uncalled:
+                if is_tensorboard_logger(logger) and getattr(logger, "hparams", None):
+                    continue  # the project logged its own before fit: TensorBoard keeps that first session only
+                logger.log_hyperparams(self._hparams())
+                _forget_our_hparams(logger, self._hparams())
         self.figure_schedule.start()
         self.loss_stream.start(trainer, pl_module)
         self.weights.attach(pl_module)
@@ -326,7 +347,9 @@ class SASMonitor(Callback):
             self.probes.unavailable = {k: "probe losses are off (num_train_probes=0)" for k in PROBE_KEYS}
         self._schedule(self.loss_stream.current_index)
         if is_global_zero(trainer):
-            directory = run_directory(trainer, self.store) if self.store else None
+            directory, note = store_location(trainer, self.store)
+            if note is not None:
+                say_once(self, "store", note)
             if directory is not None and self._writer is None:
                 from lightning_sas.store import RunWriter
 
@@ -409,6 +432,15 @@ class SASMonitor(Callback):
     def on_train_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
         if self.loss_stream.pending or self._flushes == 0:
             self.flush(trainer, pl_module, final=True)
+        owed, self._figures_owed = self._figures_owed, None
+        if owed is not None and is_global_zero(trainer):
+            # the last flush was a regular one whose figures waited (cadence or budget): the
+            # final figure set of the fit, whatever the budget
+            from lightning_sas.loggers.export import export_figures
+
+            started = time.perf_counter()
+            export_figures(trainer, owed)
+            self.figure_schedule.drawn(time.perf_counter() - started)
         if self._writer is not None:
             self._writer.write_summary(self._json_summary(), durable=True)  # survives a power loss
             self._writer.close()
@@ -416,6 +448,7 @@ class SASMonitor(Callback):
 
     def on_exception(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", exception: BaseException) -> None:
         """Training failed: the pending store writes still reach the disk (the run stays readable)."""
+        self._figures_owed = None  # holds the trainer and the module
         if self._writer is not None:
             self._writer.close()
             self._writer = None
@@ -449,11 +482,15 @@ class SASMonitor(Callback):
 
             every = self.histogram_every
             histograms = bool(self.histograms and every and (final or (self._flushes - 1) % every == 0))
-            figures = self.figure_schedule.due()
+            schedule = self.figure_schedule
+            # the cadence and the budget govern the live figures; the last flush of a fit draws them always
+            figures = (final and schedule.every > 0) or schedule.due()
             started = time.perf_counter() if figures else 0.0  # no clock read when nothing is drawn
-            export_flush(trainer, ctx, figures=figures, histograms=histograms)
+            status = {**ctx.summary, **schedule.status()}
+            export_flush(trainer, ctx, figures=figures, histograms=histograms, status_summary=status)
             if figures:
-                self.figure_schedule.drawn(time.perf_counter() - started)
+                schedule.drawn(time.perf_counter() - started)
+            self._figures_owed = None if figures or not schedule.every else ctx
             if self._writer is not None:
                 self._writer.write_summary(self._json_summary())
                 if self._writer.error is not None:

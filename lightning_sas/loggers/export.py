@@ -1,5 +1,6 @@
-"""Send one flush to the trainer's loggers: scalars to every logger, and to TensorBoard also the
-status text, histograms, figures and (once) the custom-scalars layout. Called on rank 0 only.
+"""Send one flush to the trainer's loggers: scalars to every logger; the status text and the
+figures to every logger that can hold them (TensorBoard, MLflow, W&B; not CSV); histograms and
+(once) the custom-scalars layout to TensorBoard. Called on rank 0 only.
 
 Flags (late phase found, stationary, resolved, ...) reach TensorBoard as the markdown status
 ``sas/status`` (text plugin), not as scalars; every other logger gets them as 0/1 scalars."""
@@ -16,7 +17,7 @@ from lightning_sas._compat import is_tensorboard_logger
 from lightning_sas.loggers.status import STATUS_TAG, status_markdown
 from lightning_sas.loggers.tags import OPEN_CATEGORIES, custom_scalars_layout, scalars_from_summary
 
-__all__ = ["export_flush", "write_layout", "layout_proto", "tensorboard_writers"]
+__all__ = ["export_flush", "export_figures", "logger_kind", "write_layout", "layout_proto", "tensorboard_writers"]
 
 
 def tensorboard_writers(trainer: Any) -> list[Any]:
@@ -148,27 +149,62 @@ def write_scalars(logger: Any, scalars: dict[str, float], step: int) -> None:
     logger.log_metrics(metrics=scalars, step=step)
 
 
-def export_flush(trainer: Any, ctx: Any, figures: bool, histograms: bool = True) -> None:
-    """Log ``ctx.summary`` (scalars), ``ctx.histograms`` (when ``histograms``) and, when
-    ``figures``, the figures."""
+def logger_kind(logger: Any) -> str:
+    """What a logger can hold beyond scalars, by its class (either Lightning namespace, subclasses
+    included): ``"tensorboard"`` (text, histograms, figures, layout), ``"mlflow"`` (text and
+    figure artifacts), ``"wandb"`` (text tables and images), ``"csv"`` (numbers only) or
+    ``"other"`` (figures as images when it has ``log_image``)."""
+    if is_tensorboard_logger(logger):
+        return "tensorboard"
+    names = {cls.__name__ for cls in type(logger).__mro__}
+    if "MLFlowLogger" in names:
+        return "mlflow"
+    if "WandbLogger" in names:
+        return "wandb"
+    if "CSVLogger" in names:
+        return "csv"
+    return "other"
+
+
+#: where the status goes in MLflow (an artifact, replaced at every flush); the figures go to
+#: ``sas/figures/step_<step>/<name>.png``
+MLFLOW_STATUS_FILE = "sas/status.md"
+
+
+def export_flush(trainer: Any, ctx: Any, figures: bool, histograms: bool = True,
+                 status_summary: dict[str, Any] | None = None) -> None:
+    """Log ``ctx.summary`` (scalars), the status text (from ``status_summary``, default
+    ``ctx.summary``), ``ctx.histograms`` (when ``histograms``) and, when ``figures``, the figures
+    (:func:`export_figures`). Each logger gets what it can hold: TensorBoard the scalars without
+    the flags, the status (text plugin), histograms and figures; MLflow the scalars and the status
+    and figures as artifacts; W&B the scalars, the status as a text table and the figures as
+    images; CSV and other loggers the scalars (flags as 0/1), and images where they have
+    ``log_image``."""
     step = int(ctx.step)
     numbers = scalars_from_summary(ctx.summary, flags=True)
     # TensorBoard draws every scalar as a smoothed line: its flags go into the status text
     without_flags = scalars_from_summary(ctx.summary, flags=False)
-    for logger in getattr(trainer, "loggers", []) or []:
+    loggers = list(getattr(trainer, "loggers", []) or [])
+    for logger in loggers:
         if is_tensorboard_logger(logger):
             if without_flags:
                 write_scalars(logger, without_flags, step)
         elif numbers:
             logger.log_metrics(metrics=numbers, step=step)  # by keyword, as Lightning calls it
+    kinds = [(logger, logger_kind(logger)) for logger in loggers]
+    holds_text = [(logger, kind) for logger, kind in kinds if kind in ("tensorboard", "mlflow", "wandb")]
+    status = status_markdown(ctx.summary if status_summary is None else status_summary) if holds_text else ""
     writers = tensorboard_writers(trainer)
-    if not writers:
-        if figures:
-            _log_images_elsewhere(trainer, ctx, step)
-        return
-    status = status_markdown(ctx.summary)
     for writer in writers:
         writer.add_text(STATUS_TAG, status, step)
+    for logger, kind in holds_text:
+        try:
+            if kind == "mlflow":
+                logger.experiment.log_text(logger.run_id, status, MLFLOW_STATUS_FILE)
+            elif kind == "wandb":
+                logger.log_text(key=STATUS_TAG, columns=["step", "status"], data=[[step, status]], step=step)
+        except Exception as err:  # a logger's quirk must never stop training
+            _warn_export(f"could not send the status to {type(logger).__name__}", err)
     for writer in writers if histograms else []:
         for tag, values in ctx.histograms.items():
             values = np.asarray(values, dtype=np.float64)
@@ -176,29 +212,49 @@ def export_flush(trainer: Any, ctx: Any, figures: bool, histograms: bool = True)
             if values.size:
                 writer.add_histogram(f"sas/{tag}", values, step)
     if figures:
-        try:
-            figs = _figures(ctx)
-        except Exception as err:  # a figure must never stop training
-            warnings.warn(f"lightning-sas: could not draw the figures ({type(err).__name__}: {err})", stacklevel=2)
-            figs = {}
-        for tag, fig in figs.items():
-            for writer in writers:
-                writer.add_figure(tag, fig, step, close=False)
-        for writer in writers:
-            writer.flush()
+        export_figures(trainer, ctx)
+    for writer in writers:
+        writer.flush()
 
 
-def _log_images_elsewhere(trainer: Any, ctx: Any, step: int) -> None:
-    """Loggers with ``log_image`` (e.g. W&B) get the figures as images."""
-    targets = [lg for lg in getattr(trainer, "loggers", []) or [] if hasattr(lg, "log_image")]
-    if not targets:
-        return
-    from lightning_sas.loggers.figures import figure_to_image_array
+def _warn_export(what: str, err: BaseException) -> None:
+    warnings.warn(f"lightning-sas: {what} ({type(err).__name__}: {err})", stacklevel=3)
 
-    for tag, fig in _figures(ctx).items():
-        image = figure_to_image_array(fig)
-        for logger in targets:
+
+def export_figures(trainer: Any, ctx: Any) -> int:
+    """Draw the figures of ``ctx`` once and send them to every logger that holds images:
+    TensorBoard (``add_figure``), MLflow (``log_figure`` artifacts
+    ``sas/figures/step_<step>/<name>.png``), W&B and any other logger with ``log_image``
+    (images). CSV holds none. Returns the number of figures drawn (0 when no logger takes them:
+    then nothing is drawn)."""
+    step = int(ctx.step)
+    loggers = list(getattr(trainer, "loggers", []) or [])
+    kinds = [(logger, logger_kind(logger)) for logger in loggers]
+    takers = [(lg, k) for lg, k in kinds if k in ("tensorboard", "mlflow") or hasattr(lg, "log_image")]
+    if not takers:
+        return 0
+    try:
+        figs = _figures(ctx)
+    except Exception as err:  # a figure must never stop training
+        _warn_export("could not draw the figures", err)
+        return 0
+    image_cache: dict[str, Any] = {}
+    for tag, fig in figs.items():
+        for logger, kind in takers:
             try:
-                logger.log_image(key=tag, images=[image], step=step)
-            except Exception:  # pragma: no cover - third-party logger quirks
-                pass
+                if kind == "tensorboard":
+                    logger.experiment.add_figure(tag, fig, step, close=False)
+                elif kind == "mlflow":
+                    name = tag.rpartition("/")[2]
+                    logger.experiment.log_figure(logger.run_id, fig, f"sas/figures/step_{step:08d}/{name}.png")
+                else:
+                    from lightning_sas.loggers.figures import figure_to_image_array
+
+                    if tag not in image_cache:
+                        image_cache[tag] = figure_to_image_array(fig)
+                    logger.log_image(key=tag, images=[image_cache[tag]], step=step)
+            except Exception as err:  # a logger's quirk must never stop training
+                _warn_export(f"could not send figure {tag} to {type(logger).__name__}", err)
+    for writer in tensorboard_writers(trainer):
+        writer.flush()
+    return len(figs)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any
 
 __all__ = ["FigureSchedule"]
 
@@ -17,7 +18,8 @@ class FigureSchedule:
     :meth:`start`, a flush that is due by cadence draws when
     :math:`T_\mathrm{spent} + c \le \mathrm{budget} \cdot t`, so figures never take more than
     about ``budget`` of the run (one set of slack). ``budget=0`` keeps the cadence alone;
-    ``every=0`` draws nothing. Drawing matplotlib figures and encoding them as PNG costs a few
+    ``every=0`` draws nothing. Whatever the budget, the monitor draws one final set at the end of
+    every fit (when ``every > 0``), and the status says how many due sets waited for the budget. Drawing matplotlib figures and encoding them as PNG costs a few
     hundred milliseconds a set: for a fast model that is many training steps, so a fixed flush
     cadence alone would make the figures the largest cost of the monitor.
     """
@@ -42,6 +44,8 @@ class FigureSchedule:
         self._last_cost = self.first_cost
         self._since = self.every - 1 if self.every else 0
         self.sets_drawn = 0
+        #: flushes at which a set was due by cadence but waited for the budget
+        self.skipped_for_budget = 0
 
     def due(self) -> bool:
         """Called once per flush: draw the figures at this one?"""
@@ -51,8 +55,18 @@ class FigureSchedule:
         if self._since < self.every:
             return False
         if self.budget > 0 and self._spent + self._last_cost > self.budget * (self._clock() - self._started):
+            self.skipped_for_budget += 1
             return False
         return True
+
+    def status(self) -> dict[str, Any]:
+        """What the run's status says about the live figures: ``figure_sets_skipped_for_budget``
+        (flushes whose due set waited for the budget), with ``figure_budget`` and
+        ``figure_sets_drawn``; empty while no set waited."""
+        if not self.skipped_for_budget:
+            return {}
+        return {"figure_sets_skipped_for_budget": self.skipped_for_budget, "figure_budget": self.budget,
+                "figure_sets_drawn": self.sets_drawn}
 
     def drawn(self, seconds: float) -> None:
         """A figure set was drawn and logged in ``seconds``."""

@@ -197,6 +197,21 @@ def _nonfinite(s: Mapping[str, Any]) -> StatusLine | None:
     return StatusLine("Non-finite values", " and ".join(parts) + " NaN/Inf, left out of every statistic.")
 
 
+def _figures(s: Mapping[str, Any]) -> StatusLine | None:
+    """Live figures that waited for ``figure_budget`` (the monitor adds these keys to the status)."""
+    skipped, budget = _num(s, "figure_sets_skipped_for_budget"), _num(s, "figure_budget")
+    if not skipped or budget is None:
+        return None
+    drawn = _num(s, "figure_sets_drawn") or 0
+    return StatusLine(
+        "Figures",
+        f"live figures skipped at {int(skipped)} flush{'es' if skipped != 1 else ''} to stay within figure_budget = "
+        f"{budget:.3g} of the wall time ({int(drawn)} set{'s' if drawn != 1 else ''} drawn so far); the final set is "
+        "drawn at the end of the fit. Raise figure_budget (0: the cadence alone) for more live figures; "
+        "`lightning-sas report` draws them offline.",
+    )
+
+
 def _missing(unavailable: Mapping[str, str], used: set[str]) -> StatusLine | None:
     """The diagnostics ``unavailable`` names that no line above explained, grouped by reason."""
     by_reason: dict[str, list[str]] = {}
@@ -228,7 +243,7 @@ def status_lines(summary: Mapping[str, Any]) -> list[StatusLine]:
         _gaps(s, unavailable, used),
         _sas(s, unavailable, used),
     ]
-    lines += [line for line in (_nonfinite(s), _missing(unavailable, used)) if line is not None]
+    lines += [line for line in (_nonfinite(s), _figures(s), _missing(unavailable, used)) if line is not None]
     return lines
 
 

@@ -15,6 +15,7 @@ __all__ = [
     "is_flag",
     "tag_for",
     "margin_series",
+    "layer_tags",
     "scalars_from_summary",
     "custom_scalars_layout",
 ]
@@ -154,6 +155,45 @@ def margin_series(key: str) -> tuple[str, str, str]:
     return (tag, tag + "_lower", tag + "_upper") if key in _MARGIN_SE else (tag, tag, tag)
 
 
+#: characters of a layer's tag name that every logger keeps: Lightning's ``MLFlowLogger`` strips
+#: all but ``[A-Za-z0-9_/. -]`` from a metric name (so two names could merge), MLflow rejects a
+#: name whose path form is not its own (``a//b``, ``a/../b``), W&B reads ``/`` as a section.
+#: A ``/`` inside a parameter's name would add a tag level, so it is replaced too.
+_LAYER_NAME_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
+
+#: the tag prefix of the per-layer weight norms
+LAYER_NORM_PREFIX = "sas/layers/norm/"
+
+
+def layer_tags(names: Any) -> dict[str, str]:
+    """``{layer name: tag}`` for the per-layer norms: ``sas/layers/norm/<name>`` with every
+    character outside ``[A-Za-z0-9_.-]`` replaced by ``_`` (names of dots only get a leading
+    ``_``), so MLflow, W&B, TensorBoard and CSV all accept the tag unchanged.
+
+    Distinct names keep distinct tags: a name that needs no change keeps its tag; the others, in
+    sorted order, take their cleaned name or, when that is taken, the first free ``<clean>_2``,
+    ``<clean>_3``, ... The result depends on the set of names only (not their order), so a
+    layer keeps its tag at every flush of a run."""
+    names = [str(n) for n in names]
+    taken: set[str] = set()
+    out: dict[str, str] = {}
+    for name in names:
+        if not _LAYER_NAME_UNSAFE.search(name) and name.strip(".") and name not in taken:
+            out[name] = LAYER_NORM_PREFIX + name
+            taken.add(name)
+    for name in sorted(n for n in set(names) if n not in out):
+        clean = _LAYER_NAME_UNSAFE.sub("_", name)
+        if not clean.strip("."):
+            clean = "_" + clean
+        candidate, k = clean, 1
+        while candidate in taken:
+            k += 1
+            candidate = f"{clean}_{k}"
+        out[name] = LAYER_NORM_PREFIX + candidate
+        taken.add(candidate)
+    return out
+
+
 def scalars_from_summary(summary: dict[str, Any], flags: bool = True) -> dict[str, float]:
     """Numeric entries of a summary as ``{tag: float}``, with ``_lower``/``_upper`` margin tags;
     None and non-numbers are left out. Flags (:func:`is_flag`) become 0/1 with ``flags=True``
@@ -175,9 +215,10 @@ def scalars_from_summary(summary: dict[str, Any], flags: bool = True) -> dict[st
             out[tag_for(key) + "_lower"] = float(value) - width
             out[tag_for(key) + "_upper"] = float(value) + width
     layers = summary.get("layers") or {}
+    tags = layer_tags(layers)
     for name, value in layers.items():
         if isinstance(value, (int, float)):
-            out[f"sas/layers/norm/{name}"] = float(value)
+            out[tags[str(name)]] = float(value)
     return out
 
 
