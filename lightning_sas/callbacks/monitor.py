@@ -213,6 +213,9 @@ class SASMonitor(Callback):
         self._probes_due: int | None = None
         self._due = self._flush_due = 0
         self._restored_step: int | None = None
+        #: the run the store belongs to (set when the store is opened; kept in the checkpoint, so
+        #: that a resume continues the same store and a new fit never appends to it)
+        self._run_id: str | None = None
         self._layout_written = False
 
     @classmethod
@@ -330,8 +333,12 @@ class SASMonitor(Callback):
             if directory is not None and self._writer is None:
                 from lightning_sas.store import RunWriter
 
-                # writes run in a worker thread: a flush hands its arrays over and goes on
-                self._writer = RunWriter(directory, config=self.config(), background=True)
+                # writes run in a worker thread: a flush hands its arrays over and goes on. One
+                # writer, one run: a directory another writer holds, or that holds another run's
+                # streams, is refused here (StoreInUseError names the way out)
+                self._writer = RunWriter(directory, config=self.config(), background=True, run_id=self._run_id,
+                                         resume=self._restored_step is not None)
+                self._run_id = self._writer.run_id
                 self._writer.update_meta(
                     probe_num_train=int(len(self.probes.train_indices)),
                     probe_num_test=int(len(self.probes.test_indices)),
@@ -498,10 +505,13 @@ class SASMonitor(Callback):
             "weights": self.weights.state_dict(),
             "probes": self.probes.state_dict(),
             "replicas": None if self.replicas is None else self.replicas.state_dict(),
+            "run_id": self._run_id,
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._flushes = int(state_dict.get("flushes", 0))
+        run_id = state_dict.get("run_id")
+        self._run_id = run_id if isinstance(run_id, str) else None
         self.loss_stream.load_state_dict(state_dict["loss_stream"])
         self.weights.load_state_dict(state_dict["weights"])
         self.probes.load_state_dict(state_dict["probes"])
