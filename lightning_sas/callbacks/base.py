@@ -8,6 +8,7 @@ from typing import Any
 import pytorch_lightning as pl
 
 from lightning_sas._compat import Callback
+from lightning_sas.validation import check_int, check_memory
 from lightning_sas.callbacks._common import is_global_zero, run_directory, stream_index, warn_once
 
 __all__ = ["FlushContext", "StreamCallback"]
@@ -44,9 +45,7 @@ class StreamCallback(Callback):
     """
 
     def __init__(self, flush_every: int = 400) -> None:
-        if not isinstance(flush_every, int) or flush_every < 1:
-            raise ValueError(f"flush_every must be a positive integer, got {flush_every!r}")
-        self.flush_every = flush_every
+        self.flush_every = check_int("flush_every", flush_every, 1)
         #: set by ``SASMonitor`` when it drives this part
         self.owned = False
         self._writer: Any = None
@@ -147,6 +146,16 @@ class StreamCallback(Callback):
 
     def _reset_state(self) -> None:  # pragma: no cover - every part defines it
         raise NotImplementedError
+
+    def reserved_buffers(self, flush_every: int) -> list[tuple[str, float, str]]:
+        """The buffers whose size the arguments set, ``(what, bytes, formula)``, when flushing every
+        ``flush_every`` entries (see :func:`~lightning_sas.validation.check_memory`)."""
+        return []
+
+    def check_memory(self, flush_every: int) -> None:
+        """Refuse, before anything is allocated, settings whose buffers exceed the bound."""
+        check_memory(type(self).__name__, self.reserved_buffers(flush_every),
+                     "lower flush_every or the sizes named (or raise the *_every cadences)")
 
     def config(self) -> dict[str, Any]:
         """The constructor arguments that define the statistics (stored in the run's meta)."""

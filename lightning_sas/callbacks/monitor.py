@@ -15,6 +15,7 @@ from lightning_sas.callbacks.loss_stream import LossStream
 from lightning_sas.callbacks.probe_losses import ProbeLosses
 from lightning_sas.callbacks.sas_replicas import SAS_KEYS, SASReplicas
 from lightning_sas.losses import PerSampleLoss
+from lightning_sas.validation import check_bool, check_int, check_seed
 from lightning_sas.callbacks.weight_snapshots import WeightSnapshots
 from lightning_sas.diagnostics import LOSS_KEYS, PROBE_KEYS, WEIGHT_KEYS, unavailable_reasons
 
@@ -150,6 +151,17 @@ class SASMonitor(Callback):
 
         given = dict(locals())
         self._check_groups(given)
+        # every argument is checked before anything is allocated (the parts check their own)
+        check_int("flush_every", flush_every, 1)
+        check_seed("seed", seed)
+        check_bool("histograms", histograms)
+        check_bool("progress_bar", progress_bar)
+        for name, part, kind in (("loss_stream", loss_stream, LossStream), ("weights", weights, WeightSnapshots),
+                                 ("probes", probes, ProbeLosses)):
+            if part is not None and not isinstance(part, kind):
+                raise ValueError(f"{name} must be None or a {kind.__name__}, got {part!r}")
+            if part is not None:  # flushed every flush_every of the monitor's, whatever it was built with
+                part.check_memory(flush_every)
         self.figure_schedule = FigureSchedule(figure_every, figure_budget)
         self.loss_stream = loss_stream or LossStream(
             flush_every=flush_every, window=window, max_blocks=max_blocks, late_phase_start=late_phase_start

@@ -101,9 +101,10 @@ def find_store(path: str | Path) -> Path:
     path = Path(path)
     info = _lstat(path)
     if info is None:
-        raise FileNotFoundError(f"{path} does not exist")
+        raise FileNotFoundError(f"{path} does not exist: not a lightning-sas run directory")
     if not path.is_dir():
-        raise FileNotFoundError(f"{path} is not a directory (pass a run's store or its Lightning version directory)")
+        raise FileNotFoundError(f"{path} is a file, not a lightning-sas run directory (pass a run's store or its "
+                                "Lightning version directory)")
     if os.path.lexists(path / "meta.json") or os.path.lexists(path / "streams"):
         return path
     child = path / "sas"
