@@ -152,10 +152,10 @@ class SASMonitor(Callback):
         given = dict(locals())
         self._check_groups(given)
         # every argument is checked before anything is allocated (the parts check their own)
-        check_int("flush_every", flush_every, 1)
-        check_seed("seed", seed)
-        check_bool("histograms", histograms)
-        check_bool("progress_bar", progress_bar)
+        flush_every = check_int("flush_every", flush_every, 1)
+        seed = check_seed("seed", seed)
+        histograms = check_bool("histograms", histograms)
+        progress_bar = check_bool("progress_bar", progress_bar)
         for name, part, kind in (("loss_stream", loss_stream, LossStream), ("weights", weights, WeightSnapshots),
                                  ("probes", probes, ProbeLosses)):
             if part is not None and not isinstance(part, kind):
