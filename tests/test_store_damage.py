@@ -407,3 +407,117 @@ def test_unreadable_chunk_is_reported(valid_run: Path, tmp_path: Path) -> None:
         os.chmod(_loss(tmp_path / "run"), stat.S_IRUSR | stat.S_IWUSR)
     assert [p.kind for p in run.problems] == ["unreadable"]
     assert len(run.streams["loss"]["step"]) == 40
+
+
+# -- one writer, one run -------------------------------------------------------------------------
+
+
+def _columns(start: int, n: int = 10) -> dict[str, np.ndarray]:
+    return {"step": np.arange(start, start + n), "loss": np.ones(n)}
+
+
+def test_a_second_writer_on_a_directory_is_refused(tmp_path: Path) -> None:
+    from lightning_sas.store import RunWriter
+    from lightning_sas.store.writer import StoreInUseError
+
+    first = RunWriter(tmp_path / "sas")
+    with pytest.raises(StoreInUseError, match="being written by another lightning-sas writer"):
+        RunWriter(tmp_path / "sas", run_id=first.run_id)
+    first.append("loss", _columns(0))
+    first.close()
+    again = RunWriter(tmp_path / "sas", run_id=first.run_id)  # the lock went with close()
+    again.append("loss", _columns(10))
+    again.close()
+    np.testing.assert_array_equal(read_run(tmp_path).streams["loss"]["step"], np.arange(20))
+
+
+def test_a_new_run_never_appends_to_an_older_store(tmp_path: Path) -> None:
+    from lightning_sas.store import RunWriter
+    from lightning_sas.store.writer import StoreInUseError
+
+    old = RunWriter(tmp_path / "sas")
+    old.append("loss", _columns(0))
+    old.close()
+    with pytest.raises(StoreInUseError, match="already holds the streams of another run"):
+        RunWriter(tmp_path / "sas")
+    with pytest.raises(StoreInUseError, match=old.run_id):
+        RunWriter(tmp_path / "sas", run_id="another-run", resume=True)
+    # the same run, or a resume from a checkpoint older than run ids, continues it
+    RunWriter(tmp_path / "sas", run_id=old.run_id).close()
+    resumed = RunWriter(tmp_path / "sas", resume=True)
+    assert resumed.run_id == old.run_id
+    resumed.close()
+    assert json.loads((tmp_path / "sas" / "meta.json").read_text())["format_version"] == 2
+
+
+def _fit(store: Path | None, steps: int, callbacks: list[Any], tmp_path: Path, **kwargs: Any) -> pl.Trainer:
+    train = DataLoader(make_classification(320), batch_size=32)
+    trainer = pl.Trainer(callbacks=callbacks, **trainer_kwargs(tmp_path, max_steps=steps, **kwargs))
+    trainer.fit(TinyClassifier(), train)
+    return trainer
+
+
+def _monitor(store: Path) -> SASMonitor:
+    return SASMonitor(flush_every=10, snapshot_every=5, sketch_every=5, num_train_probes=0, figure_every=0, store=str(store))
+
+
+def test_a_second_fit_into_the_same_store_is_refused(tmp_path: Path) -> None:
+    """Before any step: the first run's store stays as it was (it was mixed into before)."""
+    from lightning_sas.store.writer import StoreInUseError
+
+    store = tmp_path / "sas"
+    _fit(store, 30, [_monitor(store)], tmp_path)
+    with pytest.raises(StoreInUseError, match="already holds the streams of another run"):
+        _fit(store, 20, [_monitor(store)], tmp_path)
+    run = read_run(tmp_path)
+    np.testing.assert_array_equal(run.streams["loss"]["step"], np.arange(30))
+    assert not run.problems
+
+
+def test_a_monitor_on_a_store_another_writer_holds_is_refused(tmp_path: Path) -> None:
+    """Another live writer (a monitor of another trainer or process) holds the store."""
+    from lightning_sas.store import RunWriter
+    from lightning_sas.store.writer import StoreInUseError
+
+    store = tmp_path / "sas"
+    other = RunWriter(store)
+    with pytest.raises(StoreInUseError, match="being written by another"):
+        _fit(store, 20, [_monitor(store)], tmp_path)
+    other.close()
+    _fit(store, 20, [_monitor(store)], tmp_path)  # free again, and empty: a fresh run
+    assert len(read_run(tmp_path).streams["loss"]["step"]) == 20
+
+
+def test_a_standalone_part_next_to_the_monitor_is_refused_at_setup(tmp_path: Path) -> None:
+    from lightning_sas import LossStream
+    from pytorch_lightning.loggers import CSVLogger
+
+    logger = CSVLogger(str(tmp_path), name="csv")
+    with pytest.raises(ValueError, match="LossStream on its own and SASMonitor would both write the run store"):
+        _fit(None, 20, [SASMonitor(flush_every=10, figure_every=0), LossStream(flush_every=10)], tmp_path, logger=logger)
+    assert not (tmp_path / "csv" / "version_0" / "sas" / "streams" / "loss").exists()
+
+
+@pytest.mark.parametrize("old_checkpoint", [False, True])
+def test_a_resumed_run_continues_its_store(tmp_path: Path, old_checkpoint: bool) -> None:
+    """The same run from its checkpoint (with a run id, or saved before run ids) continues the
+    store: one contiguous stream, no problem."""
+    import torch
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    store = tmp_path / "sas"
+    train = DataLoader(make_classification(320), batch_size=32)
+    ckpt = ModelCheckpoint(dirpath=str(tmp_path / "ckpt"), every_n_epochs=1, save_top_k=-1)
+    kwargs = trainer_kwargs(tmp_path, max_steps=40, enable_checkpointing=True)
+    pl.Trainer(callbacks=[_monitor(store), ckpt], **kwargs).fit(TinyClassifier(), train)
+    path = tmp_path / "ckpt" / "epoch=3-step=40.ckpt"
+    if old_checkpoint:
+        checkpoint = torch.load(path, weights_only=True)
+        checkpoint["callbacks"]["SASMonitor"].pop("run_id")
+        torch.save(checkpoint, path)
+    kwargs["max_steps"] = 80
+    pl.Trainer(callbacks=[_monitor(store), ModelCheckpoint(dirpath=str(tmp_path / "ckpt2"))], **kwargs).fit(
+        TinyClassifier(), train, ckpt_path=str(path))
+    run = read_run(tmp_path)
+    np.testing.assert_array_equal(run.streams["loss"]["step"], np.arange(80))
+    assert not run.problems
