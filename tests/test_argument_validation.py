@@ -102,6 +102,9 @@ BAD = [
     ("SASReplicas", "batch_size", 0),
     ("SASReplicas", "probe_batch_size", 0),
     ("SASReplicas", "probe_every", 1.5),
+    ("SASReplicas", "pool_size", 1),
+    ("SASMonitor", "store", 3),
+    ("SASMonitor", "histogram_every", -1),
     # configured parts
     ("SASMonitor", "loss_stream", "LossStream"),
     ("SASMonitor", "weights", 3),

@@ -156,6 +156,9 @@ class SASMonitor(Callback):
         seed = check_seed("seed", seed)
         histograms = check_bool("histograms", histograms)
         progress_bar = check_bool("progress_bar", progress_bar)
+        histogram_every = check_int("histogram_every", histogram_every, 0, meaning=" (0: no histograms)")
+        if not isinstance(store, (bool, str, os.PathLike)):
+            raise ValueError(f"store must be True, False or a directory path, got {store!r}")
         for name, part, kind in (("loss_stream", loss_stream, LossStream), ("weights", weights, WeightSnapshots),
                                  ("probes", probes, ProbeLosses)):
             if part is not None and not isinstance(part, kind):
@@ -186,8 +189,6 @@ class SASMonitor(Callback):
             flush_every=flush_every,
             seed=seed,
         )
-        if not isinstance(store, (bool, str, os.PathLike)):
-            raise ValueError(f"store must be True, False or a directory path, got {store!r}")
         if isinstance(replicas, SASReplicas):
             self.replicas: SASReplicas | None = replicas
         elif isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 0:
@@ -211,8 +212,6 @@ class SASMonitor(Callback):
             part.flush_every = flush_every  # the monitor flushes every part together
         self.flush_every = flush_every
         self.progress_bar = progress_bar
-        if not isinstance(histogram_every, int) or isinstance(histogram_every, bool) or histogram_every < 0:
-            raise ValueError(f"histogram_every must be a non-negative integer (0: no histograms), got {histogram_every!r}")
         self.histograms = histograms
         self.histogram_every = histogram_every
         self.store = store

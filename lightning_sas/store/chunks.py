@@ -1,6 +1,6 @@
 """Chunk files of a run's streams, and bounded reads of files that may not be trusted.
 
-Format 2 (written since 0.x; ``FORMAT_VERSION = 2``)::
+Format 2 (``FORMAT_VERSION = 2``)::
 
     b"SASCHNK2" | header length (u64, little-endian) | CRC-32 of the header (u32) | JSON header | payload
 
