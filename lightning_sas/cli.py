@@ -116,7 +116,7 @@ def _report(args: argparse.Namespace) -> int:
         from lightning_sas.html_report import html_page
 
         pngs = {name.removesuffix(".png"): figures.figure_to_png_bytes(fig) for name, fig in drawn.items()}
-        notes = [f"{p.kind}: {p.path}: {p.message}" for p in run.problems]
+        notes = [p.line() for p in run.problems]
         page = html_page(f"lightning-sas report: {run.root}", summary, pngs, notes, status=for_status)
         Path(args.html).write_text(page)
     if not args.json:

@@ -159,6 +159,9 @@ class SASMonitor(Callback):
         histogram_every = check_int("histogram_every", histogram_every, 0, meaning=" (0: no histograms)")
         if not isinstance(store, (bool, str, os.PathLike)):
             raise ValueError(f"store must be True, False or a directory path, got {store!r}")
+        if not isinstance(replicas, SASReplicas) and (isinstance(replicas, bool) or not isinstance(replicas, int)
+                                                      or replicas < 0):
+            raise ValueError(f"replicas must be 0 (off), an integer K >= 1 or a SASReplicas, got {replicas!r}")
         for name, part, kind in (("loss_stream", loss_stream, LossStream), ("weights", weights, WeightSnapshots),
                                  ("probes", probes, ProbeLosses)):
             if part is not None and not isinstance(part, kind):

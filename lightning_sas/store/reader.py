@@ -211,6 +211,14 @@ _SUMMARY_INTS = ("steps", "late_phase_start", "late_phase_steps", "nonfinite_los
                  "ergodic_mean_start", "swaps", "replicas")
 
 
+#: summary keys that hold numbers (text there is damage)
+_SUMMARY_NUMBERS = frozenset((
+    "loss_mean", "loss_se", "loss_std", "iat", "ess", "dominant_period", "power_fraction", "geweke_z", "lr", "weight_norm",
+    "update_size", "distance_from_init", "distance_to_ergodic_mean", "grad_norm", "ergodic_gap", "probe_train_loss",
+    "probe_test_loss", "sas_max", "sas_mean", "sas_replaced", "stability_gap", "stability_gap_removed",
+    "stability_gap_added", "paper_coefficient", "sas_critical_t"))
+
+
 def _summary_key_ok(key: str, value: Any, numeric_keys: Any) -> bool:
     if value is None:
         return True
@@ -238,9 +246,7 @@ def check_summary(summary: Any, path: Path, problems: list[StoreProblem]) -> dic
         problems.append(StoreProblem(str(path), "schema", f"holds {'null' if summary is None else 'a ' + type(summary).__name__}, "
                                                           "not an object; summary ignored"))
         return None
-    from lightning_sas.html_report import EXPLANATIONS
-
-    bad = [key for key, value in summary.items() if not isinstance(key, str) or not _summary_key_ok(key, value, EXPLANATIONS)]
+    bad = [key for key, value in summary.items() if not isinstance(key, str) or not _summary_key_ok(key, value, _SUMMARY_NUMBERS)]
     if bad:
         problems.append(StoreProblem(str(path), "schema", f"values of the wrong type or out of range ignored: {', '.join(bad)}"))
     return {k: v for k, v in summary.items() if k not in bad}

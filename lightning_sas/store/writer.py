@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import queue
@@ -13,7 +14,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from lightning_sas.store.chunks import encode_chunk
+from lightning_sas.store.chunks import encode_chunk, read_trusted_bytes
 from lightning_sas.store.reader import FORMAT_VERSION, _chunk_files
 
 __all__ = ["RunWriter", "StoreInUseError", "atomic_write"]
@@ -109,8 +110,10 @@ class RunWriter:
         fd = os.open(self.root / ".writer.lock", os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        except OSError as err:
             os.close(fd)
+            if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                return  # a file system without locks: the run id check remains
             raise StoreInUseError(
                 f"{self.root} is being written by another lightning-sas writer (a SASMonitor or a standalone "
                 "LossStream/WeightSnapshots/ProbeLosses on the same run directory, here or in another process): "
@@ -130,11 +133,11 @@ class RunWriter:
         starts afresh (its old meta and summary are dropped)."""
         meta_path = self.root / "meta.json"
         stored: dict[str, Any] = {}
-        if meta_path.exists():
+        if os.path.lexists(meta_path):
             try:
-                loaded = json.loads(meta_path.read_text())
+                loaded = json.loads(read_trusted_bytes(meta_path, 64 << 20))
                 stored = loaded if isinstance(loaded, dict) else {}
-            except (OSError, ValueError):
+            except (OSError, ValueError):  # ChunkError is a ValueError: a damaged meta counts as none
                 stored = {}
         stored_id = stored.get("run_id") if isinstance(stored.get("run_id"), str) else None
         streams = self.root / "streams"
