@@ -314,7 +314,7 @@ def read_stream(folder: Path, problems: list[StoreProblem], progress: Callable[[
     restart = 0
     for i in range(1, len(kept)):
         before, now = kept[i - 1][1].get("step"), kept[i][1].get("step")
-        if before is not None and now is not None and before.size and now.size and now[0] <= before[-1]:
+        if before is not None and now is not None and before.size and now.size and now[0] < before[-1]:
             restart = i
     if restart:
         problems.append(StoreProblem(str(kept[restart][0]), "earlier_run",
