@@ -36,8 +36,26 @@ def _load(path: str) -> Any:
 
     run = read_run(path, progress=_progress(f"reading {path}"))
     for problem in run.problems:
-        print(f"warning: {problem.kind}: {problem.path}: {problem.message}", file=sys.stderr)
+        print(f"warning: {problem.line()}", file=sys.stderr)
     return run
+
+
+def _output_folder(option: str, value: str | None) -> None:
+    """An ordinary mistake in an output option, before anything is read: a folder option that
+    names an existing file, or a file option that names a folder."""
+    if value is None:
+        return
+    path = Path(value)
+    if option == "--out" and path.exists() and not path.is_dir():
+        raise UsageError(f"--out {value} is an existing file: pass a folder for the figures")
+    if option == "--html" and path.is_dir():
+        raise UsageError(f"--html {value} is a folder: pass the path of the HTML file to write")
+    if option == "--html" and not path.parent.is_dir():
+        raise UsageError(f"--html {value}: the folder {path.parent} does not exist")
+
+
+class UsageError(ValueError):
+    """A mistake in the command line, answered with one line and exit code 2."""
 
 
 #: keys the live monitor measures otherwise than :func:`~lightning_sas.diagnostics.summarize_run`
@@ -116,6 +134,8 @@ def _report(args: argparse.Namespace) -> int:
     from lightning_sas.loggers import figures
     from lightning_sas.loggers.status import status_text
 
+    _output_folder("--out", args.out)
+    _output_folder("--html", args.html)
     resolved = _resolve_run(args.run_dir)
     if resolved is None:
         return 2
@@ -142,7 +162,7 @@ def _report(args: argparse.Namespace) -> int:
         from lightning_sas.html_report import html_page
 
         pngs = {name.removesuffix(".png"): figures.figure_to_png_bytes(fig) for name, fig in drawn.items()}
-        notes = [f"{p.kind}: {p.path}: {p.message}" for p in run.problems]
+        notes = [p.line() for p in run.problems]
         page = html_page(f"lightning-sas report: {run.root}", summary, pngs, notes, status=for_status)
         Path(args.html).write_text(page)
     if not args.json:
@@ -280,6 +300,8 @@ def _swap_statistics(runs: Sequence[Any], probes: Sequence[dict[str, np.ndarray]
 def _compare(args: argparse.Namespace) -> int:
     from lightning_sas.loggers import figures
 
+    _output_folder("--out", args.out)
+    _output_folder("--html", args.html)
     runs = [_load(p) for p in args.run_dirs]
     result = compare_runs(runs, _parse_pairs(args.pairs, len(runs)), args.from_step)
     abs_diff = result.pop("_abs_diff")
@@ -358,14 +380,31 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: exit codes: 0 the report was written (damaged files, if any, were listed on stderr, one
+#: ``warning: damaged file ...`` line each, and left out); 2 nothing could be reported (a missing
+#: path, not a run directory, an output path that is a file, arguments that do not fit); 1 an
+#: unexpected error (one line; ``LIGHTNING_SAS_DEBUG=1`` shows the traceback)
+EXIT_OK, EXIT_INTERNAL, EXIT_USAGE = 0, 1, 2
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; never a traceback (see :data:`EXIT_USAGE` and friends)."""
+    import os
+
     parser = _build_parser()
     args = parser.parse_args(argv)
     try:
         return int(args.func(args))
-    except (FileNotFoundError, ValueError) as err:
-        print(f"lightning-sas {args.command}: error: {err}", file=sys.stderr)
-        return 2
+    except (OSError, ValueError) as err:
+        text = str(err) if not isinstance(err, OSError) or not err.filename else f"{err.filename}: {err.strerror or err}"
+        print(f"lightning-sas {args.command}: error: {' '.join(text.split())}", file=sys.stderr)
+        return EXIT_USAGE
+    except Exception as err:  # noqa: BLE001 - one line instead of a traceback
+        if os.environ.get("LIGHTNING_SAS_DEBUG"):
+            raise
+        print(f"lightning-sas {args.command}: internal error ({type(err).__name__}: {' '.join(str(err).split())[:300]}); "
+              "rerun with LIGHTNING_SAS_DEBUG=1 for the traceback", file=sys.stderr)
+        return EXIT_INTERNAL
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import pytorch_lightning as pl
 
 from lightning_sas._compat import Callback
-from lightning_sas.callbacks._common import is_global_zero, run_directory, stream_index
+from lightning_sas.validation import check_int, check_memory
+from lightning_sas.callbacks._common import is_global_zero, run_directory, stream_index, warn_once
 
 __all__ = ["FlushContext", "StreamCallback"]
 
@@ -43,13 +45,13 @@ class StreamCallback(Callback):
     """
 
     def __init__(self, flush_every: int = 400) -> None:
-        if not isinstance(flush_every, int) or flush_every < 1:
-            raise ValueError(f"flush_every must be a positive integer, got {flush_every!r}")
-        self.flush_every = flush_every
+        self.flush_every = check_int("flush_every", flush_every, 1)
         #: set by ``SASMonitor`` when it drives this part
         self.owned = False
         self._writer: Any = None
         self._writer_ready = False
+        #: the run this part's standalone store belongs to (set when the store is opened)
+        self._run_id: str | None = None
 
     # -- cadence ---------------------------------------------------------------------------
     def should_flush(self, index: int) -> bool:
@@ -73,17 +75,57 @@ class StreamCallback(Callback):
         raise NotImplementedError
 
     # -- standalone plumbing ---------------------------------------------------------------
+    def setup(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:
+        """A part used on its own writes ``<log_dir>/sas``: refuse, at setup, a second writer of
+        that directory in the same trainer (a ``SASMonitor`` or another standalone part)."""
+        if self.owned or stage != "fit" or not is_global_zero(trainer):
+            return
+        mine = run_directory(trainer)
+        if mine is None:
+            return
+        for other in getattr(trainer, "callbacks", None) or []:
+            if other is self:
+                continue
+            theirs = None
+            if isinstance(other, StreamCallback) and not other.owned:
+                theirs = run_directory(trainer)
+            elif type(other).__name__ == "SASMonitor" and getattr(other, "store", None):
+                theirs = run_directory(trainer, other.store)
+            if theirs is not None and os.path.abspath(theirs) == os.path.abspath(mine):
+                raise ValueError(
+                    f"{type(self).__name__} on its own and {type(other).__name__} would both write the run store {mine}, "
+                    f"overwriting each other's files: pass the part to one SASMonitor (loss_stream=, weights=, "
+                    f"probes=, replicas=), or give the SASMonitor its own directory (store=<path>)")
+
     def _standalone_writer(self, trainer: "pl.Trainer") -> Any:
         """The run writer of a part used on its own: rank 0, into the logger's ``log_dir/sas``
-        (:func:`run_directory`; None without a logger directory: nothing is written)."""
+        (:func:`run_directory`; None without a logger directory: nothing is written). A
+        directory held by another writer or another run is refused with one warning, and
+        nothing is stored."""
         if not self._writer_ready:
             self._writer_ready = True
             directory = run_directory(trainer) if is_global_zero(trainer) else None
             if directory is not None:
                 from lightning_sas.store import RunWriter
+                from lightning_sas.store.writer import StoreInUseError
 
-                self._writer = RunWriter(directory, config=self.config())
+                resuming = getattr(self, "_restored", None) is not None
+                try:
+                    self._writer = RunWriter(directory, config=self.config(), run_id=None if resuming else self._run_id,
+                                             resume=resuming)
+                except StoreInUseError as err:
+                    warn_once(self, "store", f"{type(self).__name__}: nothing is stored: {err}")
+                    self._writer = None
+                else:
+                    self._run_id = self._writer.run_id
         return self._writer
+
+    def teardown(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:
+        """Close the standalone writer (its lock on the run directory goes with it)."""
+        if self._writer is not None and not self.owned:
+            self._writer.close()
+            self._writer = None
+            self._writer_ready = False
 
     def _standalone_flush(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", step: int) -> None:
         from lightning_sas.loggers.export import export_flush
@@ -104,6 +146,16 @@ class StreamCallback(Callback):
 
     def _reset_state(self) -> None:  # pragma: no cover - every part defines it
         raise NotImplementedError
+
+    def reserved_buffers(self, flush_every: int) -> list[tuple[str, float, str]]:
+        """The buffers whose size the arguments set, ``(what, bytes, formula)``, when flushing every
+        ``flush_every`` entries (see :func:`~lightning_sas.validation.check_memory`)."""
+        return []
+
+    def check_memory(self, flush_every: int) -> None:
+        """Refuse, before anything is allocated, settings whose buffers exceed the bound."""
+        check_memory(type(self).__name__, self.reserved_buffers(flush_every),
+                     "lower flush_every or the sizes named (or raise the *_every cadences)")
 
     def config(self) -> dict[str, Any]:
         """The constructor arguments that define the statistics (stored in the run's meta)."""

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from lightning_sas.callbacks._common import device_float_dtype, extract_loss, first_param_group
+from lightning_sas.validation import check_int
 from lightning_sas.callbacks.base import FlushContext, StreamCallback
 from lightning_sas.diagnostics import loss_diagnostics
 from lightning_sas.stats.blocks import BlockMoments
@@ -50,16 +51,23 @@ class LossStream(StreamCallback):
         late_phase_start: int | None = None,
     ) -> None:
         super().__init__(flush_every=flush_every)
-        if not isinstance(window, int) or window < 16:
-            raise ValueError(f"window must be an integer >= 16, got {window!r}")
-        if not isinstance(max_blocks, int) or max_blocks < 8 or max_blocks % 2:
-            raise ValueError(f"max_blocks must be an even integer >= 8, got {max_blocks!r}")
-        if late_phase_start is not None and (not isinstance(late_phase_start, int) or late_phase_start < 0):
-            raise ValueError(f"late_phase_start must be None or a non-negative integer, got {late_phase_start!r}")
-        self.window = window
-        self.max_blocks = max_blocks
-        self.late_phase_start = late_phase_start
+        self.window = check_int("window", window, 16)
+        self.max_blocks = check_int("max_blocks", max_blocks, 8, even=True)
+        self.late_phase_start = check_int("late_phase_start", late_phase_start, 0, 1 << 62, allow_none=True)
+        self.check_memory(self.flush_every)
         self._reset_state()
+
+    #: device memory a pending entry holds until the flush: its loss tensor (512 bytes, the
+    #: smallest block of CUDA's caching allocator) and its float64 host copy
+    PENDING_ENTRY_BYTES = 520
+
+    def reserved_buffers(self, flush_every: int) -> list[tuple[str, float, str]]:
+        return [
+            ("pending losses", flush_every * self.PENDING_ENTRY_BYTES,
+             f"flush_every ({flush_every}) x {self.PENDING_ENTRY_BYTES} bytes per kept loss"),
+            ("raw window", 3 * 8 * 2 * self.window, f"window ({self.window}) x 3 columns x 8 bytes x 2 (concatenation)"),
+            ("block summary", 3 * 8 * self.max_blocks, f"max_blocks ({self.max_blocks}) x 3 x 8 bytes"),
+        ]
 
     def _reset_state(self) -> None:
         self.blocks = BlockMoments(max_blocks=self.max_blocks)

@@ -15,6 +15,7 @@ from lightning_sas.callbacks.loss_stream import LossStream
 from lightning_sas.callbacks.probe_losses import ProbeLosses
 from lightning_sas.callbacks.sas_replicas import SAS_KEYS, SASReplicas
 from lightning_sas.losses import PerSampleLoss
+from lightning_sas.validation import check_bool, check_int, check_seed
 from lightning_sas.callbacks.weight_snapshots import WeightSnapshots
 from lightning_sas.diagnostics import LOSS_KEYS, PROBE_KEYS, WEIGHT_KEYS, unavailable_reasons
 
@@ -152,6 +153,23 @@ class SASMonitor(Callback):
 
         given = dict(locals())
         self._check_groups(given)
+        # every argument is checked before anything is allocated (the parts check their own)
+        flush_every = check_int("flush_every", flush_every, 1)
+        seed = check_seed("seed", seed)
+        histograms = check_bool("histograms", histograms)
+        progress_bar = check_bool("progress_bar", progress_bar)
+        histogram_every = check_int("histogram_every", histogram_every, 0, meaning=" (0: no histograms)")
+        if not isinstance(store, (bool, str, os.PathLike)):
+            raise ValueError(f"store must be True, False or a directory path, got {store!r}")
+        if not isinstance(replicas, SASReplicas) and (isinstance(replicas, bool) or not isinstance(replicas, int)
+                                                      or replicas < 0):
+            raise ValueError(f"replicas must be 0 (off), an integer K >= 1 or a SASReplicas, got {replicas!r}")
+        for name, part, kind in (("loss_stream", loss_stream, LossStream), ("weights", weights, WeightSnapshots),
+                                 ("probes", probes, ProbeLosses)):
+            if part is not None and not isinstance(part, kind):
+                raise ValueError(f"{name} must be None or a {kind.__name__}, got {part!r}")
+            if part is not None:  # flushed every flush_every of the monitor's, whatever it was built with
+                part.check_memory(flush_every)
         self.figure_schedule = FigureSchedule(figure_every, figure_budget)
         self.loss_stream = loss_stream or LossStream(
             flush_every=flush_every, window=window, max_blocks=max_blocks, late_phase_start=late_phase_start
@@ -176,8 +194,6 @@ class SASMonitor(Callback):
             flush_every=flush_every,
             seed=seed,
         )
-        if not isinstance(store, (bool, str, os.PathLike)):
-            raise ValueError(f"store must be True, False or a directory path, got {store!r}")
         if isinstance(replicas, SASReplicas):
             self.replicas: SASReplicas | None = replicas
         elif isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 0:
@@ -201,8 +217,6 @@ class SASMonitor(Callback):
             part.flush_every = flush_every  # the monitor flushes every part together
         self.flush_every = flush_every
         self.progress_bar = progress_bar
-        if not isinstance(histogram_every, int) or isinstance(histogram_every, bool) or histogram_every < 0:
-            raise ValueError(f"histogram_every must be a non-negative integer (0: no histograms), got {histogram_every!r}")
         self.histograms = histograms
         self.histogram_every = histogram_every
         self.store = store
@@ -215,6 +229,9 @@ class SASMonitor(Callback):
         self._probes_due: int | None = None
         self._due = self._flush_due = 0
         self._restored_step: int | None = None
+        #: the run the store belongs to (set when the store is opened; kept in the checkpoint, so
+        #: that a resume continues the same store and a new fit never appends to it)
+        self._run_id: str | None = None
         self._layout_written = False
         #: the last flush's context while its figures were not drawn (drawn at ``on_train_end``)
         self._figures_owed: FlushContext | None = None
@@ -353,8 +370,12 @@ class SASMonitor(Callback):
             if directory is not None and self._writer is None:
                 from lightning_sas.store import RunWriter
 
-                # writes run in a worker thread: a flush hands its arrays over and goes on
-                self._writer = RunWriter(directory, config=self.config(), background=True)
+                # writes run in a worker thread: a flush hands its arrays over and goes on. One
+                # writer, one run: a directory another writer holds, or that holds another run's
+                # streams, is refused here (StoreInUseError names the way out)
+                self._writer = RunWriter(directory, config=self.config(), background=True, run_id=self._run_id,
+                                         resume=self._restored_step is not None)
+                self._run_id = self._writer.run_id
                 self._writer.update_meta(
                     probe_num_train=int(len(self.probes.train_indices)),
                     probe_num_test=int(len(self.probes.test_indices)),
@@ -535,10 +556,13 @@ class SASMonitor(Callback):
             "weights": self.weights.state_dict(),
             "probes": self.probes.state_dict(),
             "replicas": None if self.replicas is None else self.replicas.state_dict(),
+            "run_id": self._run_id,
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._flushes = int(state_dict.get("flushes", 0))
+        run_id = state_dict.get("run_id")
+        self._run_id = run_id if isinstance(run_id, str) else None
         self.loss_stream.load_state_dict(state_dict["loss_stream"])
         self.weights.load_state_dict(state_dict["weights"])
         self.probes.load_state_dict(state_dict["probes"])

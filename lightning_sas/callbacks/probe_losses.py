@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from lightning_sas.callbacks._common import device_float_dtype, prepare_batch, resolve_callable, warn_once
+from lightning_sas.validation import check_int, check_seed
 from lightning_sas.callbacks.base import FlushContext, StreamCallback
 from lightning_sas.data.loaders import SampleSource, first_loader, is_map_style, training_source, validation_source
 from lightning_sas.isolation import observed
@@ -54,24 +55,29 @@ class ProbeLosses(StreamCallback):
         seed: int = 0,
     ) -> None:
         super().__init__(flush_every=flush_every)
-        for name, value in (("probe_every", probe_every), ("probe_batch_size", probe_batch_size)):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        for name, value in (("num_train_probes", num_train_probes), ("num_test_probes", num_test_probes)):
-            if not isinstance(value, int) or value < 0:
-                raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
-        self.probe_every = probe_every
-        self.num_train_probes = num_train_probes
-        self.num_test_probes = num_test_probes
-        self.probe_batch_size = probe_batch_size
+        self.probe_every = check_int("probe_every", probe_every, 1)
+        self.probe_batch_size = check_int("probe_batch_size", probe_batch_size, 1)
+        self.num_train_probes = check_int("num_train_probes", num_train_probes, 0)
+        self.num_test_probes = check_int("num_test_probes", num_test_probes, 0)
+        self.max_blocks = check_int("max_blocks", max_blocks, 4, even=True)
+        self.seed = check_seed("seed", seed)
+        self.check_memory(self.flush_every)
         self.loss_fn = resolve_callable(loss_fn, "loss_fn")
-        self.max_blocks = max_blocks
-        self.seed = seed
         #: set by ``SASMonitor`` when replicas measure the gap on a held-out split instead
         self.heldout_elsewhere = False
         #: samples of iterable training data read by the replicas, shared (set by ``SASMonitor``)
         self.pool: SampleSource | None = None
         self._reset_state()
+
+    def reserved_buffers(self, flush_every: int) -> list[tuple[str, float, str]]:
+        points = self.num_train_probes + self.num_test_probes
+        rows = flush_every // self.probe_every + 2
+        return [
+            ("probe-loss rows", rows * points * 8,
+             f"(flush_every // probe_every + 2) ({rows}) x (num_train_probes + num_test_probes) ({points}) x 8 bytes"),
+            ("block summary", 3 * self.max_blocks * points * 8,
+             f"max_blocks ({self.max_blocks}) x 3 x (num_train_probes + num_test_probes) ({points}) x 8 bytes"),
+        ]
 
     def _reset_state(self) -> None:
         self.enabled = True

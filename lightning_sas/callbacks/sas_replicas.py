@@ -13,6 +13,7 @@ from pytorch_lightning.utilities.rank_zero import rank_zero_info
 from torch.utils.data import ConcatDataset, Subset, TensorDataset, default_collate
 
 from lightning_sas.callbacks._common import prepare_batch, resolve_callable, warn_once
+from lightning_sas.validation import MAX_COUNT, check_bool, check_choice, check_float, check_int, check_memory, check_seed
 from lightning_sas.callbacks.base import FlushContext, StreamCallback
 from lightning_sas.data import auto_swaps, choose_swaps, make_probe_set, resolve_swaps, split_holdout
 from lightning_sas.data.loaders import DEFAULT_POOL_SIZE, SampleSource, is_map_style, training_source
@@ -36,6 +37,9 @@ from lightning_sas.replicas.stacked import StackedReplicas, stacked_unsupported_
 from lightning_sas.replicas.trainer_view import WAYS_OUT, ReplicaTrainerError
 
 __all__ = ["SASReplicas", "SAS_KEYS", "replica_rows"]
+
+#: the most perturbed replicas a run may have (each a copy of the model and its optimizer)
+MAX_REPLICAS = 1024
 
 #: summary keys added by the replicas
 SAS_KEYS = (
@@ -168,25 +172,25 @@ class SASReplicas(StreamCallback):
         seed: int = 0,
     ) -> None:
         super().__init__(flush_every=flush_every)
-        if isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 1:
-            raise ValueError(f"replicas must be an integer K >= 1 (perturbed replicas), got {replicas!r}")
-        if swaps != "auto" and (isinstance(swaps, bool) or not isinstance(swaps, int) or swaps < 1):
+        if isinstance(replicas, bool) or not isinstance(replicas, int) or not 1 <= replicas <= MAX_REPLICAS:
+            raise ValueError(f"replicas must be an integer K >= 1 (perturbed replicas, at most {MAX_REPLICAS}: each is a "
+                             f"copy of the model and its optimizer), got {replicas!r}")
+        if not (isinstance(swaps, str) and swaps == "auto") and (isinstance(swaps, bool) or not isinstance(swaps, int)
+                                                                  or not 1 <= swaps <= MAX_COUNT):
             raise ValueError(f"swaps must be 'auto' or a positive integer m (samples swapped per replica), got {swaps!r}")
-        if not (fork_at in ("start", "late_phase") or (isinstance(fork_at, int) and fork_at >= 0)):
+        if not ((isinstance(fork_at, str) and fork_at in ("start", "late_phase"))
+                or (isinstance(fork_at, int) and not isinstance(fork_at, bool) and 0 <= fork_at <= 1 << 62)):
             raise ValueError(f"fork_at must be 'start', 'late_phase' or a non-negative step, got {fork_at!r}")
-        if sampler not in ("common", "independent"):
-            raise ValueError(f"sampler must be 'common' or 'independent', got {sampler!r}")
-        if path not in ("auto", "fast", "generic"):
-            raise ValueError(f"path must be 'auto', 'fast' or 'generic', got {path!r}")
-        if not (0.0 < holdout_fraction < 1.0):
-            raise ValueError(f"holdout_fraction must be in (0, 1), got {holdout_fraction!r}")
-        for name, value in (("probe_every", probe_every), ("num_heldout_probes", num_heldout_probes)):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if not isinstance(num_train_probes, int) or num_train_probes < 0:
-            raise ValueError(f"num_train_probes must be a non-negative integer, got {num_train_probes!r}")
-        if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
-            raise ValueError(f"batch_size must be None or a positive integer, got {batch_size!r}")
+        sampler = check_choice("sampler", sampler, ("common", "independent"))
+        path = check_choice("path", path, ("auto", "fast", "generic"))
+        holdout_fraction = check_float("holdout_fraction", holdout_fraction, 0.0, 1.0, low_open=True, high_open=True)
+        probe_every = check_int("probe_every", probe_every, 1)
+        num_heldout_probes = check_int("num_heldout_probes", num_heldout_probes, 1)
+        num_train_probes = check_int("num_train_probes", num_train_probes, 0)
+        batch_size = check_int("batch_size", batch_size, 1, allow_none=True)
+        pool_size = check_int("pool_size", pool_size, 2)
+        probe_batch_size = check_int("probe_batch_size", probe_batch_size, 1)
+        max_blocks = check_int("max_blocks", max_blocks, 4, even=True)
         if holdout_excluded is not None:
             raise ValueError(
                 "holdout_excluded was removed: it excluded nothing (the held-out split was drawn from the data the main "
@@ -196,8 +200,14 @@ class SASReplicas(StreamCallback):
         if holdout is not None and not (is_map_style(holdout) or _is_index_list(holdout)):
             raise ValueError(f"holdout must be None, a map-style Dataset or a 1-D sequence of integer indices, got "
                              f"{type(holdout).__name__}")
-        if not isinstance(pool_size, int) or pool_size < 2:
-            raise ValueError(f"pool_size must be an integer >= 2, got {pool_size!r}")
+        checkpoint_replicas = check_bool("checkpoint_replicas", checkpoint_replicas)
+        seed = check_seed("seed", seed)
+        points = (replicas + 1) * (num_train_probes + num_heldout_probes)
+        check_memory("SASReplicas", [("block summary", 3 * max_blocks * points * 8,
+                                      f"max_blocks ({max_blocks}) x 3 x (replicas + 1) ({replicas + 1}) x "
+                                      f"(num_train_probes + num_heldout_probes) ({num_train_probes + num_heldout_probes}) "
+                                      "x 8 bytes")],
+                     "lower max_blocks, replicas or the probe counts")
         self.replicas = replicas
         self.swaps = swaps
         self.fork_at = fork_at

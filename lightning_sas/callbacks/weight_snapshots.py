@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from lightning_sas.callbacks._common import device_float_dtype, warn_once
+from lightning_sas.validation import check_bool, check_int, check_regex, check_seed
 from lightning_sas.callbacks.base import FlushContext, StreamCallback
 from lightning_sas.stats.sharded import ShardedParameters, is_flat_parameter
 from lightning_sas.stats.sketch import RandomProjection
@@ -70,31 +71,33 @@ class WeightSnapshots(StreamCallback):
         sketch_history: int = 256,
     ) -> None:
         super().__init__(flush_every=flush_every)
-        for name, value in (("snapshot_every", snapshot_every), ("sketch_every", sketch_every)):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if not isinstance(sketch_dim, int) or sketch_dim < 0:
-            raise ValueError(f"sketch_dim must be a non-negative integer (0 disables the sketch), got {sketch_dim!r}")
-        if not isinstance(max_layers, int) or max_layers < 0:
-            raise ValueError(f"max_layers must be a non-negative integer, got {max_layers!r}")
-        if layer_filter is not None:
-            try:
-                re.compile(layer_filter)
-            except re.error as err:
-                raise ValueError(f"layer_filter={layer_filter!r} is not a valid regular expression: {err}") from err
-        self.snapshot_every = snapshot_every
-        self.sketch_every = sketch_every
-        self.sketch_dim = sketch_dim
-        self.track_update = track_update
-        self.track_init = track_init
-        self.track_ergodic_mean = track_ergodic_mean
-        self.ergodic_start = ergodic_start
-        self.max_layers = max_layers
-        self.layer_filter = layer_filter
-        self.seed = seed
-        self.sketch_history = sketch_history
+        self.snapshot_every = check_int("snapshot_every", snapshot_every, 1)
+        self.sketch_every = check_int("sketch_every", sketch_every, 1)
+        self.sketch_dim = check_int("sketch_dim", sketch_dim, 0, (1 << 30) - 1, meaning=" (0 disables the sketch)")
+        self.max_layers = check_int("max_layers", max_layers, 0)
+        self.layer_filter = check_regex("layer_filter", layer_filter)
+        self.track_update = check_bool("track_update", track_update)
+        self.track_init = check_bool("track_init", track_init)
+        self.track_ergodic_mean = check_bool("track_ergodic_mean", track_ergodic_mean)
+        self.ergodic_start = check_int("ergodic_start", ergodic_start, 0, 1 << 62, allow_none=True)
+        self.seed = check_seed("seed", seed)
+        self.sketch_history = check_int("sketch_history", sketch_history, 1)
+        self.check_memory(self.flush_every)
         self._projection = RandomProjection(k=sketch_dim, seed=seed) if sketch_dim else None
         self._reset_state()
+
+    def reserved_buffers(self, flush_every: int) -> list[tuple[str, float, str]]:
+        rows = flush_every // self.snapshot_every + 2
+        sketch_rows = flush_every // self.sketch_every + 2
+        dim = max(self.sketch_dim, 1)
+        return [
+            ("layer-norm rows", rows * self.max_layers * 8,
+             f"(flush_every // snapshot_every + 2) ({rows}) x max_layers ({self.max_layers}) x 8 bytes"),
+            ("sketch rows", sketch_rows * dim * 8,
+             f"(flush_every // sketch_every + 2) ({sketch_rows}) x sketch_dim ({dim}) x 8 bytes"),
+            ("sketch history", self.sketch_history * dim * 8, f"sketch_history ({self.sketch_history}) x sketch_dim ({dim}) x 8 bytes"),
+            ("sketch slots", 2 * dim * 8 * 2, f"sketch_dim ({dim}) x 2 slots x 8 bytes x 2"),
+        ]
 
     def _reset_state(self) -> None:
         self._names: list[str] = []
