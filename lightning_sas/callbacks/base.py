@@ -36,11 +36,13 @@ def exchange(parts: Sequence["StreamCallback"], purpose: str, device: torch.devi
     r"""The collectives of one flush (``purpose="flush"``) or checkpoint (``"checkpoint"``) of
     ``parts``, made on every rank in the same order; nothing without a process group.
 
-    1. **Agreement** (one ``all_reduce``): a ``(parts, world)`` matrix in which rank ``r`` sets
-       entry ``(i, r)`` when part ``i`` failed here (:meth:`StreamCallback.failed_here`). A part
-       that failed on any rank is switched off on every rank
-       (:meth:`StreamCallback.off_on`, one warning naming the ranks) before any other
-       collective, so the ranks never disagree on what comes next: a failure cannot hang the run.
+    1. **Agreement** (one ``all_reduce`` of a ``(2 parts, world)`` matrix): rank ``r`` sets entry
+       ``(i, r)`` when part ``i`` failed here (:meth:`StreamCallback.failed_here`) and entry
+       ``(parts + i, r)`` to the size of its payload. A part that failed on any rank is switched
+       off on every rank (:meth:`StreamCallback.off_on`, one warning naming the ranks) before any
+       other collective; a part whose payload sizes differ across ranks (a bug: it would hang or
+       crash the packed sum) is switched off too, with the sizes in the reason. So the ranks
+       never disagree on what comes next, and a failure on one rank cannot hang the others.
     2. **Packed sum** (one ``all_reduce``, only when some part has something to reduce): every
        part's :meth:`StreamCallback.collective_payload` tensors, flattened into one float64
        buffer, summed over ranks and handed back in the same shapes.
@@ -52,24 +54,33 @@ def exchange(parts: Sequence["StreamCallback"], purpose: str, device: torch.devi
     world = process_group_size()
     if world == 1 or not parts:
         return {}
-    rank = dist.get_rank()
-    flags = torch.zeros((len(parts), world), dtype=torch.float32)
+    rank, n = dist.get_rank(), len(parts)
+    payloads = {part: [t.detach() for t in part.collective_payload(purpose)] for part in parts}
+    agreement = torch.zeros((2 * n, world), dtype=torch.float64)
     for i, part in enumerate(parts):
-        flags[i, rank] = float(bool(part.failed_here()))
-    flags = flags.to(_collective_device(device))
-    dist.all_reduce(flags)
-    failed = flags.cpu() > 0  # sync-ok: once per flush or checkpoint
+        agreement[i, rank] = float(bool(part.failed_here()))
+        agreement[n + i, rank] = float(sum(t.numel() for t in payloads[part]))
+    agreement = agreement.to(_collective_device(device))
+    dist.all_reduce(agreement)
+    agreement = agreement.cpu()  # sync-ok: once per flush or checkpoint
+    excluded: set[int] = set()
     for i, part in enumerate(parts):
-        ranks = [r for r in range(world) if bool(failed[i, r])]
+        ranks = [r for r in range(world) if bool(agreement[i, r] > 0)]
+        sizes = [int(v) for v in agreement[n + i]]
         if ranks:
             part.off_on(ranks)
-    payloads = {part: [t.detach() for t in part.collective_payload(purpose)] for part in parts}
+            payloads[part] = [t.detach() for t in part.collective_payload(purpose)]
+        elif len(set(sizes)) > 1:
+            excluded.add(i)
+            part.off_on(list(range(world)), f"its state differs across ranks (payload sizes {sizes}); it is off on "
+                        "every rank (please report this)")
+    for i in excluded:
+        payloads[parts[i]] = []
     flat = [t for ts in payloads.values() for t in ts]
     if not flat:
         return {part: [] for part in parts}
     target = _collective_device(flat[0].device)
-    dtype = torch.float32 if target.type == "mps" else torch.float64
-    packed = torch.cat([t.reshape(-1).to(device=target, dtype=dtype) for t in flat])
+    packed = torch.cat([t.reshape(-1).to(device=target, dtype=torch.float64) for t in flat])
     dist.all_reduce(packed)
     out: dict[Any, list[Tensor]] = {}
     offset = 0
@@ -149,9 +160,10 @@ class StreamCallback(Callback):
         the other ranks learn at the next flush or checkpoint). Default: never."""
         return False
 
-    def off_on(self, ranks: list[int]) -> None:
+    def off_on(self, ranks: list[int], reason: str | None = None) -> None:
         """The part is off on ``ranks`` (this rank may be one of them): switch it off here too,
-        idempotently (a part off on every rank by configuration is called as well)."""
+        idempotently (a part off on every rank by configuration is called as well); ``reason``
+        replaces the default one ("it failed on those ranks")."""
 
     def collective_payload(self, purpose: str) -> list[Tensor]:
         """Tensors to sum over ranks at a flush or checkpoint (same shapes on every rank once

@@ -510,7 +510,7 @@ class SASMonitor(Callback):
             "loss_stream": self.loss_stream.state_dict(reduced.get(self.loss_stream)),
             "weights": self.weights.state_dict(),
             "probes": self.probes.state_dict(reduced.get(self.probes)),
-            "replicas": None if self.replicas is None else self.replicas.state_dict(),
+            "replicas": None if self.replicas is None else self.replicas.state_dict(reduced.get(self.replicas)),
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:

@@ -260,9 +260,9 @@ class ProbeLosses(StreamCallback):
         """Off on this rank (a failure, or off on every rank by configuration)."""
         return not self.enabled
 
-    def off_on(self, ranks: list[int]) -> None:
+    def off_on(self, ranks: list[int], reason: str | None = None) -> None:
         if self.enabled:  # on here, off on another rank
-            self._disable(f"the probes failed on rank {', '.join(map(str, ranks))} (see that rank's warning)")
+            self._disable(reason or f"the probes failed on rank {', '.join(map(str, ranks))} (see that rank's warning)")
 
     def collective_payload(self, purpose: str) -> list[Tensor]:
         """This rank's pending probe rows, zero outside its own points (summed over ranks)."""

@@ -578,6 +578,7 @@ class SASReplicas(StreamCallback):
                 self.metric.update(empty, self._index, rows=[])
             return
         device = self._probe_device()
+        recorded = False
         try:
             with self._rng.active(device):
                 batches = self._batches(self._sampler.next(), self._rows, device)
@@ -586,7 +587,11 @@ class SASReplicas(StreamCallback):
                 if self.should_probe(self._index):
                     values = self.engine.per_sample_losses(self._probe_batches, self._swap_batches, self._rows)
                     self.metric.update(values, self._index, rows=self._rows)
+                    recorded = True
         except Exception as err:  # a replica failing mid-run is switched off; training goes on
+            if self._world > 1 and self.should_probe(self._index) and not recorded:
+                # the other ranks record this probe step: an empty row keeps the block cursors in step
+                self.metric.update(torch.zeros(0, dtype=torch.float64, device=device), self._index, rows=[])
             self._off_reason = f"a replica step failed mid-run at step {self._index} ({type(err).__name__}: {err})"
             warn_once(self, "failed", f"SASReplicas: a replica step failed mid-run ({type(err).__name__}: {err}); "
                       "the SAS estimate is switched off, training goes on.")
@@ -647,29 +652,32 @@ class SASReplicas(StreamCallback):
     def failed_here(self) -> bool:
         return self._local_failed
 
-    def off_on(self, ranks: list[int]) -> None:
+    def off_on(self, ranks: list[int], reason: str | None = None) -> None:
         """A replica failed on ``ranks``: the estimate stops on every rank (frozen as it is)."""
-        if self._local_failed:  # ours: already warned
+        if self._local_failed and reason is None:  # ours: already warned
             self.enabled, self._local_failed = False, False
         elif self.enabled:
-            self.enabled = False
-            self._off_reason = self._off_reason or f"a replica step failed on rank {', '.join(map(str, ranks))}"
-            warn_once(self, "failed_elsewhere", f"SASReplicas: a replica step failed on rank {', '.join(map(str, ranks))}; "
-                      "the SAS estimate is switched off on every rank, training goes on.")
+            self.enabled, self._local_failed = False, False
+            reason = reason or f"a replica step failed on rank {', '.join(map(str, ranks))}"
+            self._off_reason = self._off_reason or reason
+            warn_once(self, "failed_elsewhere", f"SASReplicas: {reason}; the SAS estimate is switched off on every "
+                      "rank, training goes on.")
 
     def collective_payload(self, purpose: str) -> list[torch.Tensor]:
-        """At a flush: the time averages' filled blocks, summed over ranks (rows of other ranks'
-        replicas are zero here). A checkpoint gathers them in :meth:`state_dict` instead."""
-        return self.metric.filled_states() if purpose == "flush" and self.metric is not None else []
+        """The time averages' filled blocks, summed over ranks at a flush or checkpoint (rows of
+        other ranks' replicas are zero here)."""
+        return self.metric.filled_states() if self.metric is not None else []
 
     def _swaps_json(self) -> list[list[list[int]]]:
         """Each replica's swaps as ``[[i, z'], ...]`` (primitives: checkpoints and meta.json)."""
         return [[[int(i), int(z)] for i, z in pairs] for pairs in self._swaps]
 
     # -- state ----------------------------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
+    def state_dict(self, reduced: list[torch.Tensor] | None = None) -> dict[str, Any]:
         """Tensors and primitives only. Under DDP a collective (call on every rank, as Lightning
-        does): rank 0's state holds every replica and the time averages summed over ranks."""
+        does): rank 0's state holds every replica and the time averages summed over ranks
+        (``reduced``: that sum, when :class:`~lightning_sas.SASMonitor` made it already in its
+        packed all-reduce; then one ``gather_object`` is this method's only collective)."""
         distributed = self._world > 1 and distributed_ready()
         state: dict[str, Any] = {
             "config": self.config(),
@@ -683,7 +691,10 @@ class SASReplicas(StreamCallback):
             "swaps": self._swaps_json() if self._swaps else None,
         }
         if self.metric is not None:
-            if distributed:
+            if distributed and reduced:
+                with self.metric.summed_states(reduced):
+                    state["metric"] = self.metric.checkpoint_state()
+            elif distributed:
                 with self.metric.synced():
                     state["metric"] = self.metric.checkpoint_state()
             else:
