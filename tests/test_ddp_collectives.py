@@ -223,3 +223,103 @@ def test_replica_batch_counts_gradient_accumulation(tmp_path: Any) -> None:
         pl.Trainer(callbacks=[SASMonitor(flush_every=10, figure_every=0, num_train_probes=0, replicas=explicit)],
                    **trainer_kwargs(tmp_path, max_steps=4, accumulate_grad_batches=2)).fit(TinyClassifier(), train)
     assert explicit._sampler is not None and explicit._sampler.batch_size == 8
+
+
+FSDP2_SCRIPT = textwrap.dedent(
+    """
+    import json, os, sys
+    sys.path.insert(0, {tests!r})
+    import pytorch_lightning as pl
+    import torch
+    from pytorch_lightning.strategies import ModelParallelStrategy
+    from torch.utils.data import DataLoader
+    from torch.utils.data.distributed import DistributedSampler
+    from conftest import TinyClassifier, make_classification
+    from test_ddp_collectives import fsdp2_monitor, FSDP2_STEPS
+    from lightning_sas import SASReplicas
+
+    out = sys.argv[1]
+    rank = int(os.environ.get("LOCAL_RANK", 0))
+
+    class Sharded(TinyClassifier):
+        def configure_model(self):
+            from torch.distributed.fsdp import fully_shard
+            mesh = self.device_mesh["data_parallel"]
+            for layer in self.net:
+                if isinstance(layer, torch.nn.Linear):
+                    fully_shard(layer, mesh=mesh)
+            fully_shard(self, mesh=mesh)
+
+    data = make_classification(320)
+    train = DataLoader(data, batch_size=8, sampler=DistributedSampler(data, num_replicas=2, rank=rank, shuffle=False))
+    val = DataLoader(make_classification(64, seed=5), batch_size=32)
+    Monitor = counting_monitor(type(fsdp2_monitor()))
+    results = {{}}
+    for name in ("probes", "replicas"):
+        pl.seed_everything(0)
+        monitor = fsdp2_monitor(Monitor)
+        if name == "replicas":
+            monitor.replicas = SASReplicas(replicas=1, flush_every=monitor.flush_every)
+        trainer = pl.Trainer(accelerator="cpu", devices=2, strategy=ModelParallelStrategy(data_parallel_size=2,
+                             tensor_parallel_size=1), use_distributed_sampler=False, max_steps=FSDP2_STEPS,
+                             callbacks=[monitor], logger=False, default_root_dir=out, enable_checkpointing=False,
+                             enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                             limit_val_batches=1)
+        try:
+            trainer.fit(Sharded(), train, val)
+            results[name] = {{"summary": monitor._json_summary(), "collectives": monitor.collectives,
+                             "sharded": type(next(trainer.lightning_module.parameters())).__name__,
+                             "probe_points_evaluated": int(monitor.probes._positions.numel())}}
+        except ValueError as err:
+            results[name] = {{"error": str(err)}}
+    with open(os.path.join(out, f"fsdp2_{{rank}}.json"), "w") as f:
+        json.dump(results, f)
+    """
+)
+
+FSDP2_STEPS = 40
+
+
+def fsdp2_monitor(cls: type = SASMonitor) -> SASMonitor:
+    return cls(flush_every=15, snapshot_every=5, sketch_every=10, probe_every=5, figure_every=0,
+               num_train_probes=64, num_test_probes=64, store=False)
+
+
+def test_fsdp2_end_to_end_with_probes_and_replicas_refused(tmp_path: Any) -> None:
+    """FSDP2 (``fully_shard`` per layer and on the module, through Lightning's
+    ``ModelParallelStrategy`` on CPU with gloo, 2 ranks): the loss, weight and probe statistics
+    equal a one-process run on the same global batches (float32: 1e-5); every rank evaluates
+    every probe point (the sharded forward is collective); 3 collectives per flush, none per step;
+    ``SASReplicas`` is refused at train start with one clear error on every rank."""
+    script = tmp_path / "fsdp2.py"
+    script.write_text(COUNTING + FSDP2_SCRIPT.format(tests=str(Path(__file__).parent)))
+    proc = run_script([sys.executable, str(script), str(tmp_path)], timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    pl.seed_everything(0)
+    reference = fsdp2_monitor()
+    pl.Trainer(callbacks=[reference], **trainer_kwargs(tmp_path / "one", max_steps=FSDP2_STEPS, limit_val_batches=1)).fit(
+        TinyClassifier(), DataLoader(make_classification(320), batch_size=16),
+        DataLoader(make_classification(64, seed=5), batch_size=32))
+    want = json.loads(json.dumps(reference._json_summary()))
+    assert want["ergodic_gap"] is not None and want["distance_from_init"] is not None
+    for rank in range(2):
+        run = json.loads((tmp_path / f"fsdp2_{rank}.json").read_text())
+        probes = run["probes"]
+        assert probes["sharded"] == "DTensor" and probes["probe_points_evaluated"] == 128
+        for key, value in want.items():
+            got = probes["summary"][key]
+            if isinstance(value, dict) and key != "unavailable":
+                assert got.keys() == value.keys(), key
+                for name in value:
+                    assert got[name] == pytest.approx(value[name], rel=1e-5, abs=1e-6), (key, name)
+            elif isinstance(value, float):
+                assert got == pytest.approx(value, rel=1e-5, abs=1e-6), key
+            elif key != "unavailable":
+                assert got == value, key
+        assert "SASReplicas cannot run on sharded parameters (FSDP2" in run["replicas"]["error"]
+        # our collectives under FSDP2: the flag and packed all-reduces and the weights' sharded sum
+        # per flush (2 in steps, the last one at train end), none in other steps; FSDP's own
+        # all-gathers in the probes' forward passes go through the process group directly
+        counts = probes["collectives"]
+        assert counts["flush_step"] == [3, 3] and counts["on_train_end"] == [3], rank
+        assert set(counts["plain_step"]) == {0} and set(counts["on_before_optimizer_step"]) == {0}, rank
