@@ -115,3 +115,11 @@ def run_script(args: list[str], timeout: float, env: dict[str, str] | None = Non
         out, err = proc.communicate()
         pytest.fail(f"{args[1]} did not finish within {timeout} s (a hang?):\n{err[-3000:]}")
     return subprocess.CompletedProcess(args, proc.returncode, out, err)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

@@ -323,3 +323,39 @@ def test_fsdp2_end_to_end_with_probes_and_replicas_refused(tmp_path: Any) -> Non
         counts = probes["collectives"]
         assert counts["flush_step"] == [3, 3] and counts["on_train_end"] == [3], rank
         assert set(counts["plain_step"]) == {0} and set(counts["on_before_optimizer_step"]) == {0}, rank
+
+
+class _FSDP1Wrapped(TinyClassifier):
+    """A LightningModule whose network is wrapped in ``FullyShardedDataParallel`` (FSDP1,
+    ``use_orig_params=True``) on a one-rank gloo group."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from torch.distributed.fsdp import FullyShardedDataParallel
+
+        self.net = FullyShardedDataParallel(self.net, device_id=torch.device("cpu"), use_orig_params=True)
+
+
+def test_fsdp1_probes_and_sharded_replicas_are_refused_at_train_start(tmp_path: Any) -> None:
+    """Under FSDP1 the probes would call the module outside its wrapper: one error at train start
+    naming ``num_train_probes=0``, with which the rest runs; the replicas refuse any sharding."""
+    import torch.distributed as dist
+
+    from conftest import free_port
+
+    train = DataLoader(make_classification(64), batch_size=16)
+    val = DataLoader(make_classification(32, seed=5), batch_size=16)
+    kwargs = trainer_kwargs(tmp_path, max_steps=4, limit_val_batches=1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
+    try:
+        with pytest.raises(ValueError, match=r"cannot run under FSDP1 .*num_train_probes=0"):
+            pl.Trainer(callbacks=[SASMonitor(flush_every=2, figure_every=0)], **kwargs).fit(_FSDP1Wrapped(), train, val)
+        replicas = SASMonitor(flush_every=2, figure_every=0, num_train_probes=0,
+                              replicas=SASReplicas(replicas=1, loss_fn=_cross_entropy, flush_every=2))
+        with pytest.raises(ValueError, match=r"SASReplicas cannot run on sharded parameters \(FSDP1"):
+            pl.Trainer(callbacks=[replicas], **kwargs).fit(_FSDP1Wrapped(), train, val)
+        weights_only = SASMonitor(flush_every=2, figure_every=0, num_train_probes=0)
+        pl.Trainer(callbacks=[weights_only], **kwargs).fit(_FSDP1Wrapped(), train, val)
+        assert weights_only.summary()["steps"] == 4 and weights_only.summary()["loss_mean"] is not None
+    finally:
+        dist.destroy_process_group()
