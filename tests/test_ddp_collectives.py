@@ -102,6 +102,8 @@ DDP_SCRIPT = textwrap.dedent(
     class Arm(pl.Callback):
         def __init__(self, from_step):
             self.from_step = from_step
+        def on_train_start(self, trainer, *args):  # before the monitor's: its dry run fails on rank 1
+            ARMED["on"] = trainer.global_rank == 1 and self.from_step == 0
         def on_train_batch_start(self, trainer, *args):
             ARMED["on"] = trainer.global_rank == 1 and trainer.global_step >= self.from_step
 
@@ -110,18 +112,19 @@ DDP_SCRIPT = textwrap.dedent(
     val = DataLoader(make_classification(64, seed=5), batch_size=32)
     Monitor = counting_monitor(SASMonitor)
     # "count": probes and replicas, flush_every=15 (flushes after steps 14, 29, 44, 59), a checkpoint
-    # every epoch (20 steps); "fault": the per-sample loss raises on rank 1 from step 25 on
-    for name, fail_from in (("count", None), ("fault", 25)):
+    # every epoch (20 steps); "fault": the per-sample loss raises on rank 1 from step 25 on;
+    # "fault_at_start" (probes only): it raises on rank 1 from the probes' dry run at train start on
+    for name, fail_from in (("count", None), ("fault", 25), ("fault_at_start", 0)):
         pl.seed_everything(0)
         replicas = SASReplicas(replicas=1, path="fast", loss_fn=cross_entropy, probe_every=5, num_train_probes=16,
-                               num_heldout_probes=16, flush_every=15)
+                               num_heldout_probes=16, flush_every=15) if fail_from != 0 else None
         monitor = Monitor(flush_every=15, snapshot_every=5, sketch_every=10, probe_every=5, figure_every=0,
-                          num_train_probes=64, num_test_probes=64, replicas=replicas, store=False)
+                          num_train_probes=64, num_test_probes=64, replicas=replicas or 0, store=False)
         callbacks = [monitor]
         if fail_from is None:
             callbacks.append(ModelCheckpoint(dirpath=os.path.join(out, "ckpt"), every_n_epochs=1, save_top_k=-1))
         else:
-            callbacks.append(Arm(fail_from))
+            callbacks.insert(0, Arm(fail_from))
         trainer = pl.Trainer(accelerator="cpu", devices=2, strategy="ddp", use_distributed_sampler=False,
                              precision="64-true", max_steps=60, callbacks=callbacks, logger=False, default_root_dir=out,
                              enable_checkpointing=fail_from is None, enable_progress_bar=False,
@@ -133,10 +136,13 @@ DDP_SCRIPT = textwrap.dedent(
         ours = [str(w.message) for w in caught if str(w.message).startswith(("ProbeLosses", "SASReplicas"))]
         with open(os.path.join(out, f"{{name}}{{rank}}.json"), "w") as f:
             json.dump({{"summary": monitor._json_summary(), "collectives": monitor.collectives, "warnings": ours,
-                       "global_step": trainer.global_step, "replica_batch": replicas._sampler.batch_size,
-                       "on": {{"probes": monitor.probes.enabled, "replicas": replicas.enabled}},
-                       "probe_points_evaluated": int(monitor.probes._positions.numel()),
-                       "probe_points": int(monitor.probes._owned_mask.numel())}}, f)
+                       "global_step": trainer.global_step,
+                       "replica_batch": replicas._sampler.batch_size if replicas else None,
+                       "on": {{"probes": monitor.probes.enabled, "replicas": replicas.enabled if replicas else None}},
+                       "probe_points_evaluated": int(monitor.probes._positions.numel())
+                                                 if monitor.probes._positions is not None else None,
+                       "probe_points": int(monitor.probes._owned_mask.numel())
+                                       if monitor.probes._owned_mask is not None else None}}, f)
     """
 )
 
@@ -150,7 +156,8 @@ def ddp_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[dict[st
     script.write_text(COUNTING + DDP_SCRIPT.format(tests=str(Path(__file__).parent)))
     proc = run_script([sys.executable, str(script), str(out)], timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return {name: [json.loads((out / f"{name}{r}.json").read_text()) for r in range(2)] for name in ("count", "fault")}
+    return {name: [json.loads((out / f"{name}{r}.json").read_text()) for r in range(2)]
+            for name in ("count", "fault", "fault_at_start")}
 
 
 def test_collectives_per_flush_step_and_checkpoint(ddp_runs: dict[str, list[dict[str, Any]]]) -> None:
@@ -201,6 +208,25 @@ def test_a_failure_on_one_rank_switches_the_part_off_everywhere(ddp_runs: dict[s
         assert summary["loss_mean"] == pytest.approx(ddp_runs["count"][0]["summary"]["loss_mean"], rel=1e-9)
     # the flushes after the failure still made their 2 collectives on both ranks (nothing skipped)
     assert fault[0]["collectives"]["flush_step"] == fault[1]["collectives"]["flush_step"] == [2, 2, 2, 2]
+
+
+def test_a_failure_at_train_start_on_one_rank_switches_the_probes_off_everywhere(
+        ddp_runs: dict[str, list[dict[str, Any]]]) -> None:
+    """The probes' dry run fails on rank 1 only (rank 0's probes are on, with their metric): the
+    first flush's agreement switches them off on rank 0 too, before the packed sum; both ranks
+    finish, the loss statistics are those of the healthy run."""
+    for rank, run in enumerate(ddp_runs["fault_at_start"]):
+        summary = run["summary"]
+        assert run["global_step"] == 60 and run["on"]["probes"] is False, rank
+        assert summary["ergodic_gap"] is None and summary["probe_train_loss"] is None, rank
+        reason = summary["unavailable"]["ergodic_gap"]
+        assert ("failed on a probe batch" in reason) if rank == 1 else ("failed on rank 1" in reason), reason
+        assert len([w for w in run["warnings"] if w.startswith("ProbeLosses")]) == 1, run["warnings"]
+        assert summary["loss_mean"] == pytest.approx(ddp_runs["count"][0]["summary"]["loss_mean"], rel=1e-9)
+        assert run["collectives"]["flush_step"] == [2, 2, 2, 2], rank
+    # rank 0 had its probes (and their metric) until the first flush
+    assert ddp_runs["fault_at_start"][0]["probe_points"] == 128
+    assert ddp_runs["fault_at_start"][1]["probe_points"] is None
 
 
 def _cross_entropy(module: Any, batch: Any) -> torch.Tensor:
