@@ -97,3 +97,29 @@ def trainer_kwargs(tmp_path: Any, **overrides: Any) -> dict[str, Any]:
 @pytest.fixture
 def tiny_loaders() -> tuple[DataLoader, DataLoader]:
     return loaders()
+
+
+def run_script(args: list[str], timeout: float, env: dict[str, str] | None = None) -> "subprocess.CompletedProcess[str]":
+    """Run a (DDP-launching) script with a wall-clock limit: on timeout the whole process group,
+    the ranks Lightning launched included, is killed and the test fails instead of hanging CI."""
+    import signal
+    import subprocess
+
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1", **(env or {})}
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"{args[1]} did not finish within {timeout} s (a hang?):\n{err[-3000:]}")
+    return subprocess.CompletedProcess(args, proc.returncode, out, err)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

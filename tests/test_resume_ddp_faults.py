@@ -257,3 +257,138 @@ def test_a_failing_store_never_stops_training(tmp_path: Any, monkeypatch: pytest
         pl.Trainer(callbacks=[monitor], **trainer_kwargs(tmp_path, max_steps=60)).fit(
             TinyClassifier(), DataLoader(make_classification(320), batch_size=32))
     assert monitor.summary()["steps"] == 60
+
+
+# -- resume at a step that is not a flush boundary, on 1 and 2 processes ---------------------------
+# 320 samples in global batches of 16: 20 steps per epoch; flush_every=30, so the checkpoint at the
+# end of epoch 1 (step 40) holds 10 unflushed loss entries and an unflushed probe row (step 30)
+RESUME_FLUSH_EVERY, RESUME_STEPS, RESUME_CKPT = 30, 100, "epoch=1-step=40.ckpt"
+
+
+def _resume_monitor(store: Any) -> SASMonitor:
+    return SASMonitor(flush_every=RESUME_FLUSH_EVERY, snapshot_every=10, sketch_every=20, probe_every=10,
+                      figure_every=0, num_train_probes=64, num_test_probes=64, store=store)
+
+
+def _assert_every_value_same(got: Any, want: Any, where: str = "summary") -> None:
+    """Every value of the summary (numbers within 1e-6, nested dicts such as ``layers`` and
+    ``unavailable`` key by key, flags and strings exactly)."""
+    if isinstance(want, dict):
+        assert isinstance(got, dict) and got.keys() == want.keys(), where
+        for key in want:
+            _assert_every_value_same(got[key], want[key], f"{where}[{key!r}]")
+    elif isinstance(want, float) and not isinstance(want, bool) and want is not None:
+        assert got == pytest.approx(want, rel=1e-6, abs=1e-9), where
+    else:
+        assert got == want, where
+
+
+def _json_summary(monitor: SASMonitor) -> dict[str, Any]:
+    return json.loads(json.dumps(monitor._json_summary()))
+
+
+RESUME_DDP_SCRIPT = textwrap.dedent(
+    """
+    import json, os, sys
+    sys.path.insert(0, {tests!r})
+    import pytorch_lightning as pl
+    from pytorch_lightning.callbacks import ModelCheckpoint
+    from torch.utils.data import DataLoader
+    from torch.utils.data.distributed import DistributedSampler
+    from conftest import TinyClassifier, make_classification
+    from test_resume_ddp_faults import _resume_monitor, RESUME_STEPS, RESUME_CKPT
+
+    out = sys.argv[1]
+    rank = int(os.environ.get("LOCAL_RANK", 0))
+    data = make_classification(320)
+    # the same global batches as one process with batch 16: rank r takes samples r, r + 2, ... in order
+    train = DataLoader(data, batch_size=8, sampler=DistributedSampler(data, num_replicas=2, rank=rank, shuffle=False))
+    val = DataLoader(make_classification(64, seed=5), batch_size=32)
+    for name, resume in (("full", None), ("resumed", os.path.join(out, "ckpt", RESUME_CKPT))):
+        pl.seed_everything(0)
+        monitor = _resume_monitor(os.path.join(out, name, "sas"))
+        callbacks = [monitor] + ([ModelCheckpoint(dirpath=os.path.join(out, "ckpt"), every_n_epochs=1, save_top_k=-1)]
+                                 if resume is None else [])
+        trainer = pl.Trainer(accelerator="cpu", devices=2, strategy="ddp", use_distributed_sampler=False,
+                             precision="64-true", max_steps=RESUME_STEPS, callbacks=callbacks, logger=False,
+                             default_root_dir=out, enable_checkpointing=resume is None, enable_progress_bar=False,
+                             enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=1)
+        trainer.fit(TinyClassifier(), train, val, ckpt_path=resume)
+        with open(os.path.join(out, name, f"summary{{trainer.global_rank}}.json"), "w") as f:
+            json.dump(monitor._json_summary(), f)
+    """
+)
+
+
+def _one_process_resume_kwargs(root: Any, max_steps: int, checkpointing: bool) -> dict[str, Any]:
+    return trainer_kwargs(root, max_steps=max_steps, precision="64-true", limit_val_batches=1,
+                          enable_checkpointing=checkpointing)
+
+
+def _resume_loaders() -> tuple[DataLoader, DataLoader]:
+    return (DataLoader(make_classification(320), batch_size=16, shuffle=False),
+            DataLoader(make_classification(64, seed=5), batch_size=32))
+
+
+def test_one_process_resume_between_flushes_matches_uninterrupted_run(tmp_path: Any) -> None:
+    """A checkpoint at step 40 (flush_every=30: 10 unflushed entries, one unflushed probe row)
+    resumed to step 100 gives every summary value of the uninterrupted run."""
+    train, val = _resume_loaders()
+    pl.seed_everything(0)
+    full = _resume_monitor(str(tmp_path / "full" / "sas"))
+    pl.Trainer(callbacks=[full], **_one_process_resume_kwargs(tmp_path / "full", RESUME_STEPS, False)).fit(
+        TinyClassifier(), train, val)
+    pl.seed_everything(0)
+    ckpt = ModelCheckpoint(dirpath=str(tmp_path / "ckpt"), every_n_epochs=1, save_top_k=-1)
+    first = _resume_monitor(str(tmp_path / "resumed" / "sas"))
+    pl.Trainer(callbacks=[first, ckpt], **_one_process_resume_kwargs(tmp_path / "resumed", 40, True)).fit(
+        TinyClassifier(), train, val)
+    saved = torch.load(tmp_path / "ckpt" / RESUME_CKPT, weights_only=True)["callbacks"]["SASMonitor"]
+    assert len(saved["loss_stream"]["pending_steps"]) == 10 and saved["probes"]["pending_steps"] == [30]
+    second = _resume_monitor(str(tmp_path / "resumed" / "sas"))
+    pl.Trainer(callbacks=[second], **_one_process_resume_kwargs(tmp_path / "resumed", RESUME_STEPS, False)).fit(
+        TinyClassifier(), train, val, ckpt_path=str(tmp_path / "ckpt" / RESUME_CKPT))
+    assert full.summary()["ergodic_gap"] is not None
+    _assert_every_value_same(_json_summary(second), _json_summary(full))
+
+
+@pytest.fixture(scope="module")
+def two_process_resume(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One 2-process launch (gloo): an uninterrupted 100-step run that checkpoints every epoch,
+    then a run resumed from its step-40 checkpoint (not a flush boundary)."""
+    from conftest import run_script
+
+    out = tmp_path_factory.mktemp("resume_ddp")
+    script = out / "resume_ddp.py"
+    script.write_text(RESUME_DDP_SCRIPT.format(tests=str(Path(__file__).parent)))
+    proc = run_script([sys.executable, str(script), str(out)], timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
+def test_two_process_resume_between_flushes_matches_uninterrupted_run(two_process_resume: Path) -> None:
+    """DDP, 2 ranks: the checkpoint holds the unflushed losses and probe rows summed over ranks,
+    and the probe time averages every rank shares; the resumed run's summary equals the
+    uninterrupted run's in every value, on both ranks."""
+    out = two_process_resume
+    saved = torch.load(out / "ckpt" / RESUME_CKPT, weights_only=True)["callbacks"]["SASMonitor"]
+    assert len(saved["loss_stream"]["pending_steps"]) == 10 and saved["probes"]["pending_steps"] == [30]
+    full = [json.loads((out / "full" / f"summary{r}.json").read_text()) for r in range(2)]
+    resumed = [json.loads((out / "resumed" / f"summary{r}.json").read_text()) for r in range(2)]
+    assert full[0]["ergodic_gap"] is not None and full[0]["probe_test_loss"] is not None
+    _assert_every_value_same(full[1], full[0], "rank 1 vs rank 0")
+    for rank in range(2):
+        _assert_every_value_same(resumed[rank], full[0], f"resumed rank {rank}")
+    # the resumed run's store starts at the first unflushed entry of the checkpoint, each step once
+    np.testing.assert_array_equal(read_run(out / "resumed").streams["loss"]["step"], np.arange(30, RESUME_STEPS))
+
+
+def test_two_process_checkpoint_resumes_on_one_process(two_process_resume: Path, tmp_path: Any) -> None:
+    """The 2-process checkpoint at step 40 resumed on one process (global batch 16) gives the
+    2-process uninterrupted run's summary: the state is the global one, not rank 0's share."""
+    out = two_process_resume
+    train, val = _resume_loaders()
+    monitor = _resume_monitor(str(tmp_path / "sas"))
+    pl.Trainer(callbacks=[monitor], **_one_process_resume_kwargs(tmp_path, RESUME_STEPS, False)).fit(
+        TinyClassifier(), train, val, ckpt_path=str(out / "ckpt" / RESUME_CKPT))
+    _assert_every_value_same(_json_summary(monitor), json.loads((out / "full" / "summary0.json").read_text()))

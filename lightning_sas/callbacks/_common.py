@@ -24,6 +24,7 @@ __all__ = [
     "resolve_callable",
     "warn_once",
     "is_global_zero",
+    "sharded_parameters",
 ]
 
 
@@ -82,6 +83,30 @@ def stream_index(trainer: Any, pl_module: Any, batches_seen: int) -> int:
 
 def is_global_zero(trainer: Any) -> bool:
     return bool(getattr(trainer, "is_global_zero", True))
+
+
+def sharded_parameters(trainer: Any, module: Any) -> str | None:
+    """How the module's parameters are sharded over ranks, or None when every rank holds them
+    whole (one process, DDP): ``"FSDP2 (fully_shard, DTensor parameters)"`` or ``"FSDP1
+    (FullyShardedDataParallel)"``. Reads no collective."""
+    try:
+        from torch.distributed.tensor import DTensor
+    except Exception:  # pragma: no cover - builds without torch.distributed
+        DTensor = None  # type: ignore[assignment]  # noqa: N806
+    for param in module.parameters():
+        if DTensor is not None and isinstance(param, DTensor):
+            return "FSDP2 (fully_shard, DTensor parameters)"
+        if getattr(param, "_is_flat_param", False):
+            return "FSDP1 (FullyShardedDataParallel)"
+    try:
+        from torch.distributed.fsdp import FullyShardedDataParallel
+    except Exception:  # pragma: no cover
+        return None
+    roots = [module, getattr(getattr(trainer, "strategy", None), "model", None), getattr(trainer, "model", None)]
+    for root in roots:
+        if isinstance(root, torch.nn.Module) and any(isinstance(m, FullyShardedDataParallel) for m in root.modules()):
+            return "FSDP1 (FullyShardedDataParallel)"
+    return None
 
 
 def run_directory(trainer: Any, store: bool | str | os.PathLike = True) -> str | None:

@@ -1,17 +1,97 @@
-"""Shared shape of the stream callbacks: a hot path, a flush, state, and an optional owner."""
+"""Shared shape of the stream callbacks: a hot path, a flush, state, and an optional owner;
+and the two collectives every flush and checkpoint of a distributed run makes (:func:`exchange`)."""
 
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Sequence
 
 import pytorch_lightning as pl
+import torch
+from torch import Tensor
 
 from lightning_sas._compat import Callback
 from lightning_sas.validation import check_int, check_memory
 from lightning_sas.callbacks._common import is_global_zero, run_directory, stream_index, warn_once
 
-__all__ = ["FlushContext", "StreamCallback"]
+__all__ = ["FlushContext", "StreamCallback", "exchange", "process_group_size"]
+
+
+def process_group_size() -> int:
+    """Ranks in the default process group (1 without one: no collective is ever made)."""
+    import torch.distributed as dist
+
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def _collective_device(device: torch.device | None) -> torch.device:
+    """Where a buffer must be for the backend: the parts' device, or the current GPU under NCCL."""
+    import torch.distributed as dist
+
+    device = torch.device("cpu") if device is None else torch.device(device)
+    if device.type == "cpu" and "nccl" in str(dist.get_backend()).lower() and torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
+def exchange(parts: Sequence["StreamCallback"], purpose: str, device: torch.device | None = None) -> dict[Any, list[Tensor]]:
+    r"""The collectives of one flush (``purpose="flush"``) or checkpoint (``"checkpoint"``) of
+    ``parts``, made on every rank in the same order; nothing without a process group.
+
+    1. **Agreement** (one ``all_reduce`` of a ``(2 parts, world)`` matrix): rank ``r`` sets entry
+       ``(i, r)`` when part ``i`` failed here (:meth:`StreamCallback.failed_here`) and entry
+       ``(parts + i, r)`` to the size of its payload. A part that failed on any rank is switched
+       off on every rank (:meth:`StreamCallback.off_on`, one warning naming the ranks) before any
+       other collective; a part whose payload sizes differ across ranks (a bug: it would hang or
+       crash the packed sum) is switched off too, with the sizes in the reason. So the ranks
+       never disagree on what comes next, and a failure on one rank cannot hang the others.
+    2. **Packed sum** (one ``all_reduce``, only when some part has something to reduce): every
+       part's :meth:`StreamCallback.collective_payload` tensors, flattened into one float64
+       buffer, summed over ranks and handed back in the same shapes.
+
+    Returns ``{part: [summed tensors]}`` (empty on one process: parts then use their own values).
+    """
+    import torch.distributed as dist
+
+    world = process_group_size()
+    if world == 1 or not parts:
+        return {}
+    rank, n = dist.get_rank(), len(parts)
+    payloads = {part: [t.detach() for t in part.collective_payload(purpose)] for part in parts}
+    agreement = torch.zeros((2 * n, world), dtype=torch.float64)
+    for i, part in enumerate(parts):
+        agreement[i, rank] = float(bool(part.failed_here()))
+        agreement[n + i, rank] = float(sum(t.numel() for t in payloads[part]))
+    agreement = agreement.to(_collective_device(device))
+    dist.all_reduce(agreement)
+    agreement = agreement.cpu()  # sync-ok: once per flush or checkpoint
+    excluded: set[int] = set()
+    for i, part in enumerate(parts):
+        ranks = [r for r in range(world) if bool(agreement[i, r] > 0)]
+        sizes = [int(v) for v in agreement[n + i]]
+        if ranks:
+            part.off_on(ranks)
+            payloads[part] = [t.detach() for t in part.collective_payload(purpose)]
+        elif len(set(sizes)) > 1:
+            excluded.add(i)
+            part.off_on(list(range(world)), f"its state differs across ranks (payload sizes {sizes}); it is off on "
+                        "every rank (please report this)")
+    for i in excluded:
+        payloads[parts[i]] = []
+    flat = [t for ts in payloads.values() for t in ts]
+    if not flat:
+        return {part: [] for part in parts}
+    target = _collective_device(flat[0].device)
+    packed = torch.cat([t.reshape(-1).to(device=target, dtype=torch.float64) for t in flat])
+    dist.all_reduce(packed)
+    out: dict[Any, list[Tensor]] = {}
+    offset = 0
+    for part, tensors in payloads.items():
+        out[part] = []
+        for t in tensors:
+            out[part].append(packed[offset : offset + t.numel()].reshape(t.shape).to(t.device))
+            offset += t.numel()
+    return out
 
 
 class FlushContext:
@@ -28,6 +108,8 @@ class FlushContext:
         #: the late-phase start held over two flushes (or was fixed by the user)
         self.late_phase_stable: bool = False
         self.summary: dict[str, Any] = {}
+        #: each part's payload summed over ranks (:func:`exchange`; empty on one process)
+        self.reduced: dict[Any, list[Tensor]] = {}
         #: summary keys a part cannot give this flush, with the reason (``summary["unavailable"]``)
         self.unavailable: dict[str, str] = {}
         #: arrays for histograms and figures, exported by the logger on rank 0
@@ -73,6 +155,22 @@ class StreamCallback(Callback):
     # -- to implement ----------------------------------------------------------------------
     def flush(self, ctx: FlushContext) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    # -- distributed: what a flush and a checkpoint reduce (see :func:`exchange`) ----------
+    def failed_here(self) -> bool:
+        """True when this part switched itself off on this rank since it attached (a failure
+        the other ranks learn at the next flush or checkpoint). Default: never."""
+        return False
+
+    def off_on(self, ranks: list[int], reason: str | None = None) -> None:
+        """The part is off on ``ranks`` (this rank may be one of them): switch it off here too,
+        idempotently (a part off on every rank by configuration is called as well); ``reason``
+        replaces the default one ("it failed on those ranks")."""
+
+    def collective_payload(self, purpose: str) -> list[Tensor]:
+        """Tensors to sum over ranks at a flush or checkpoint (same shapes on every rank once
+        the ranks agree on which parts are on). Default: none."""
+        return []
 
     # -- standalone plumbing ---------------------------------------------------------------
     def setup(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:
@@ -131,6 +229,7 @@ class StreamCallback(Callback):
         from lightning_sas.loggers.export import export_flush
 
         ctx = FlushContext(trainer, pl_module, step, self._standalone_writer(trainer))
+        ctx.reduced = exchange([self], "flush", pl_module.device)
         self.flush(ctx)
         if is_global_zero(trainer):
             export_flush(trainer, ctx, figures=False)

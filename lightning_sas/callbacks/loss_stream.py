@@ -11,7 +11,7 @@ from torch import Tensor
 
 from lightning_sas.callbacks._common import device_float_dtype, extract_loss, first_param_group
 from lightning_sas.validation import check_int
-from lightning_sas.callbacks.base import FlushContext, StreamCallback
+from lightning_sas.callbacks.base import FlushContext, StreamCallback, exchange, process_group_size
 from lightning_sas.diagnostics import loss_diagnostics
 from lightning_sas.stats.blocks import BlockMoments
 
@@ -24,7 +24,8 @@ class LossStream(StreamCallback):
     Hot path (every batch): a reference to the detached loss tensor is kept (under gradient
     accumulation, micro-batch losses are summed on device first); no kernel is launched and
     nothing is read back. At each flush
-    the buffer is averaged over ranks (one collective), copied to the host once, and appended to
+    the buffer is averaged over ranks (packed with the other parts' states into one all-reduce,
+    see :func:`~lightning_sas.callbacks.base.exchange`), copied to the host once, and appended to
 
     * a block summary (:class:`~lightning_sas.stats.blocks.BlockMoments`, ``max_blocks`` blocks)
       for the late-phase start (MSER), time average and batch-means standard error, and
@@ -187,7 +188,7 @@ class LossStream(StreamCallback):
     def flush(self, ctx: FlushContext) -> None:
         n = len(self._pending_steps)
         if n:
-            host, lr = self._pending_values(ctx.trainer)
+            host, lr = self._pending_values(ctx.reduced.get(self))
             steps = np.asarray(self._pending_steps, dtype=np.int64)
             self.blocks.append(torch.from_numpy(host), self._pending_steps)
             self._window_steps = np.concatenate([self._window_steps, steps])[-self.window :]
@@ -232,14 +233,21 @@ class LossStream(StreamCallback):
         self._previous_start = start
         ctx.figure_data["loss_window"] = (self._window_steps, self._window_values, self._window_lr)
 
-    def _pending_values(self, trainer: Any) -> tuple[np.ndarray, np.ndarray]:
-        """Host copies of the unflushed entries, averaged over ranks (one collective)."""
+    def collective_payload(self, purpose: str) -> list[Tensor]:
+        """The new unflushed losses of this rank (summed over ranks by the flush or checkpoint)."""
+        return [self._stacked_losses()] if len(self._pending_steps) > self._carry_values.size else []
+
+    def _pending_values(self, reduced: list[Tensor] | None) -> tuple[np.ndarray, np.ndarray]:
+        """Host copies of the unflushed entries, averaged over ranks: ``reduced`` holds the sum
+        over ranks of :meth:`collective_payload` (None or empty on one process). Entries restored
+        from a checkpoint are already averaged."""
         n_new = len(self._pending_steps) - self._carry_values.size
         values = np.zeros(0, dtype=np.float64)
         if n_new > 0:
-            device_values = self._stacked_losses()
-            if getattr(trainer, "world_size", 1) > 1:
-                device_values = trainer.strategy.reduce(device_values, reduce_op="mean")
+            if reduced:
+                device_values = reduced[0] / process_group_size()
+            else:
+                device_values = self._stacked_losses()
             values = device_values.cpu().numpy().astype(np.float64)  # sync-ok: once per flush
         return np.concatenate([self._carry_values, values]), np.concatenate([self._carry_lr, self._lr_array()])
 
@@ -257,13 +265,17 @@ class LossStream(StreamCallback):
         return np.asarray([float(v) for v in self._pending_lr], dtype=np.float64)  # sync-ok: flush time
 
     # -- state ----------------------------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
+    def state_dict(self, reduced: list[Tensor] | None = None) -> dict[str, Any]:
         """Tensors and primitives only; unflushed entries travel too (read at checkpoint time).
 
-        Under DDP the unflushed entries are this rank's values: Lightning saves rank 0's state, and
-        every rank's entries are reduced again at the first flush after a resume.
+        Under DDP the unflushed entries are averaged over ranks here, so every rank's checkpoint
+        state is the same and a resume (on any number of ranks) continues the global stream
+        exactly: a collective, so Lightning calls it on every rank. ``reduced`` is that sum when
+        :class:`~lightning_sas.SASMonitor` has already made the collective for all its parts.
         """
-        pending_values, pending_lr = self._pending_values_local()
+        if reduced is None and not self.owned:
+            reduced = exchange([self], "checkpoint").get(self)
+        pending_values, pending_lr = self._pending_values(reduced)
         return {
             "pending_values": torch.from_numpy(pending_values),
             "pending_lr": torch.from_numpy(pending_lr),
@@ -294,10 +306,3 @@ class LossStream(StreamCallback):
         self._pending_batches = [int(v) for v in state_dict["pending_batches"]]
         self._pending_epochs = [int(v) for v in state_dict["pending_epochs"]]
         self._pending_global_steps = [int(v) for v in state_dict["pending_global_steps"]]
-
-    def _pending_values_local(self) -> tuple[np.ndarray, np.ndarray]:
-        n_new = len(self._pending_steps) - self._carry_values.size
-        values = np.zeros(0, dtype=np.float64)
-        if n_new > 0:
-            values = self._stacked_losses().cpu().numpy().astype(np.float64)  # sync-ok: checkpoint time
-        return np.concatenate([self._carry_values, values]), np.concatenate([self._carry_lr, self._lr_array()])

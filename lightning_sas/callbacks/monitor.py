@@ -10,7 +10,7 @@ import pytorch_lightning as pl
 
 from lightning_sas._compat import Callback, is_tensorboard_logger
 from lightning_sas.callbacks._common import is_global_zero, say_once, store_location, warn_once
-from lightning_sas.callbacks.base import FlushContext
+from lightning_sas.callbacks.base import FlushContext, exchange
 from lightning_sas.callbacks.loss_stream import LossStream
 from lightning_sas.callbacks.probe_losses import ProbeLosses
 from lightning_sas.callbacks.sas_replicas import SAS_KEYS, SASReplicas
@@ -40,8 +40,11 @@ class SASMonitor(Callback):
 
     Composes :class:`LossStream` (the loss of every step), :class:`WeightSnapshots` (norms,
     distances, sketch) and :class:`ProbeLosses` (per-sample probe losses, ergodic gap), flushes
-    them together every ``flush_every`` stream entries (one host copy and one collective per
-    flush, nothing per step), logs the diagnostics to every Lightning logger (TensorBoard also gets
+    them together every ``flush_every`` stream entries (nothing per step; under DDP two
+    collectives per flush, measured by ``tests/test_ddp_collectives.py``: one all-reduce of an
+    "is each part still on" flag matrix, then one packed all-reduce of every part's unflushed
+    losses, probe rows and replica time averages, plus one more when the weights are sharded by
+    FSDP; see :func:`~lightning_sas.callbacks.base.exchange`), logs the diagnostics to every Lightning logger (TensorBoard also gets
     histograms, figures every ``figure_every`` flushes and a custom-scalars layout), writes the
     streams to ``<log_dir>/sas`` (read them with ``lightning-sas report`` or
     :func:`lightning_sas.store.read_run`) and returns the latest figures from :meth:`summary`.
@@ -235,6 +238,8 @@ class SASMonitor(Callback):
         self._layout_written = False
         #: the last flush's context while its figures were not drawn (drawn at ``on_train_end``)
         self._figures_owed: FlushContext | None = None
+        #: the training device (where the flush and checkpoint collectives run)
+        self._device: Any = None
 
     @classmethod
     def _check_groups(cls, given: dict[str, Any]) -> None:
@@ -342,6 +347,7 @@ class SASMonitor(Callback):
 
     def on_train_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
         uncalled = self._unhook_hparams(trainer)
+        self._device = pl_module.device
         if uncalled and is_global_zero(trainer):
             # Lightning logged no hyperparameters (``save_hyperparameters(logger=False)``): ours alone, once
             for logger in uncalled:
@@ -489,6 +495,7 @@ class SASMonitor(Callback):
         histograms go out every ``histogram_every`` flushes and at the last one (``final``).
         """
         ctx = FlushContext(trainer, pl_module, int(trainer.global_step), self._writer)
+        ctx.reduced = exchange(self.parts, "flush", pl_module.device)
         self.loss_stream.flush(ctx)
         self.weights.flush(ctx)
         self.probes.flush(ctx)
@@ -549,13 +556,19 @@ class SASMonitor(Callback):
 
     # -- state ----------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
+        """Every part's state (tensors and primitives). Under DDP a collective: the parts agree
+        on which are on, then the unflushed losses and probe rows are summed over ranks in one
+        packed all-reduce (:func:`~lightning_sas.callbacks.base.exchange`), so every rank's state
+        is the global one and a resume at any step, on any number of ranks, continues exactly.
+        Lightning calls it on every rank; call it on every rank when calling it yourself."""
+        reduced = exchange(self.parts, "checkpoint", self._device)
         return {
             "format": 1,
             "flushes": self._flushes,
-            "loss_stream": self.loss_stream.state_dict(),
+            "loss_stream": self.loss_stream.state_dict(reduced.get(self.loss_stream)),
             "weights": self.weights.state_dict(),
-            "probes": self.probes.state_dict(),
-            "replicas": None if self.replicas is None else self.replicas.state_dict(),
+            "probes": self.probes.state_dict(reduced.get(self.probes)),
+            "replicas": None if self.replicas is None else self.replicas.state_dict(reduced.get(self.replicas)),
             "run_id": self._run_id,
         }
 

@@ -9,9 +9,9 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
-from lightning_sas.callbacks._common import device_float_dtype, prepare_batch, resolve_callable, warn_once
+from lightning_sas.callbacks._common import device_float_dtype, prepare_batch, resolve_callable, sharded_parameters, warn_once
 from lightning_sas.validation import check_int, check_seed
-from lightning_sas.callbacks.base import FlushContext, StreamCallback
+from lightning_sas.callbacks.base import FlushContext, StreamCallback, exchange
 from lightning_sas.data.loaders import SampleSource, first_loader, is_map_style, training_source, validation_source
 from lightning_sas.isolation import observed
 from lightning_sas.losses import PerSampleLoss, per_sample_loss
@@ -39,8 +39,20 @@ class ProbeLosses(StreamCallback):
 
     Without replicas ``P_test`` comes from the validation set (``ergodic_gap_source`` says so);
     without validation data only training probes are kept, ``ergodic_gap`` is left out and the
-    reason goes to ``summary()["unavailable"]`` (with one warning). Under DDP every rank
-    evaluates every ``world_size``-th probe point and the metric states are summed at flush.
+    reason goes to ``summary()["unavailable"]`` (with one warning).
+
+    Distributed: rank ``r`` of ``W`` evaluates only the probe points ``j`` with ``j % W == r``
+    (its own batches, so the probe cost per rank falls as ``1/W``); its rows hold zeros elsewhere.
+    At each flush the pending rows of all ranks are summed in the monitor's one packed all-reduce
+    (:func:`~lightning_sas.callbacks.base.exchange`) and every rank updates its metric with the
+    full rows, so the time averages are the same on every rank and a checkpoint from any rank
+    resumes on any number of ranks. Under sharded parameters (FSDP2 ``fully_shard``) the forward
+    pass is itself collective, so every rank evaluates every point (the same batches in the same
+    order) and keeps its own share; under FSDP1 (``FullyShardedDataParallel``, Lightning's
+    ``FSDPStrategy``) the probes refuse to start (they would call the module outside its wrapper).
+    A per-sample loss that fails on one rank switches the probes off on every rank at the next
+    flush or checkpoint (before any other collective), with the failing ranks named in
+    ``summary()["unavailable"]``.
     """
 
     def __init__(
@@ -85,6 +97,8 @@ class ProbeLosses(StreamCallback):
         self.train_indices = np.zeros(0, dtype=np.int64)
         self.test_indices = np.zeros(0, dtype=np.int64)
         self._batches: list[Any] = []
+        #: positions in the probe vector that this rank's batches cover, in order
+        self._positions: Tensor | None = None
         self._owned_mask: Tensor | None = None
         self._rows: Tensor | None = None
         self._row_steps: list[int] = []
@@ -172,16 +186,36 @@ class ProbeLosses(StreamCallback):
             self.swap_indices = np.asarray([i for run in swaps for i, _ in run] + [j for run in swaps for _, j in run],
                                            dtype=np.int64)
             groups.append((SampleSource.of(train.loader, plan_data.base), self.swap_indices))
+        sharding = sharded_parameters(trainer, pl_module)
+        if sharding is not None and sharding.startswith("FSDP1"):
+            raise ValueError(
+                f"ProbeLosses (SASMonitor's probes) cannot run under {sharding}: they call the LightningModule outside "
+                "the FSDP wrapper, on its sharded parameters. Pass num_train_probes=0 (the loss and weight statistics "
+                "work under FSDP1), or shard with FSDP2 (torch.distributed.fsdp.fully_shard, e.g. in configure_model "
+                "with ModelParallelStrategy), under which the probes are tested."
+            )
+        world, rank = int(getattr(trainer, "world_size", 1) or 1), int(getattr(trainer, "global_rank", 0) or 0)
+        # this rank's points (every point when the forward is collective, so that the ranks run the
+        # same batches in the same order)
+        split = world > 1 and sharding is None
+        positions: list[int] = []
+        offset = 0
         try:
-            self._batches = [
-                prepare_batch(trainer, source.collate(source.samples(indices[i : i + self.probe_batch_size])), pl_module.device)
-                for source, indices in groups
-                for i in range(0, len(indices), self.probe_batch_size)
-            ]
+            self._batches = []
+            for source, indices in groups:
+                mine = np.arange(len(indices))
+                if split:
+                    mine = mine[(mine + offset) % world == rank]
+                for i in range(0, len(mine), self.probe_batch_size):
+                    chunk = mine[i : i + self.probe_batch_size]
+                    self._batches.append(prepare_batch(trainer, source.collate(source.samples(indices[chunk])), pl_module.device))
+                    positions.extend(int(p) + offset for p in chunk)
+                offset += len(indices)
         except Exception as err:  # samples that cannot be batched: probes off, training goes on
             self._disable(f"the probe samples could not be batched ({type(err).__name__}: {err})")
             return
-        self._activate(trainer, pl_module, len(self.train_indices), len(self.test_indices), len(self.swap_indices))
+        self._activate(trainer, pl_module, len(self.train_indices), len(self.test_indices), len(self.swap_indices),
+                       positions)
         if heldout is None and self.enabled:
             for key in ("ergodic_gap", "ergodic_gap_se", "probe_test_loss"):
                 self.unavailable[key] = no_heldout
@@ -198,31 +232,51 @@ class ProbeLosses(StreamCallback):
         return dataset if getattr(dataset, "plan", None) is not None and getattr(dataset, "base", None) is not None else None
 
     def _activate(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", num_train: int, num_test: int,
-                  num_extra: int = 0) -> None:
+                  num_extra: int = 0, positions: list[int] | None = None) -> None:
         """Dry-run the per-sample loss on the probe batches and set up the metric and buffers."""
+        expected = _batch_length(self._batches[0]) if self._batches else 0
         try:
             first = self.evaluate(trainer, pl_module, self._batches[:1])
         except Exception as err:  # a probe that cannot run is skipped, training goes on
             self._disable(f"the per-sample loss failed on a probe batch ({type(err).__name__}: {err})")
             return
-        expected = min(self.probe_batch_size, num_train)
-        if first.ndim != 1 or first.shape[0] != expected:
+        if self._batches and (first.ndim != 1 or first.shape[0] != expected):
             self._disable(f"the per-sample loss returned shape {tuple(first.shape)}, expected ({expected},)")
             return
         device = pl_module.device
         total = num_train + num_test + num_extra
-        self.metric = (ErgodicGap(num_train, num_test, max_blocks=self.max_blocks, num_extra=num_extra) if num_test else
-                       TimeAverage(total, max_blocks=self.max_blocks)).to(device)
+        # the states are the same on every rank (full rows are added at flush): no torchmetrics sync
+        kwargs = {"sync_on_compute": False}
+        self.metric = (ErgodicGap(num_train, num_test, max_blocks=self.max_blocks, num_extra=num_extra, **kwargs)
+                       if num_test else TimeAverage(total, max_blocks=self.max_blocks, **kwargs)).to(device)
         self.metric.num_train = num_train  # type: ignore[attr-defined]
-        world, rank = int(getattr(trainer, "world_size", 1)), int(getattr(trainer, "global_rank", 0))
+        world, rank = int(getattr(trainer, "world_size", 1) or 1), int(getattr(trainer, "global_rank", 0) or 0)
         owned = torch.zeros(total, dtype=torch.bool)
         owned[rank::world] = True
         self._owned_mask = owned.to(device)
+        self._positions = torch.as_tensor(list(range(total)) if positions is None else positions, dtype=torch.int64,
+                                          device=device)
         rows = self.flush_every // self.probe_every + 2
         self._rows = torch.zeros((rows, total), dtype=device_float_dtype(device), device=device)
         if self._restored is not None:
             self._apply_restored(self._restored)
             self._restored = None
+
+    def failed_here(self) -> bool:
+        """Off on this rank (a failure, or off on every rank by configuration)."""
+        return not self.enabled
+
+    def off_on(self, ranks: list[int], reason: str | None = None) -> None:
+        if self.enabled:  # on here, off on another rank
+            self._disable(reason or f"the probes failed on rank {', '.join(map(str, ranks))} (see that rank's warning)")
+
+    def collective_payload(self, purpose: str) -> list[Tensor]:
+        """This rank's pending probe rows, zero outside its own points (summed over ranks)."""
+        n = len(self._row_steps)
+        if not self.enabled or self.metric is None or not n or self._rows is None or self._owned_mask is None:
+            return []
+        rows = self._rows[:n]
+        return [torch.where(self._owned_mask, rows, torch.zeros((), dtype=rows.dtype, device=rows.device))]
 
     def _disable(self, reason: str, warn: bool = True) -> None:
         self.enabled = False
@@ -235,11 +289,11 @@ class ProbeLosses(StreamCallback):
         return per_sample_loss(pl_module, batch, self.loss_fn)
 
     def evaluate(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", batches: list[Any] | None = None) -> Tensor:
-        """Per-sample losses of the whole probe vector (NaN for points another rank owns), as an
+        """Per-sample losses of this rank's probe batches (the points at ``_positions``), as an
         observer (:func:`~lightning_sas.isolation.observed`)."""
         with observed(pl_module, trainer):
             parts = [self._per_sample(pl_module, b).detach().to(torch.float64) for b in (self._batches if batches is None else batches)]
-        return torch.cat(parts)
+        return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.float64, device=pl_module.device)
 
     # -- hot path (only at probe steps) ---------------------------------------------------
     def on_train_batch_end(
@@ -267,12 +321,16 @@ class ProbeLosses(StreamCallback):
         except Exception as err:
             self._disable(f"the per-sample loss failed during training ({type(err).__name__}: {err})")
             return
-        self.metric.update(values, index, weight=self._owned_mask)
-        assert self._rows is not None
+        assert self._rows is not None and self._positions is not None
         slot = len(self._row_steps)
         if slot >= self._rows.shape[0]:
             self._rows = torch.cat([self._rows, torch.zeros_like(self._rows)])
-        self._rows[slot].copy_(values)
+        row = self._rows[slot]
+        if values.shape[0] == row.shape[0]:
+            row.copy_(values)
+        else:  # this rank's points only: zeros elsewhere
+            row.zero_()
+            row.index_copy_(0, self._positions, values.to(row.dtype))
         self._row_steps.append(index)
 
     # -- flush ----------------------------------------------------------------------------
@@ -282,24 +340,19 @@ class ProbeLosses(StreamCallback):
             return
         metric = self.metric
         n = len(self._row_steps)
-        world = int(getattr(ctx.trainer, "world_size", 1))
         if n and self._rows is not None:
-            rows = self._rows[:n]
-            if world > 1:  # each rank holds its own points, zero elsewhere: sum them
-                masked = torch.where(self._owned_mask, rows, torch.zeros((), dtype=rows.dtype, device=rows.device))
-                rows = ctx.trainer.strategy.reduce(masked, reduce_op="sum")
+            reduced = ctx.reduced.get(self)
+            rows = reduced[0] if reduced else self._rows[:n]  # summed over ranks, or this process's
+            for row, step in zip(rows, self._row_steps):  # the same full rows on every rank
+                metric.update(row, step)
             host = rows.cpu().numpy().astype(np.float64)  # sync-ok: once per flush
             if ctx.writer is not None:
                 ctx.writer.append("probes", {"step": np.asarray(self._row_steps, dtype=np.int64), "losses": host})
             self._row_steps = []
         metric.start_step = ctx.late_phase_start if ctx.late_phase_found else None
-        with metric.synced():
-            nonfinite = int(metric.nonfinite.sum())  # sync-ok: flush time
-            per_point = metric.per_point_average().cpu().numpy()  # sync-ok
-            if isinstance(metric, ErgodicGap):
-                gap = metric.gap_with_se()
-            else:
-                gap = None
+        nonfinite = int(metric.nonfinite.sum())  # sync-ok: flush time
+        per_point = metric.per_point_average().cpu().numpy()  # sync-ok
+        gap = metric.gap_with_se() if isinstance(metric, ErgodicGap) else None
         num_train = int(getattr(metric, "num_train", metric.num_points))
         self._last = {
             "nonfinite_probe_losses": nonfinite,
@@ -320,7 +373,13 @@ class ProbeLosses(StreamCallback):
         ctx.summary.update(self._last)
 
     # -- state ----------------------------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
+    def state_dict(self, reduced: list[Tensor] | None = None) -> dict[str, Any]:
+        """Tensors and primitives only. The time averages are the same on every rank; the pending
+        rows are summed over ranks here (a collective under DDP, made on every rank as Lightning
+        does; ``reduced`` is that sum when :class:`~lightning_sas.SASMonitor` made it already), so
+        a resume on any number of ranks continues exactly (each rank keeps its own points)."""
+        if reduced is None and not self.owned:
+            reduced = exchange([self], "checkpoint").get(self)
         state: dict[str, Any] = {
             "config": self.config(),
             "batches_seen": self._batches_seen,
@@ -331,7 +390,8 @@ class ProbeLosses(StreamCallback):
             state["metric"] = self.metric.checkpoint_state()
             n = len(self._row_steps)
             if n and self._rows is not None:
-                state["pending_rows"] = self._rows[:n].detach().cpu().clone()  # sync-ok
+                rows = reduced[0] if reduced else self._rows[:n]
+                state["pending_rows"] = rows.detach().cpu().clone()  # sync-ok: checkpoint time
                 state["pending_steps"] = list(self._row_steps)
         return state
 
@@ -344,3 +404,13 @@ class ProbeLosses(StreamCallback):
             n = len(state["pending_steps"])
             self._rows[:n].copy_(state["pending_rows"].to(self._rows.device))
             self._row_steps = [int(s) for s in state["pending_steps"]]
+
+
+def _batch_length(batch: Any) -> int:
+    """Samples in a collated batch (the first dimension of its first tensor)."""
+    leaf = batch
+    while isinstance(leaf, (list, tuple)) and leaf:
+        leaf = leaf[0]
+    if isinstance(leaf, dict) and leaf:
+        return _batch_length(next(iter(leaf.values())))
+    return int(leaf.shape[0]) if isinstance(leaf, Tensor) and leaf.ndim else 0

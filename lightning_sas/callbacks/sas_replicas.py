@@ -12,7 +12,7 @@ import torch.distributed as dist
 from pytorch_lightning.utilities.rank_zero import rank_zero_info
 from torch.utils.data import ConcatDataset, Subset, TensorDataset, default_collate
 
-from lightning_sas.callbacks._common import prepare_batch, resolve_callable, warn_once
+from lightning_sas.callbacks._common import prepare_batch, resolve_callable, sharded_parameters, warn_once
 from lightning_sas.validation import MAX_COUNT, check_bool, check_choice, check_float, check_int, check_memory, check_seed
 from lightning_sas.callbacks.base import FlushContext, StreamCallback
 from lightning_sas.data import auto_swaps, choose_swaps, make_probe_set, resolve_swaps, split_holdout
@@ -96,8 +96,9 @@ class SASReplicas(StreamCallback):
     rank ``r`` runs global replicas ``j`` with ``j % W == r``, so the control is on rank 0; ranks
     beyond ``K + 1`` run none). Every rank draws the same replica batches from the dataset with
     the seeded sampler (not Lightning's ``DistributedSampler``) and keeps only its own replicas'
-    rows in the metric; the rows are summed at flush by the metric's sync, the only collective
-    besides one flag (did a replica fail on some rank?) per flush and one gather per checkpoint.
+    rows in the metric; the rows are summed at flush in the monitor's packed all-reduce, after its
+    flag all-reduce (did a replica fail on some rank?): no collective of its own per flush, and
+    one gather (plus the time averages' sync) per checkpoint.
     Without randomness in the model the statistics equal one process's (to rounding). The
     replicas' private random stream (dropout) is one per rank (rank 0's is the one-process
     stream), so a replica's dropout draws depend on the placement: same distribution, not the
@@ -120,7 +121,8 @@ class SASReplicas(StreamCallback):
         probe_every: steps between probe evaluations of all replicas.
         loss_fn: per-sample loss ``(module, batch) -> Tensor[B]`` or its import path.
         path: ``"auto"``, ``"fast"`` or ``"generic"``.
-        batch_size: replica batch size (default: the training loader's).
+        batch_size: replica batch size (default: the run's effective batch, the loader's batch
+            x ``world_size`` x ``accumulate_grad_batches``; another value is warned about once).
         holdout: held-out samples the main run never trains on, for late forks (``fork_at``
             ``"late_phase"`` or a step, or a resume from a checkpoint without replica state): a
             map-style ``Dataset``, or indices into the dataset of a training
@@ -342,6 +344,14 @@ class SASReplicas(StreamCallback):
                 "that leaves held-out samples out and pass them as holdout= (a Dataset, or the left-out indices into "
                 "the Subset's dataset), or use fork_at='start'."
             )
+        sharding = sharded_parameters(trainer, pl_module)
+        if sharding is not None:
+            raise ValueError(
+                f"SASReplicas cannot run on sharded parameters ({sharding}): a replica is a full copy of the module "
+                "trained by one rank, and each rank here holds only a shard. Train with DDP (or one device) for the "
+                "in-run SAS estimate, or run the multi-run protocol (lightning-sas perturb), which trains each "
+                "neighbouring run with your own strategy; replicas=0 keeps the rest of SASMonitor under FSDP."
+            )
         source = training_source(trainer, pool_size=self.pool_size)
         if source is None or len(source) == 0:
             raise ValueError("SASReplicas needs training data to build neighbouring datasets; the run has no training "
@@ -367,8 +377,7 @@ class SASReplicas(StreamCallback):
         self._data = data
         self.m = self.resolve_swaps(n)[0]
         s_idx, holdout = self._split(n)
-        loader_batch = getattr(source.loader, "batch_size", None)
-        batch_size = min(self.batch_size or loader_batch or 32, len(s_idx))
+        batch_size = self._replica_batch_size(trainer, getattr(source.loader, "batch_size", None), len(s_idx))
         saved = (self._restored or {}).get("swaps")
         if saved is not None:  # resume: the swaps of the checkpoint, never redrawn
             self._swaps = [[(int(i), int(z)) for i, z in pairs] for pairs in saved]
@@ -466,6 +475,29 @@ class SASReplicas(StreamCallback):
             raise ValueError(f"{len(trained)} holdout= indices (e.g. {int(trained[0])}) are in the training Subset: the "
                              "main run trains on them. Leave them out of the Subset.")
         return Subset(base, indices.tolist())
+
+    def _replica_batch_size(self, trainer: "pl.Trainer", loader_batch: int | None, available: int) -> int:
+        """The replicas' batch: by default the run's effective batch, the per-rank loader batch
+        times ``world_size`` times ``accumulate_grad_batches`` (a replica takes one step per main
+        optimizer step, on one global batch), at most ``|S|``. One warning when it differs from the
+        effective batch (an explicit ``batch_size``, a small ``S``, or a loader without
+        ``batch_size``), naming both."""
+        world = max(1, int(getattr(trainer, "world_size", 1) or 1))
+        accumulate = max(1, int(getattr(trainer, "accumulate_grad_batches", 1) or 1))
+        effective = loader_batch * world * accumulate if loader_batch else None
+        chosen = min(self.batch_size or effective or 32, available)
+        if chosen != effective:
+            if effective is None:
+                why = (f"the training loader has no batch_size (a batch sampler), so the replicas use "
+                       f"{'batch_size=' + str(self.batch_size) if self.batch_size else 'a batch of 32'}")
+            else:
+                why = (f"the run's effective batch is {effective} (loader batch {loader_batch} x {world} rank(s) x "
+                       f"accumulate_grad_batches={accumulate}); the replicas use {chosen}")
+                why += (f" (batch_size={self.batch_size})" if self.batch_size and self.batch_size <= available
+                        else f" (|S| = {available} samples)")
+            warn_once(self, "batch", f"SASReplicas: {why}. The replicas then train with another gradient noise than the "
+                      "main run; pass batch_size=None (the default) to match the effective batch.")
+        return chosen
 
     def _resume_without_replicas(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", state: dict[str, Any]) -> None:
         """A checkpoint saved with ``checkpoint_replicas=False`` after the fork: the replicas' weights
@@ -677,6 +709,7 @@ class SASReplicas(StreamCallback):
                 self.metric.update(empty, self._index, rows=[])
             return
         device = self._probe_device()
+        recorded = False
         try:
             with self._rng.active(device):
                 batches = self._batches(self._sampler.next(), self._rows, device)
@@ -685,7 +718,11 @@ class SASReplicas(StreamCallback):
                 if self.should_probe(self._index):
                     values = self.engine.per_sample_losses(self._probe_batches, self._swap_batches, self._rows)
                     self.metric.update(values, self._index, rows=self._rows)
+                    recorded = True
         except Exception as err:  # a replica failing mid-run is switched off; training goes on
+            if self._world > 1 and self.should_probe(self._index) and not recorded:
+                # the other ranks record this probe step: an empty row keeps the block cursors in step
+                self.metric.update(torch.zeros(0, dtype=torch.float64, device=device), self._index, rows=[])
             self._off_reason = f"a replica step failed mid-run at step {self._index} ({type(err).__name__}: {err})"
             warn_once(self, "failed", f"SASReplicas: a replica step failed mid-run ({type(err).__name__}: {err}); "
                       "the SAS estimate is switched off, training goes on.")
@@ -707,18 +744,12 @@ class SASReplicas(StreamCallback):
         ctx.unavailable["replica_checkpoint_bytes"] = (
             "no checkpoint saved yet" if self.checkpoint_replicas else "checkpoint_replicas=False")
         ctx.unavailable["paper_coefficient_se"] = "the jackknife over runs needs K >= 2 perturbed replicas"
-        if self._world > 1 and self.enabled and distributed_ready():
-            flag = torch.tensor([float(self._local_failed)], device=self._probe_device())
-            if float(ctx.trainer.strategy.reduce(flag, reduce_op="sum").item()) > 0:  # sync-ok: flush time
-                self.enabled = False
-                self._local_failed = False
-                self._off_reason = self._off_reason or "a replica step failed on another rank"
-                warn_once(self, "failed_elsewhere", "SASReplicas: a replica step failed on some rank; the SAS "
-                          "estimate is switched off on every rank, training goes on.")
+        # under DDP the ranks agreed on whether a replica failed anywhere (``off_on``) and summed
+        # the time averages (``collective_payload``) in the flush's two collectives
         start = ctx.late_phase_start if ctx.late_phase_found else None
         if self.fork_step is not None and (start is None or start < self.fork_step):
             start = self.fork_step if start is not None else None
-        with self.metric.synced():
+        with self.metric.summed_states(ctx.reduced.get(self)):
             estimate = self.metric.estimate(from_step=start, fork_step=self.fork_step or 0)
         estimate.update(
             {
@@ -748,14 +779,36 @@ class SASReplicas(StreamCallback):
                                    sas_shared_indices=[int(i) for i in self.probe_set.shared_indices],
                                    sas_num_train=int(len(self.probe_set.extra_train_indices)))
 
+    # -- distributed: the flush's agreement and packed sum (see ``callbacks.base.exchange``) --
+    def failed_here(self) -> bool:
+        return self._local_failed
+
+    def off_on(self, ranks: list[int], reason: str | None = None) -> None:
+        """A replica failed on ``ranks``: the estimate stops on every rank (frozen as it is)."""
+        if self._local_failed and reason is None:  # ours: already warned
+            self.enabled, self._local_failed = False, False
+        elif self.enabled:
+            self.enabled, self._local_failed = False, False
+            reason = reason or f"a replica step failed on rank {', '.join(map(str, ranks))}"
+            self._off_reason = self._off_reason or reason
+            warn_once(self, "failed_elsewhere", f"SASReplicas: {reason}; the SAS estimate is switched off on every "
+                      "rank, training goes on.")
+
+    def collective_payload(self, purpose: str) -> list[torch.Tensor]:
+        """The time averages' filled blocks, summed over ranks at a flush or checkpoint (rows of
+        other ranks' replicas are zero here)."""
+        return self.metric.filled_states() if self.metric is not None else []
+
     def _swaps_json(self) -> list[list[list[int]]]:
         """Each replica's swaps as ``[[i, z'], ...]`` (primitives: checkpoints and meta.json)."""
         return [[[int(i), int(z)] for i, z in pairs] for pairs in self._swaps]
 
     # -- state ----------------------------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
+    def state_dict(self, reduced: list[torch.Tensor] | None = None) -> dict[str, Any]:
         """Tensors and primitives only. Under DDP a collective (call on every rank, as Lightning
-        does): rank 0's state holds every replica and the time averages summed over ranks."""
+        does): rank 0's state holds every replica and the time averages summed over ranks
+        (``reduced``: that sum, when :class:`~lightning_sas.SASMonitor` made it already in its
+        packed all-reduce; then one ``gather_object`` is this method's only collective)."""
         distributed = self._world > 1 and distributed_ready()
         state: dict[str, Any] = {
             "config": self.config(),
@@ -769,7 +822,10 @@ class SASReplicas(StreamCallback):
             "swaps": self._swaps_json() if self._swaps else None,
         }
         if self.metric is not None:
-            if distributed:
+            if distributed and reduced:
+                with self.metric.summed_states(reduced):
+                    state["metric"] = self.metric.checkpoint_state()
+            elif distributed:
                 with self.metric.synced():
                     state["metric"] = self.metric.checkpoint_state()
             else:

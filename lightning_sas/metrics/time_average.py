@@ -83,6 +83,37 @@ class TimeAverage(Metric):
         with self.sync_context(should_sync=True, should_unsync=True):
             yield self
 
+    #: the additive states, in the order of :meth:`filled_states`
+    STATE_NAMES = ("sums", "sumsqs", "counts", "nonfinite")
+
+    def filled_states(self) -> list[Tensor]:
+        """The states' filled blocks (``[:n_blocks]``; the cursor is the same on every rank) and
+        ``nonfinite``: what a flush sums over ranks (one packed all-reduce, not one per state)."""
+        n = self.cursor.n_blocks
+        return [self.sums[:n], self.sumsqs[:n], self.counts[:n], self.nonfinite]
+
+    @contextmanager
+    def summed_states(self, summed: list[Tensor] | None) -> Iterator["TimeAverage"]:
+        """Context in which the states are ``summed`` (:meth:`filled_states` summed over ranks);
+        the local states come back on exit. ``None`` or empty: the local states (one process)."""
+        if not summed:
+            yield self
+            return
+        saved = {name: getattr(self, name) for name in self.STATE_NAMES}
+        try:
+            n = self.cursor.n_blocks
+            for name, value in zip(self.STATE_NAMES, summed):
+                full = saved[name].clone()
+                if name == "nonfinite":
+                    full.copy_(value.round().to(full.dtype))
+                else:
+                    full[:n] = value.to(full.dtype)
+                setattr(self, name, full)
+            yield self
+        finally:
+            for name, value in saved.items():
+                setattr(self, name, value)
+
     def block_arrays(self, from_step: int | None = None) -> dict[str, np.ndarray]:
         """Host copies of the blocks starting at or after ``from_step`` (flush time only).
 
