@@ -6,14 +6,15 @@
 Each figure compares two fresh processes that differ only in the callback: a plain fit and the
 same fit with ``SASMonitor()`` (or ``SASMonitor(replicas=4)``), same model, data, seed and steps.
 
-*Peak memory* is the process's resident high-water mark over the measured fit, read from the
-kernel (``VmHWM`` in ``/proc/self/status``) after resetting it (``echo 5 > /proc/self/clear_refs``)
-just before the fit. Two things make it robust: glibc's malloc is started with a fixed mmap
+*Peak memory* is the growth of the process's resident set over the measured fit: the kernel's
+high-water mark (``VmHWM`` in ``/proc/self/status``), reset (``echo 5 > /proc/self/clear_refs``)
+just before the fit, minus the resident set at that moment. Two things make it robust: glibc's malloc is started with a fixed mmap
 threshold (``MALLOC_MMAP_THRESHOLD_=65536``), so every tensor larger than 64 KiB is its own
 mapping and goes back to the kernel when freed (the resident set follows the live tensors), and
 both processes first run a short warm-up fit *with* the monitor on a tiny model, so imports and
 one-time allocations are in both baselines; what remains is what the monitor holds or allocates
-for this model. The extra peak is ``VmHWM(monitor) - VmHWM(plain)``.
+for this model. The extra peak is the growth with the monitor minus the growth without. (The
+test suite runs both fits one after the other in one process, to start Python once.)
 
 *Checkpoint bytes*: ``trainer.save_checkpoint`` after the fit, file size with the monitor minus
 without.
@@ -59,8 +60,8 @@ def _reset_peak() -> None:
         f.write("5")
 
 
-def child(size: str, monitor: str, steps: int, out: str) -> None:
-    """One measured fit (runs in its own process)."""
+def child(size: str, kinds: list[str], steps: int, out: str) -> None:
+    """Measured fits of ``kinds`` (``none``: no callback) one after the other, in this process."""
     import gc
     import warnings
 
@@ -121,46 +122,61 @@ def child(size: str, monitor: str, steps: int, out: str) -> None:
         return trainer
 
     width, layers = SIZES[size]
+    results = []
     with tempfile.TemporaryDirectory() as tmp:
         pl.seed_everything(0, verbose=False)
-        fit(MLP(16, 1), 16, "replicas4" if monitor == "replicas4" else "default", 16, tmp)  # warm-up, in both
-        pl.seed_everything(0, verbose=False)
-        model = MLP(width, layers)
-        params = sum(p.numel() for p in model.parameters())
-        gc.collect()
-        _reset_peak()
-        before = _status("VmRSS")
-        trainer = fit(model, width, monitor, steps, tmp)
-        peak = _status("VmHWM")
-        path = os.path.join(tmp, "last.ckpt")
-        trainer.save_checkpoint(path)
-        ckpt = os.path.getsize(path)
-    Path(out).write_text(json.dumps(dict(size=size, monitor=monitor, params=params, param_bytes=4 * params,
-                                         rss_before=before, peak=peak, checkpoint=ckpt)))
+        fit(MLP(16, 1), 16, "replicas4" if "replicas4" in kinds else "default", 16, tmp)  # warm-up, in every run
+        for kind in kinds:
+            pl.seed_everything(0, verbose=False)
+            model = MLP(width, layers)
+            params = sum(p.numel() for p in model.parameters())
+            gc.collect()
+            _reset_peak()
+            before = _status("VmRSS")
+            trainer = fit(model, width, kind, steps, tmp)
+            peak = _status("VmHWM")
+            path = os.path.join(tmp, f"{kind}.ckpt")
+            trainer.save_checkpoint(path)
+            results.append(dict(size=size, monitor=kind, params=params, param_bytes=4 * params, rss_before=before,
+                                peak=peak, growth=peak - before, checkpoint=os.path.getsize(path)))
+            os.remove(path)
+            del trainer, model
+            gc.collect()
+    Path(out).write_text(json.dumps(results))
 
 
-def measure(size: str, monitor: str, steps: int) -> dict[str, Any]:
-    """Run :func:`child` in a fresh process (fixed mmap threshold) and return its figures."""
+def measure(size: str, kinds: list[str], steps: int) -> dict[str, dict[str, Any]]:
+    """Run :func:`child` for ``kinds`` in one fresh process (fixed mmap threshold); the figures
+    per kind."""
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore",
            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "out.json")
-        proc = subprocess.run([sys.executable, __file__, "--child", size, monitor, str(steps), out],
+        proc = subprocess.run([sys.executable, __file__, "--child", size, ",".join(kinds), str(steps), out],
                               env=env, capture_output=True, text=True, timeout=3600)
         if proc.returncode != 0:
-            raise RuntimeError(f"{size}/{monitor} failed:\n{proc.stderr[-4000:]}")
-        return json.loads(Path(out).read_text())
+            raise RuntimeError(f"{size}/{kinds} failed:\n{proc.stderr[-4000:]}")
+        return {r["monitor"]: r for r in json.loads(Path(out).read_text())}
 
 
-def extra(size: str, monitor: str, steps: int, plain: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Extra peak and checkpoint bytes of ``monitor`` over a plain fit (absolute, and as a multiple
-    of the parameter bytes)."""
-    plain = plain or measure(size, "none", steps)
-    run = measure(size, monitor, steps)
+def compare(plain: dict[str, Any], run: dict[str, Any]) -> dict[str, Any]:
+    """Extra peak (growth of the resident set over the fit) and checkpoint bytes of ``run`` over
+    ``plain``, absolute and as multiples of the parameter bytes."""
     pb = run["param_bytes"]
-    peak, ckpt = run["peak"] - plain["peak"], run["checkpoint"] - plain["checkpoint"]
-    return dict(size=size, monitor=monitor, params=run["params"], param_bytes=pb, extra_peak=peak,
+    peak, ckpt = run["growth"] - plain["growth"], run["checkpoint"] - plain["checkpoint"]
+    return dict(size=run["size"], monitor=run["monitor"], params=run["params"], param_bytes=pb, extra_peak=peak,
                 extra_peak_x=peak / pb, extra_checkpoint=ckpt, extra_checkpoint_x=ckpt / pb)
+
+
+def extra(size: str, monitor: str, steps: int, separate: bool = True) -> dict[str, Any]:
+    """:func:`compare` of ``monitor`` with a plain fit: in two fresh processes (``separate``) or
+    one after the other in one process (faster; the test suite's choice)."""
+    if separate:
+        plain, run = measure(size, ["none"], steps)["none"], measure(size, [monitor], steps)[monitor]
+    else:
+        both = measure(size, ["none", monitor], steps)
+        plain, run = both["none"], both[monitor]
+    return compare(plain, run)
 
 
 def main() -> None:
@@ -177,9 +193,9 @@ def main() -> None:
           f"{'extra ckpt':>12} {'x params':>9}")
     rows = []
     for size in args.sizes:
-        plain = measure(size, "none", args.steps)
+        plain = measure(size, ["none"], args.steps)["none"]
         for monitor in args.monitors:
-            row = extra(size, monitor, args.steps, plain)
+            row = compare(plain, measure(size, [monitor], args.steps)[monitor])
             rows.append(row)
             label = LABELS[monitor]
             print(f"{size:>6} {row['params']:>12,} {label:>18} {row['extra_peak'] / mb:>9.1f} MB "
@@ -191,6 +207,6 @@ def main() -> None:
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
-        child(sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5])
+        child(sys.argv[2], sys.argv[3].split(","), int(sys.argv[4]), sys.argv[5])
     else:
         main()

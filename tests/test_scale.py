@@ -133,10 +133,10 @@ def _scale_module() -> Any:
 
 @pytest.fixture(scope="module")
 def scale_25m() -> dict[str, Any]:
-    """``benchmarks/scale.py``'s measurement (two fresh processes, plain and with ``SASMonitor()``,
+    """``benchmarks/scale.py``'s measurement (a plain fit, then one with ``SASMonitor()``, in one fresh process;
     peak resident memory over the fit) on the 25M-parameter MLP, 8 steps (two snapshots with their
     sketches, a flush, probes)."""
-    return _scale_module().extra("25M", "default", steps=8)
+    return _scale_module().extra("25M", "default", steps=8, separate=False)
 
 
 def test_monitor_adds_at_most_a_quarter_of_the_parameter_bytes_to_peak_memory(scale_25m: dict[str, Any]) -> None:
