@@ -194,3 +194,161 @@ def test_resume_between_flushes_keeps_every_weight_row(tmp_path: Any, exact: boo
         assert (a is None) == (b is None), key
         if a is not None:
             assert a == pytest.approx(b, rel=1e-6, abs=1e-9), key
+
+
+# -- sharded parameters: additive sketches, and a resume where each rank keeps its share ----------
+
+def test_sketch_slots_and_grouped_distances_add_up_over_simulated_shards() -> None:
+    """Two simulated ranks holding flat ranges of every parameter: the ranks' distance-sketch slot
+    sums and grouped squared distances add up to those of the whole parameters."""
+    from lightning_sas.stats.sketch import RandomProjection
+
+    g = torch.Generator().manual_seed(3)
+    shapes = {"a.weight": (9, 5), "a.bias": (9,), "b.weight": (4, 9)}
+    whole = {n: torch.randn(s, generator=g, dtype=torch.float64) for n, s in shapes.items()}
+    other = {n: torch.randn(s, generator=g, dtype=torch.float64) for n, s in shapes.items()}
+    proj = RandomProjection(k=64, seed=1, chunk_size=7)  # several chunks per piece
+    full = ShardedParameters(list(whole), list(whole.values()), [ShardSpec.whole(t.shape) for t in whole.values()])
+    want_slots = full.sketch_slots(proj)
+    want_sq = full.squared_distances(list(whole.values()), list(other.values()))
+    slots, sq = torch.zeros_like(want_slots), torch.zeros_like(want_sq)
+    for rank in range(2):
+        names, pieces, others, specs = [], [], [], []
+        for n, t in whole.items():
+            flat, cut = t.reshape(-1), t.numel() // 3
+            lo, hi = (0, cut) if rank == 0 else (cut, t.numel())
+            names.append(n)
+            pieces.append(flat[lo:hi])
+            others.append(other[n].reshape(-1)[lo:hi])
+            specs.append(ShardSpec.flat_range(t.shape, lo, hi - lo))
+        part = ShardedParameters(names, pieces, specs)
+        slots += part.sketch_slots(proj)
+        sq += part.squared_distances(pieces, others, max_elements=10)
+    torch.testing.assert_close(slots, want_slots, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(sq, want_sq, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(RandomProjection.signed(want_slots), proj.project(whole.items()), rtol=1e-12, atol=1e-12)
+
+
+FSDP_RESUME_SCRIPT = '''
+import json, os, sys
+from types import SimpleNamespace
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+sys.path.insert(0, {root!r})
+from lightning_sas.callbacks.base import FlushContext
+from lightning_sas.callbacks.weight_snapshots import WeightSnapshots
+
+STEPS, FLUSH, RESUME_AFTER = 6, 3, 4
+
+
+class Rows:
+    def __init__(self):
+        self.rows = []
+    def append(self, name, columns):
+        if name == "weights":
+            self.rows += [{{k: float(v[i]) if k != "layer_norms" else v[i].tolist() for k, v in columns.items()}}
+                          for i in range(len(columns["step"]))]
+
+
+def make_model():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(6, 7), torch.nn.Tanh(), torch.nn.Linear(7, 5), torch.nn.Tanh(),
+                               torch.nn.Linear(5, 3)).double()
+
+
+def new_callback():
+    return WeightSnapshots(snapshot_every=1, sketch_every=2, sketch_dim=16, flush_every=FLUSH, ergodic_start=1,
+                           exact_distances=False, distance_sketch_dim=64)
+
+
+def drive(module, trainer, opt, ws, steps, writer):
+    for t in steps:
+        ws.begin_batch(t)
+        g = torch.Generator().manual_seed(100 + t)
+        x, y = torch.randn(8, 6, generator=g, dtype=torch.float64), torch.randint(0, 3, (8,), generator=g)
+        torch.nn.functional.cross_entropy(module(x), y).backward()
+        ws.on_before_optimizer_step(trainer, module, opt)
+        opt.step()
+        opt.zero_grad()
+        trainer.global_step = t + 1
+        ws.record(trainer, module)
+        if ws.should_flush(t):
+            ws.flush(FlushContext(trainer, module, t, writer))
+
+
+def run(rank, world, port, out_dir):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    ref = make_model()
+    ref.automatic_optimization = True
+    ref._trainer = SimpleNamespace(global_step=0, model=ref)
+    ws, want = new_callback(), Rows()
+    ws.attach(ref)
+    drive(ref, ref._trainer, torch.optim.SGD(ref.parameters(), lr=0.3), ws, range(STEPS), want)
+
+    from torch.distributed.fsdp import fully_shard
+    model = make_model()
+    model.automatic_optimization = True
+    fully_shard(model)
+    model._trainer = trainer = SimpleNamespace(global_step=0, model=model)
+    opt = torch.optim.SGD(model.parameters(), lr=0.3)
+    got = Rows()
+    first = new_callback()
+    first.attach(model)
+    drive(model, trainer, opt, first, range(RESUME_AFTER + 1), got)
+    state = first.state_dict()  # every rank: the additive parts are summed over ranks
+    saved = [state if rank == 0 else None]
+    dist.broadcast_object_list(saved, src=0)  # what every rank reads from rank 0's checkpoint
+    second = new_callback()
+    second.load_state_dict(saved[0])
+    second.attach(model)
+    drive(model, trainer, opt, second, range(RESUME_AFTER + 1, STEPS), got)
+    with open(os.path.join(out_dir, f"rank{{rank}}.json"), "w") as f:
+        json.dump(dict(want=want.rows, got=got.rows, pending=list(state["pending"]["row_steps"])), f)
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    port, out_dir = int(sys.argv[1]), sys.argv[2]
+    mp.spawn(run, args=(2, port, out_dir), nprocs=2)
+'''
+
+
+def test_fsdp2_resume_between_flushes_keeps_each_ranks_share(tmp_path: Any) -> None:
+    """FSDP2 ``fully_shard`` on 2 gloo ranks, sketched distances: checkpoint after step 4 (flushes
+    after steps 2 and 5, so rows 3 and 4 are pending), load rank 0's state on both ranks and go on:
+    every weight row equals the unsharded run's (1e-6), each once. Saving sums the ranks' partial
+    rows and sketches; after loading only rank 0 keeps them (the others would count them twice)."""
+    import json
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    if not torch.distributed.is_available():
+        pytest.skip("torch.distributed is not available")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    script = tmp_path / "fsdp_resume.py"
+    script.write_text(FSDP_RESUME_SCRIPT.format(root=str(Path(__file__).parent.parent)))
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, str(script), str(port), str(tmp_path)], capture_output=True, text=True,
+                          timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for rank in range(2):
+        res = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        assert res["pending"] == [3, 4]
+        want, got = res["want"], res["got"]
+        assert [r["step"] for r in got] == [r["step"] for r in want] == list(range(6))
+        for a, b in zip(got, want):
+            for key in ("weight_norm", "grad_norm", *DISTANCES):
+                if np.isnan(b[key]):
+                    assert np.isnan(a[key]), (key, a["step"])
+                else:
+                    assert a[key] == pytest.approx(b[key], rel=1e-6, abs=1e-9), (key, a["step"])
+            np.testing.assert_allclose(a["layer_norms"], b["layer_norms"], rtol=1e-6)
+        assert any(np.isfinite(r["distance_to_ergodic_mean"]) and r["distance_to_ergodic_mean"] > 0 for r in got[4:])
