@@ -171,7 +171,6 @@ class WeightSnapshots(StreamCallback):
         self._index = 0
         #: the entry whose gradient norm and pre-step weights were captured (once per entry)
         self._captured_index: int | None = None
-        self._column_index: dict[tuple[tuple[int, ...], str], Tensor] = {}
         self._grad_sq: Tensor | None = None
         self._rows: Tensor | None = None
         self._layer_rows: Tensor | None = None
@@ -331,13 +330,6 @@ class WeightSnapshots(StreamCallback):
             self._distance_rows = torch.full((rows, 3, k), float("nan"), dtype=dtype, device=device)
         if self._layer_index is None or self._layer_index.device != device:
             self._layer_index = torch.tensor(self._layer_idx, dtype=torch.int64, device=device)
-
-    def _columns_on(self, columns: tuple[int, ...], device: torch.device) -> Tensor:
-        """Row positions of the quantities a snapshot has, on ``device`` (one copy per set)."""
-        key = (columns, str(device))
-        if key not in self._column_index:
-            self._column_index[key] = torch.tensor(columns, dtype=torch.int64, device=device)
-        return self._column_index[key]
 
     @staticmethod
     def _grow(buffer: Tensor, needed: int) -> Tensor:
