@@ -237,8 +237,6 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 sys.path.insert(0, {root!r})
-from lightning_sas.callbacks.base import FlushContext
-from lightning_sas.callbacks.weight_snapshots import WeightSnapshots
 
 STEPS, FLUSH, RESUME_AFTER = 6, 3, 4
 
@@ -279,6 +277,9 @@ def drive(module, trainer, opt, ws, steps, writer):
 
 
 def run(rank, world, port, out_dir):
+    global FlushContext, WeightSnapshots  # imported by the ranks only: the launcher stays light
+    from lightning_sas.callbacks.base import FlushContext
+    from lightning_sas.callbacks.weight_snapshots import WeightSnapshots
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     ref = make_model()
