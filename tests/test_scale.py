@@ -4,6 +4,7 @@ checkpoint growth on a 25M-parameter model, and a resume between flushes that ke
 from __future__ import annotations
 
 import importlib.util
+import io
 import math
 from pathlib import Path
 from types import SimpleNamespace
@@ -353,3 +354,39 @@ def test_fsdp2_resume_between_flushes_keeps_each_ranks_share(tmp_path: Any) -> N
                     assert a[key] == pytest.approx(b[key], rel=1e-6, abs=1e-9), (key, a["step"])
             np.testing.assert_allclose(a["layer_norms"], b["layer_norms"], rtol=1e-6)
         assert any(np.isfinite(r["distance_to_ergodic_mean"]) and r["distance_to_ergodic_mean"] > 0 for r in got[4:])
+
+
+def test_block_states_in_checkpoints_hold_only_the_used_blocks() -> None:
+    """``TimeAverage`` (probes, replicas) and ``BlockMoments`` (loss stream) save the used blocks
+    only, with int64 counts, and load back to the same statistics (also from the older full-size
+    form)."""
+    from lightning_sas.metrics import TimeAverage
+    from lightning_sas.stats.blocks import BlockMoments
+
+    g = torch.Generator().manual_seed(0)
+    metric = TimeAverage(num_points=512, max_blocks=128)
+    for step in range(5):
+        metric.update(torch.randn(512, generator=g, dtype=torch.float64), step)
+    state = metric.checkpoint_state()
+    assert state["states"]["sums"].shape == (5, 512) and state["states"]["sumsqs"].shape == (5, 512)
+    assert state["states"]["counts"].dtype == torch.int64 and state["states"]["counts"].shape == (5, 512)
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    assert len(buffer.getvalue()) < 5 * 512 * 8 * 3 + 20_000  # not 128 blocks
+    buffer.seek(0)
+    full_size = {**state, "states": {name: getattr(metric, name).clone() for name in state["states"]}}  # older form
+    for saved in (torch.load(buffer, weights_only=True), full_size):
+        again = TimeAverage(num_points=512, max_blocks=128)
+        assert again.load_checkpoint_state(saved)
+        torch.testing.assert_close(again.compute(), metric.compute(), rtol=0, atol=0)
+        again.update(torch.ones(512, dtype=torch.float64), 5)
+        assert again.cursor.n_blocks == 6 and again.sums.shape == (128, 512)
+    assert not TimeAverage(num_points=511, max_blocks=128).load_checkpoint_state(state)
+
+    blocks = BlockMoments(max_blocks=64)
+    blocks.append(torch.randn(10, generator=g, dtype=torch.float64), list(range(10)))
+    saved = blocks.state_dict()
+    assert saved["counts"].dtype == torch.int64 and saved["counts"].shape == (10,)
+    restored = BlockMoments(max_blocks=64)
+    restored.load_state_dict(saved)
+    torch.testing.assert_close(restored.mean(), blocks.mean(), rtol=0, atol=0)
