@@ -168,9 +168,16 @@ def test_memory_does_not_grow_with_run_length(tmp_path: Any) -> None:
     assert sizes[0] == sizes[1], sizes
 
 
-def test_no_host_reads_on_non_flush_steps(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    """No ``.item()``/``.cpu()``/``.tolist()``/``.numpy()``/bool() from lightning_sas code outside flushes."""
+@pytest.mark.parametrize("distances", ["exact", "sketched"])
+def test_no_host_reads_on_non_flush_steps(tmp_path: Any, monkeypatch: pytest.MonkeyPatch, distances: str) -> None:
+    """No ``.item()``/``.cpu()``/``.tolist()``/``.numpy()``/bool() from lightning_sas code outside
+    flushes, with exact and with sketched weight distances."""
     import inspect
+
+    from lightning_sas.callbacks import WeightSnapshots
+
+    if distances == "sketched":
+        monkeypatch.setattr(WeightSnapshots, "EXACT_DISTANCE_MAX_PARAMETERS", 0)
 
     flush_every = 25
     calls: list[tuple[str, int]] = []
@@ -206,6 +213,7 @@ def test_no_host_reads_on_non_flush_steps(tmp_path: Any, monkeypatch: pytest.Mon
     monitor = SASMonitor(flush_every=flush_every, store=False, figure_every=0)
     trainer = pl.Trainer(callbacks=[StepTracker(), monitor], **trainer_kwargs(tmp_path, max_steps=150, limit_val_batches=1.0))
     trainer.fit(TinyClassifier(), train, val)
+    assert monitor.weights.exact == (distances == "exact")
     outside = [(n, s) for n, s in calls if s >= 0 and (s + 1) % flush_every != 0]
     assert not outside, outside[:10]
 

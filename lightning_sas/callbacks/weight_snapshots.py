@@ -25,35 +25,80 @@ QUANTITIES = ("weight_norm", "update_size", "distance_from_init", "distance_to_e
 class WeightSnapshots(StreamCallback):
     r"""Weight diagnostics every ``snapshot_every`` stream entries, at no host sync.
 
-    Per snapshot at step ``t`` (all float64 on the training device, fused ``torch._foreach_*`` calls,
-    no Python loop over parameters except for the sketch):
+    Per snapshot at step ``t`` (float64 on the training device, no host sync):
 
     * ``weight_norm`` :math:`\|\theta_t\|` and per-layer norms (capped by ``max_layers``,
-      filtered by ``layer_filter``);
-    * ``update_size`` :math:`\|\theta_t - \theta_{t-1}\|` (the parameters are copied just before
-      the optimizer step of a snapshot step);
-    * ``distance_from_init`` :math:`\|\theta_t - \theta_0\|` (one copy of the initial weights);
+      filtered by ``layer_filter``), exact, from one fused ``torch._foreach_norm``;
+    * ``update_size`` :math:`\|\theta_t - \theta_{t-1}\|` (the parameters, or their sketch, are
+      taken just before the optimizer step of a snapshot step);
+    * ``distance_from_init`` :math:`\|\theta_t - \theta_0\|`;
     * ``distance_to_ergodic_mean`` :math:`\|\theta_t - \bar\theta_t\|` with the running mean
       :math:`\bar\theta` of the snapshots since a frozen start (the first late-phase start found,
-      or ``ergodic_start``), updated by ``torch._foreach_lerp_``;
+      or ``ergodic_start``);
     * ``grad_norm`` :math:`\|g_t\|` before the optimizer step (after AMP unscaling);
     * every ``sketch_every`` entries, a ``sketch_dim``-dimensional count-sketch of all parameters
       (:class:`~lightning_sas.stats.sketch.RandomProjection`), additive over shards; the last
       ``sketch_history`` sketches stay on the host for the trajectory figure (all are stored).
 
+    **Exact or sketched distances.** The three distances need the previous, initial and mean
+    weights. With ``exact_distances=True`` they are kept as copies on the training device (three
+    parameter copies) and each distance is computed a group of parameters at a time
+    (:meth:`~lightning_sas.stats.sharded.ShardedParameters.squared_distances`), so the extra
+    temporary is at most the largest parameter. With ``exact_distances=False`` nothing of the
+    model's size is kept: the distances are norms of differences of a linear count-sketch
+    :math:`S` of dimension :math:`k` = ``distance_sketch_dim`` (default 4096),
+
+    .. math::
+
+        \|S\theta_t - S\theta_0\|, \qquad \|S\theta_t - S\theta_{t-1}\|, \qquad
+        \|S\theta_t - \tfrac{1}{n}\textstyle\sum_s S\theta_s\|,
+
+    since :math:`S` is linear the sketch of the mean is the mean of the sketches, and the state is
+    three :math:`k`-vectors. The default ``None`` is exact for models of at most
+    :attr:`EXACT_DISTANCE_MAX_PARAMETERS` (1,000,000) parameters and sketched above.
+
+    *Error of the sketched distances.* For a fixed vector :math:`x` (a difference of weights) and
+    the count-sketch's random buckets :math:`h` and signs :math:`s`,
+    :math:`\|Sx\|^2 = \sum_j x_j^2 + \sum_{j \ne l} s_j s_l x_j x_l [h_j = h_l]`; the cross terms
+    have mean 0 and, as only the pairs :math:`\{j, l\} = \{j', l'\}` survive
+    :math:`E[s_j s_l s_{j'} s_{l'}]` and :math:`P(h_j = h_l) = 1/k`,
+
+    .. math::
+
+        E\|Sx\|^2 = \|x\|^2, \qquad
+        \mathrm{Var}\,\|Sx\|^2 = \frac{2}{k}\Big(\|x\|^4 - \sum_j x_j^4\Big) \le \frac{2}{k}\|x\|^4,
+
+    so the squared distance has a relative standard deviation of at most :math:`\sqrt{2/k}` and
+    the distance (delta method) :math:`\sqrt{1/(2k)}`: 2.2 % and 1.1 % for :math:`k = 4096`. The
+    error is over the choice of ``seed``: one run uses one fixed linear map, so a trajectory of
+    distances is consistent from snapshot to snapshot. In this mode the per-layer update sizes
+    (the ``weights/update_size_per_layer`` histogram) are not computed (they need a copy).
+
+    Memory (sketched mode): a few :math:`k`-vectors and, while sketching, temporaries of one
+    chunk (``chunk_size = clamp(n / 256, 2^16, 2^22)`` elements of 24 bytes, under 0.025 x the
+    float32 parameter bytes for large models); both sketches of a snapshot share one hash per
+    weight when ``sketch_dim`` and ``distance_sketch_dim`` are powers of two.
+
     Sharded parameters (FSDP2 ``fully_shard`` DTensors, FSDP1 ``use_orig_params=True`` views):
     each rank works on its own pieces only (:class:`~lightning_sas.stats.sharded.ShardedParameters`)
     and the buffers hold additive forms, :math:`\|x\|^2 = \sum_r \|x_{P_r}\|^2` per quantity and
-    layer, and the sketch :math:`S(\theta) = \sum_r S(\theta_{P_r})`; at flush one all-reduce
-    (SUM, on every rank) adds the ranks' buffers, then the square roots are taken. The model is
-    never gathered, the copies are sharded like the weights, and nothing is reduced per step.
-    Replicated parameters (one process, DDP) are not reduced. Under sharding the initial-weight and
-    ergodic-mean copies are not restored from a checkpoint (it holds one rank's pieces): they
-    restart at the resume step, with a warning.
+    layer, and the sketches :math:`S(\theta) = \sum_r S(\theta_{P_r})` (the distance sketches
+    too: their rows are reduced before squaring); at flush one all-reduce (SUM, on every rank) adds
+    the ranks' buffers, then the squares and square roots are taken. The model is never gathered,
+    the copies are sharded like the weights, and nothing is reduced per step. Replicated
+    parameters (one process, DDP) are not reduced.
 
-    Memory: up to three parameter copies (previous, initial, ergodic mean; each switchable) plus
-    buffers of ``flush_every / snapshot_every`` rows.
+    Checkpoints hold the pending (unflushed) rows, the counters, the distance sketches (or, in
+    exact mode, the initial and mean copies, on CPU) and the last values. Under sharding
+    :meth:`state_dict` sums the additive parts over ranks (one all-reduce: call it on every rank,
+    as Lightning does) and after loading rank 0 keeps the sums and the other ranks zeros, so the
+    sums over ranks resume exactly; exact-mode copies are one rank's pieces and are not restored
+    (they restart at the resume step, with a warning).
     """
+
+    #: ``exact_distances=None`` keeps exact copies up to this many parameters (three copies of a
+    #: 1M-parameter float32 model are 12 MB) and sketches the distances above
+    EXACT_DISTANCE_MAX_PARAMETERS = 1_000_000
 
     def __init__(
         self,
@@ -69,11 +114,17 @@ class WeightSnapshots(StreamCallback):
         layer_filter: str | None = None,
         seed: int = 0,
         sketch_history: int = 256,
+        exact_distances: bool | None = None,
+        distance_sketch_dim: int = 4096,
     ) -> None:
         super().__init__(flush_every=flush_every)
         self.snapshot_every = check_int("snapshot_every", snapshot_every, 1)
         self.sketch_every = check_int("sketch_every", sketch_every, 1)
         self.sketch_dim = check_int("sketch_dim", sketch_dim, 0, (1 << 30) - 1, meaning=" (0 disables the sketch)")
+        self.distance_sketch_dim = check_int("distance_sketch_dim", distance_sketch_dim, 1, (1 << 24))
+        if exact_distances is not None:
+            exact_distances = check_bool("exact_distances", exact_distances)
+        self.exact_distances = exact_distances
         self.max_layers = check_int("max_layers", max_layers, 0)
         self.layer_filter = check_regex("layer_filter", layer_filter)
         self.track_update = check_bool("track_update", track_update)
@@ -84,6 +135,8 @@ class WeightSnapshots(StreamCallback):
         self.sketch_history = check_int("sketch_history", sketch_history, 1)
         self.check_memory(self.flush_every)
         self._projection = RandomProjection(k=sketch_dim, seed=seed) if sketch_dim else None
+        #: the distance sketch (sketched mode only; set at attach)
+        self._distance_projection: RandomProjection | None = None
         self._reset_state()
 
     def reserved_buffers(self, flush_every: int) -> list[tuple[str, float, str]]:
@@ -97,6 +150,8 @@ class WeightSnapshots(StreamCallback):
              f"(flush_every // sketch_every + 2) ({sketch_rows}) x sketch_dim ({dim}) x 8 bytes"),
             ("sketch history", self.sketch_history * dim * 8, f"sketch_history ({self.sketch_history}) x sketch_dim ({dim}) x 8 bytes"),
             ("sketch slots", 2 * dim * 8 * 2, f"sketch_dim ({dim}) x 2 slots x 8 bytes x 2"),
+            ("distance sketches", 4 * self.distance_sketch_dim * 8,
+             f"distance_sketch_dim ({self.distance_sketch_dim}) x 4 (init, previous, mean, current) x 8 bytes"),
         ]
 
     def _reset_state(self) -> None:
@@ -109,16 +164,22 @@ class WeightSnapshots(StreamCallback):
         self._init: list[Tensor] | None = None
         self._mean: list[Tensor] | None = None
         self._mean_count = 0
+        #: sketched mode: S(theta_0), S(theta_{t-1}) and the mean of S(theta_s), (k,) float64
+        self._init_sketch: Tensor | None = None
+        self._prev_sketch: Tensor | None = None
+        self._mean_sketch: Tensor | None = None
+        self._exact = True
         self._frozen_start: int | None = self.ergodic_start
         self._batches_seen = 0
         self._index = 0
         #: the entry whose gradient norm and pre-step weights were captured (once per entry)
         self._captured_index: int | None = None
-        self._column_index: dict[tuple[tuple[int, ...], str], Tensor] = {}
         self._grad_sq: Tensor | None = None
         self._rows: Tensor | None = None
         self._layer_rows: Tensor | None = None
         self._update_rows: Tensor | None = None
+        #: sketched mode: per row, the sketches of theta_t - theta_{t-1}, - theta_0, - mean, (3, k)
+        self._distance_rows: Tensor | None = None
         self._sketch_rows: Tensor | None = None
         self._row_steps: list[int] = []
         self._sketch_steps: list[int] = []
@@ -176,13 +237,38 @@ class WeightSnapshots(StreamCallback):
         if not self._params:
             return
         local = self._layout.local_tensors()
-        if self.track_init and self._init is None:
-            self._init = [t.clone() for t in local]
-        if self.track_update:
-            self._prev = [torch.empty_like(t) for t in local]
+        self._exact = (self._layout.global_numel <= self.EXACT_DISTANCE_MAX_PARAMETERS
+                       if self.exact_distances is None else bool(self.exact_distances))
+        if self._exact:
+            if self.track_init and self._init is None:
+                self._init = [t.clone() for t in local]
+            if self.track_update:
+                self._prev = [torch.empty_like(t) for t in local]
+        else:
+            # chunks of n / 256 elements (24 bytes each while hashing): bounded temporaries
+            chunk = min(max(self._layout.local_numel // 256, 1 << 16), 1 << 22)
+            self._distance_projection = RandomProjection(k=self.distance_sketch_dim, seed=self.seed, chunk_size=chunk)
+            if self._projection is not None:
+                self._projection.chunk_size = chunk
+                self._projection.CACHE_ELEMENTS = 0  # no cached hashes of the model's size
+            if self.track_init and self._init_sketch is None:
+                self._init_sketch = self._sketch_slots(local)[0]
         if self._restored is not None:
             self._apply_restored(self._restored)
             self._restored = None
+
+    @property
+    def exact(self) -> bool:
+        """Distances from parameter copies (True) or from the distance sketch (False); decided at
+        attach from ``exact_distances`` and the parameter count."""
+        return self._exact
+
+    def _sketch_slots(self, tensors: list[Tensor]) -> tuple[Tensor, Tensor]:
+        """Sketched mode: the distance sketch ``S(theta)`` of this rank's pieces (``(k,)``) and its
+        slot accumulator (for folding the trajectory sketch out of it)."""
+        assert self._layout is not None and self._distance_projection is not None
+        acc = self._layout.sketch_slots(self._distance_projection, tensors)
+        return RandomProjection.signed(acc), acc
 
     @property
     def layer_names(self) -> list[str]:
@@ -224,6 +310,8 @@ class WeightSnapshots(StreamCallback):
         self._grad_sq = self._layout.squared_norm(grads) if grads is not None else None
         if self._prev is not None:
             torch._foreach_copy_(self._prev, self._layout.local_tensors())
+        elif not self._exact and self.track_update:
+            self._prev_sketch = self._sketch_slots(self._layout.local_tensors())[0]
 
     def on_train_batch_end(
         self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", outputs: Any, batch: Any, batch_idx: int
@@ -241,15 +329,10 @@ class WeightSnapshots(StreamCallback):
             self._update_rows = torch.zeros((rows, len(self._params)), dtype=dtype, device=device)
             sketch_rows = self.flush_every // self.sketch_every + 2
             self._sketch_rows = torch.zeros((sketch_rows, max(self.sketch_dim, 1)), dtype=dtype, device=device)
+            k = 0 if self._exact else self.distance_sketch_dim
+            self._distance_rows = torch.full((rows, 3, k), float("nan"), dtype=dtype, device=device)
         if self._layer_index is None or self._layer_index.device != device:
             self._layer_index = torch.tensor(self._layer_idx, dtype=torch.int64, device=device)
-
-    def _columns_on(self, columns: tuple[int, ...], device: torch.device) -> Tensor:
-        """Row positions of the quantities a snapshot has, on ``device`` (one copy per set)."""
-        key = (columns, str(device))
-        if key not in self._column_index:
-            self._column_index[key] = torch.tensor(columns, dtype=torch.int64, device=device)
-        return self._column_index[key]
 
     @staticmethod
     def _grow(buffer: Tensor, needed: int) -> Tensor:
@@ -286,34 +369,54 @@ class WeightSnapshots(StreamCallback):
         self._rows = self._grow(self._rows, slot)
         self._layer_rows = self._grow(self._layer_rows, slot)
         self._update_rows = self._grow(self._update_rows, slot)
-        # every squared norm of this snapshot from one fused _foreach_norm: the weights, then the
-        # differences the row needs (update, from init, from the ergodic mean), one group each
-        groups, columns = [params], [0]
-        if self._prev is not None and captured:
-            groups.append(torch._foreach_sub(params, self._prev))
-            columns.append(1)
-        if self._init is not None:
-            groups.append(torch._foreach_sub(params, self._init))
-            columns.append(2)
-        if self.track_ergodic_mean and self._frozen_start is not None and index >= self._frozen_start:
-            if self._mean is None:
-                self._mean = [p.clone() for p in params]
-                self._mean_count = 1
-            else:
-                self._mean_count += 1
-                torch._foreach_lerp_(self._mean, params, 1.0 / self._mean_count)
-            groups.append(torch._foreach_sub(params, self._mean))
-            columns.append(3)
-        squares = layout.squared_norms([t for group in groups for t in group]).view(len(groups), len(params))
+        assert self._distance_rows is not None
+        self._distance_rows = self._grow(self._distance_rows, slot)
+        in_mean = self.track_ergodic_mean and self._frozen_start is not None and index >= self._frozen_start
+        weight_sq = layout.squared_norms(params)
         row = self._rows[slot]
         row.fill_(float("nan"))
-        row.index_copy_(0, self._columns_on(tuple(columns), row.device), squares.sum(1))
+        row[0].copy_(weight_sq.sum())
         if self._layer_idx:
-            self._layer_rows[slot].copy_(squares[0].index_select(0, self._layer_index))
-        if 1 in columns:
-            self._update_rows[slot].copy_(squares[1])
+            self._layer_rows[slot].copy_(weight_sq.index_select(0, self._layer_index))
+        self._update_rows[slot].fill_(float("nan"))
+        folded: Tensor | None = None
+        if self._exact:
+            # squared distances a group of parameters at a time (the temporary is at most the
+            # largest parameter): update, from init, from the ergodic mean
+            if self._prev is not None and captured:
+                update_sq = layout.squared_distances(params, self._prev)
+                row[1].copy_(update_sq.sum())
+                self._update_rows[slot].copy_(update_sq)
+            if self._init is not None:
+                row[2].copy_(layout.squared_distances(params, self._init).sum())
+            if in_mean:
+                if self._mean is None:
+                    self._mean = [p.clone() for p in params]
+                    self._mean_count = 1
+                else:
+                    self._mean_count += 1
+                    torch._foreach_lerp_(self._mean, params, 1.0 / self._mean_count)
+                row[3].copy_(layout.squared_distances(params, self._mean).sum())
         else:
-            self._update_rows[slot].fill_(float("nan"))
+            # differences of the distance sketch (squared after the reduction over ranks, at flush)
+            current, acc = self._sketch_slots(params)
+            distance = self._distance_rows[slot]
+            distance.fill_(float("nan"))
+            if self._prev_sketch is not None and captured:
+                torch.sub(current, self._prev_sketch, out=distance[0])
+            if self._init_sketch is not None:
+                torch.sub(current, self._init_sketch, out=distance[1])
+            if in_mean:
+                if self._mean_sketch is None:
+                    self._mean_sketch = current.clone()
+                    self._mean_count = 1
+                else:
+                    self._mean_count += 1
+                    self._mean_sketch.lerp_(current, 1.0 / self._mean_count)
+                torch.sub(current, self._mean_sketch, out=distance[2])
+            if self._projection is not None and self._distance_projection is not None \
+                    and self._distance_projection.can_fold_to(self._projection):
+                folded = acc
         if self._grad_sq is not None and captured:
             row[4].copy_(self._grad_sq)
         self._row_steps.append(self._index)
@@ -321,7 +424,11 @@ class WeightSnapshots(StreamCallback):
             assert self._projection is not None and self._sketch_rows is not None
             sslot = len(self._sketch_steps)
             self._sketch_rows = self._grow(self._sketch_rows, sslot)
-            self._sketch_rows[sslot].copy_(layout.sketch(self._projection, params))
+            if folded is not None:
+                assert self._distance_projection is not None
+                self._sketch_rows[sslot].copy_(self._distance_projection.fold(folded, self._projection))
+            else:
+                self._sketch_rows[sslot].copy_(layout.sketch(self._projection, params))
             self._sketch_steps.append(self._index)
 
     # -- flush ----------------------------------------------------------------------------
@@ -364,7 +471,8 @@ class WeightSnapshots(StreamCallback):
         summed over ranks when sharded (one collective, on every rank), copied to the host once,
         and square-rooted (all but the sketch, which is additive itself)."""
         assert self._rows is not None and self._layer_rows is not None and self._update_rows is not None
-        parts = [self._rows[:n], self._layer_rows[:n], self._update_rows[:n]]
+        assert self._distance_rows is not None
+        parts = [self._rows[:n], self._layer_rows[:n], self._update_rows[:n], self._distance_rows[:n]]
         if ns:
             assert self._sketch_rows is not None
             parts.append(self._sketch_rows[:ns])
@@ -376,44 +484,131 @@ class WeightSnapshots(StreamCallback):
         for t in parts:
             out.append(host[at : at + t.numel()].reshape(t.shape))
             at += t.numel()
+        if not self._exact:  # squared norms of the (reduced) distance sketches: columns 1..3
+            out[0][:, 1:4] = np.square(out[3]).sum(axis=2)
         rows, layers, updates = (np.sqrt(a) for a in out[:3])
-        sketch = out[3] if ns else np.zeros((0, self._sketch_rows.shape[1] if self._sketch_rows is not None else 1))
+        sketch = out[4] if ns else np.zeros((0, self._sketch_rows.shape[1] if self._sketch_rows is not None else 1))
         return rows, layers, updates, sketch
 
     # -- state ----------------------------------------------------------------------------
+    #: the parts of the state that add up over ranks under sharding (rows of squares and sketches)
+    _ADDITIVE = ("rows", "layer_rows", "update_rows", "distance_rows", "sketch_rows", "init_sketch", "mean_sketch")
+
     def state_dict(self) -> dict[str, Any]:
-        """Counters and the ergodic-mean/initial copies (on CPU). Unflushed rows are dropped: the
-        scalars they hold are recomputed at the next snapshot."""
+        """Counters, the pending (unflushed) rows, the distance sketches or (exact mode) the
+        initial and mean copies, and the last flushed values; tensors on CPU and Python
+        primitives only. Under sharding the additive parts are summed over ranks first (one
+        all-reduce: call this on every rank, as Lightning does)."""
+        n, ns = len(self._row_steps), len(self._sketch_steps)
+        additive: dict[str, Tensor] = {}
+        if n and self._rows is not None:
+            assert self._layer_rows is not None and self._update_rows is not None and self._distance_rows is not None
+            additive.update(rows=self._rows[:n], layer_rows=self._layer_rows[:n], update_rows=self._update_rows[:n],
+                            distance_rows=self._distance_rows[:n])
+        if ns and self._sketch_rows is not None:
+            additive["sketch_rows"] = self._sketch_rows[:ns]
+        if self._init_sketch is not None:
+            additive["init_sketch"] = self._init_sketch
+        if self._mean_sketch is not None:
+            additive["mean_sketch"] = self._mean_sketch
+        if additive and self._layout is not None and self._layout.reduces:
+            packed = torch.cat([t.reshape(-1).to(torch.float64) for t in additive.values()])
+            self._layout.all_reduce_(packed)
+            at = 0
+            for name, t in list(additive.items()):
+                additive[name] = packed[at : at + t.numel()].reshape(t.shape)
+                at += t.numel()
+        host = {name: t.detach().cpu().clone() for name, t in additive.items()}  # sync-ok: checkpoint time
         return {
             "config": self.config(),
             "batches_seen": self._batches_seen,
             "frozen_start": self._frozen_start,
             "mean_count": self._mean_count,
+            "exact": self._exact,
+            "distance_sketch_dim": self.distance_sketch_dim,
             "init": None if self._init is None else [t.detach().cpu().clone() for t in self._init],  # sync-ok
             "mean": None if self._mean is None else [t.detach().cpu().clone() for t in self._mean],  # sync-ok
+            "init_sketch": host.get("init_sketch"),
+            "mean_sketch": host.get("mean_sketch"),
+            "pending": {
+                "row_steps": list(self._row_steps),
+                "sketch_steps": list(self._sketch_steps),
+                **{name: host[name] for name in ("rows", "layer_rows", "update_rows", "distance_rows", "sketch_rows")
+                   if name in host},
+            },
+            "last": dict(self._last),
+            "last_layers": dict(self._last_layers),
+            "sketch_history_steps": torch.from_numpy(self._sketch_history_steps.copy()),
+            "sketch_history": torch.from_numpy(self._sketch_history.copy()),
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         super().load_state_dict(state_dict)
         self._frozen_start = state_dict["frozen_start"]
+        self._last = dict(state_dict.get("last") or {})
+        self._last_layers = {str(k): float(v) for k, v in (state_dict.get("last_layers") or {}).items()}
+        if state_dict.get("sketch_history") is not None:
+            self._sketch_history_steps = state_dict["sketch_history_steps"].numpy().astype(np.int64)
+            self._sketch_history = state_dict["sketch_history"].numpy().astype(np.float64)
 
     def _apply_restored(self, state: dict[str, Any]) -> None:
+        import torch.distributed as dist
+
         assert self._layout is not None
-        if self._layout.reduces:
-            # a checkpoint holds one rank's pieces; restoring them on the other ranks would mix
-            # copies of different steps, so every rank restarts them (a rank-independent rule)
-            if state.get("init") is not None or state.get("mean") is not None:
-                warn_once(self, "shardedrestore", "WeightSnapshots: under sharded parameters the initial-weight and "
-                          "ergodic-mean copies are not restored from the checkpoint; distance_from_init and "
-                          "distance_to_ergodic_mean restart at the resume step.")
-            return
         local = self._layout.local_tensors()
+        device = local[0].device
+        sharded = self._layout.reduces
+        # under sharding the saved additive parts are sums over ranks: rank 0 keeps them, the others
+        # start from zeros, so the sums over ranks go on exactly
+        keep = not sharded or dist.get_rank() == 0
 
-        def fits(saved: list[Tensor] | None) -> bool:
-            return saved is not None and len(saved) == len(local) and all(t.shape == p.shape for t, p in zip(saved, local))
+        def mine(t: Tensor) -> Tensor:
+            t = t.to(device=device)
+            return t if keep else torch.zeros_like(t)
 
-        if fits(state.get("init")):
-            self._init = [t.to(device=p.device, dtype=p.dtype) for t, p in zip(state["init"], local)]
-        if fits(state.get("mean")):
-            self._mean = [t.to(device=p.device, dtype=p.dtype) for t, p in zip(state["mean"], local)]
-            self._mean_count = int(state["mean_count"])
+        same_sketch = state.get("config", {}).get("seed", self.seed) == self.seed
+        if self._exact:
+            if sharded:
+                # exact copies in a checkpoint are one rank's pieces; restoring them on the other
+                # ranks would mix copies of different steps, so every rank restarts them
+                if state.get("init") is not None or state.get("mean") is not None:
+                    warn_once(self, "shardedrestore", "WeightSnapshots: under sharded parameters the initial-weight and "
+                              "ergodic-mean copies are not restored from the checkpoint; distance_from_init and "
+                              "distance_to_ergodic_mean restart at the resume step.")
+            else:
+                def fits(saved: list[Tensor] | None) -> bool:
+                    return saved is not None and len(saved) == len(local) and all(t.shape == p.shape for t, p in zip(saved, local))
+
+                if fits(state.get("init")):
+                    self._init = [t.to(device=p.device, dtype=p.dtype) for t, p in zip(state["init"], local)]
+                if fits(state.get("mean")):
+                    self._mean = [t.to(device=p.device, dtype=p.dtype) for t, p in zip(state["mean"], local)]
+                    self._mean_count = int(state["mean_count"])
+        elif same_sketch and state.get("exact") is False and state.get("distance_sketch_dim") == self.distance_sketch_dim:
+            if state.get("init_sketch") is not None:
+                self._init_sketch = mine(state["init_sketch"].to(torch.float64))
+            if state.get("mean_sketch") is not None:
+                self._mean_sketch = mine(state["mean_sketch"].to(torch.float64))
+                self._mean_count = int(state["mean_count"])
+        self._restore_pending(state.get("pending"), device, mine, same_sketch and state.get("exact") == self._exact)
+
+    def _restore_pending(self, pending: dict[str, Any] | None, device: torch.device, mine: Any, same_mode: bool) -> None:
+        """Put the checkpoint's unflushed rows back into the buffers (when they fit this run)."""
+        if not pending or not same_mode or not pending.get("row_steps"):
+            return
+        self._ensure_buffers(device)
+        n, ns = len(pending["row_steps"]), len(pending["sketch_steps"])
+        names = ["rows", "layer_rows", "update_rows", "distance_rows"] + (["sketch_rows"] if ns else [])
+        for name in names:
+            saved, buffer = pending.get(name), getattr(self, f"_{name}")
+            if saved is None or buffer is None or tuple(saved.shape[1:]) != tuple(buffer.shape[1:]):
+                return  # another layout (parameters, layers, sketch sizes): the rows are dropped
+        for name in names:
+            count = n if name != "sketch_rows" else ns
+            buffer = getattr(self, f"_{name}")
+            while buffer.shape[0] <= count:
+                buffer = self._grow(buffer, buffer.shape[0])
+            buffer[:count].copy_(mine(pending[name]))
+            setattr(self, f"_{name}", buffer)
+        self._row_steps = [int(v) for v in pending["row_steps"]]
+        self._sketch_steps = [int(v) for v in pending["sketch_steps"]]

@@ -139,22 +139,43 @@ class TimeAverage(Metric):
         self.cursor = BlockCursor(max_blocks=self.max_blocks)
 
     # Lightning checkpoints: tensors and primitives only.
+    #: states with one row per block (the checkpoint keeps the used rows only)
+    _BLOCK_STATES = ("sums", "sumsqs", "counts")
+
     def checkpoint_state(self) -> dict[str, Any]:
         """States (on CPU) plus the host cursor and late-phase start, for a callback's
-        ``state_dict`` (loads with ``torch.load(weights_only=True)``)."""
-        return {
-            "states": {k: v.detach().cpu().clone() for k, v in self.metric_state.items()},  # sync-ok: checkpoint time
-            "cursor": self.cursor.state_dict(),
-            "start_step": self.start_step,
-        }
+        ``state_dict`` (loads with ``torch.load(weights_only=True)``). Compact: only the
+        ``n_blocks`` used blocks are kept (the rest are zeros by construction) and the counts
+        are int64 (whole numbers)."""
+        n = self.cursor.n_blocks
+        states: dict[str, Tensor] = {}
+        for name, value in self.metric_state.items():
+            value = value.detach()
+            if name in self._BLOCK_STATES:
+                value = value[:n]
+                value = value.to(torch.int64) if name == "counts" else value
+            states[name] = value.cpu().clone()  # sync-ok: checkpoint time
+        return {"states": states, "cursor": self.cursor.state_dict(), "start_step": self.start_step}
 
     def load_checkpoint_state(self, state: dict[str, Any]) -> bool:
-        """Restore :meth:`checkpoint_state`; False (nothing changed) if the shapes differ."""
+        """Restore :meth:`checkpoint_state` (also the older full-size form); False (nothing
+        changed) if the shapes do not fit this metric."""
+        def fits(name: str, value: Tensor) -> bool:
+            current = getattr(self, name)
+            if name in self._BLOCK_STATES:
+                return value.shape[1:] == current.shape[1:] and value.shape[0] <= current.shape[0]
+            return value.shape == current.shape
+
+        if not all(fits(name, value) for name, value in state["states"].items()):
+            return False
         for name, value in state["states"].items():
-            if getattr(self, name).shape != value.shape:
-                return False
-        for name, value in state["states"].items():
-            setattr(self, name, value.to(getattr(self, name).device))
+            current = getattr(self, name)
+            if name in self._BLOCK_STATES:
+                full = torch.zeros_like(current)
+                full[: value.shape[0]].copy_(value.to(device=current.device, dtype=current.dtype))
+                setattr(self, name, full)
+            else:
+                setattr(self, name, value.to(device=current.device, dtype=current.dtype))
         self.cursor.load_state_dict(state["cursor"])
         self.start_step = state.get("start_step")
         return True

@@ -218,13 +218,14 @@ class BlockMoments:
         return self.sums[j:n].sum(0) / count.clamp_min(1.0)
 
     def state_dict(self) -> dict[str, Any]:
-        """Tensors and Python primitives only (loads with ``torch.load(weights_only=True)``)."""
+        """Tensors and Python primitives only (loads with ``torch.load(weights_only=True)``):
+        the used blocks only, counts as int64 (they are whole numbers, exact below 2^53)."""
         n = self.cursor.n_blocks
         return {
             "cursor": self.cursor.state_dict(),
             "sums": self.sums[:n].detach().cpu().clone(),  # sync-ok: checkpoint time
             "sumsqs": self.sumsqs[:n].detach().cpu().clone(),  # sync-ok
-            "counts": self.counts[:n].detach().cpu().clone(),  # sync-ok
+            "counts": self.counts[:n].detach().to(torch.int64).cpu(),  # sync-ok
             "nonfinite": self.nonfinite.detach().cpu().clone(),  # sync-ok
         }
 
@@ -234,7 +235,7 @@ class BlockMoments:
         for name in ("sums", "sumsqs", "counts"):
             target = getattr(self, name)
             target.zero_()
-            target[:n].copy_(state[name].to(target.device))
+            target[:n].copy_(state[name].to(device=target.device, dtype=target.dtype))
         self.nonfinite.copy_(state["nonfinite"].to(self.nonfinite.device))
 
 

@@ -144,9 +144,10 @@ class RunningMoments:
             t.zero_()
 
     def state_dict(self) -> dict[str, Tensor]:
-        """Tensors only (safe for ``torch.load(weights_only=True)``)."""
+        """Tensors only (safe for ``torch.load(weights_only=True)``); the count as int64 (a whole
+        number, exact below 2^53)."""
         return {
-            "count": self._count.clone(),
+            "count": self._count.to(torch.int64),
             "mean": self._mean.clone(),
             "m2": self._m2.clone(),
             "nonfinite": self.nonfinite.clone(),

@@ -267,6 +267,67 @@ class ShardedParameters:
         r""":math:`\sum_i o_i \|x_i\|^2` (float64 scalar)."""
         return self.squared_norms(tensors).sum()
 
+    def squared_distances(self, tensors: Sequence[Tensor], others: Sequence[Tensor], max_elements: int | None = None) -> Tensor:
+        r""":math:`o_i \|x_i - y_i\|^2` per piece (float64, ``(P,)``), computed a group of pieces at a
+        time: each group's differences (one fused ``_foreach_sub``) hold at most ``max_elements``
+        elements, or one piece when a piece is larger (default: the largest piece), so the peak
+        temporary is at most the largest piece, never a copy of the model."""
+        tensors, others = list(tensors), list(others)
+        if not tensors:
+            return torch.zeros(0, dtype=torch.float64)
+        sizes = [int(t.numel()) for t in tensors]
+        budget = max(sizes) if max_elements is None else max(int(max_elements), 1)
+        parts, group, filled = [], [], 0
+        for i, n in enumerate(sizes):
+            if group and filled + n > budget:
+                parts.append(group)
+                group, filled = [], 0
+            group.append(i)
+            filled += n
+        parts.append(group)
+        norms: list[Tensor] = []
+        for group in parts:
+            diff = torch._foreach_sub([tensors[i] for i in group], [others[i] for i in group])
+            norms.extend(torch._foreach_norm(diff))
+            del diff
+        sq = torch.stack(norms).to(torch.float64).square()
+        mask = self._ownership(sq.device)
+        return sq if mask is None else sq * mask
+
+    def sketch_slots(self, projection: RandomProjection, tensors: Sequence[Tensor] | None = None) -> Tensor:
+        """The ``(2k,)`` slot accumulator (:meth:`RandomProjection.slot_sums`) of the owned pieces
+        at their global element indices, chunk by chunk and uncached (bounded temporaries, for
+        large models); ``projection.signed`` of it is :meth:`sketch`, and it is additive over
+        ranks like the sketch."""
+        tensors = self.local_tensors() if tensors is None else tensors
+        device = tensors[0].device if len(tensors) else None
+        acc = torch.zeros(2 * projection.k, dtype=torch.float64, device=device)
+        for name, t, spec in zip(self.names, tensors, self.specs):
+            if not spec.owned or t.numel() == 0:
+                continue
+            start = spec.contiguous_start()
+            if start is not None:
+                projection.slot_sums(name, t, int(start), out=acc)
+            else:
+                projection.slot_sums(name, t, indices=spec.global_indices(t.device), out=acc)
+        return acc
+
+    @property
+    def global_numel(self) -> int:
+        """Elements of the whole (unsharded) parameters: the same number on every rank."""
+        total = 0
+        for spec in self.specs:
+            n = 1
+            for s in spec.global_shape:
+                n *= s
+            total += n
+        return total
+
+    @property
+    def local_numel(self) -> int:
+        """Elements of this rank's pieces."""
+        return sum(spec.numel for spec in self.specs)
+
     def sketch(self, projection: RandomProjection, tensors: Sequence[Tensor] | None = None) -> Tensor:
         """Count-sketch of the owned pieces at their global element indices (``(k,)`` float64);
         the sum over ranks is the sketch of the whole model."""

@@ -174,6 +174,50 @@ class RandomProjection:
             acc.index_add_(0, slots_of(start, chunk.numel()), chunk)
         return acc[0::2] - acc[1::2]
 
+    # -- raw slot sums (no cache; for large models) ----------------------------------------
+    def slot_sums(self, name: str, flat_tensor: Tensor, offset: int = 0, indices: Tensor | None = None,
+                  out: Tensor | None = None) -> Tensor:
+        """The ``(2k,)`` float64 slot accumulator of one piece, added into ``out`` when given:
+        slot ``2h`` holds the sum of ``+w``, slot ``2h + 1`` the sum of ``-w`` of the elements with
+        bucket ``h``, so :meth:`signed` of it is :meth:`project_flat` (or :meth:`project_indexed`
+        with ``indices``). Nothing is cached: the temporaries are three 8-byte values per element
+        of one chunk of ``chunk_size`` elements (the float64 values and two int64 hash words)."""
+        flat = flat_tensor.detach().reshape(-1)
+        acc = torch.zeros(2 * self.k, dtype=torch.float64, device=flat.device) if out is None else out
+        idx = None if indices is None else indices.reshape(-1)
+        for start in range(0, flat.numel(), self.chunk_size):
+            chunk = flat[start : start + self.chunk_size].to(torch.float64)
+            n = chunk.numel()
+            if idx is None:
+                slots = self._slots(name, offset + start, n, flat.device)
+            else:
+                slots = self._slots(name, 0, n, flat.device, indices=idx[start : start + n])
+            acc.index_add_(0, slots, chunk)
+            del slots, chunk
+        return acc
+
+    @staticmethod
+    def signed(acc: Tensor) -> Tensor:
+        """The sketch ``slot[0::2] - slot[1::2]`` of a :meth:`slot_sums` accumulator."""
+        return acc[0::2] - acc[1::2]
+
+    def can_fold_to(self, other: "RandomProjection") -> bool:
+        """True when :meth:`fold` gives ``other``'s sketch: same seed, both ``k`` powers of two,
+        ``other.k <= self.k``."""
+        return (other.seed == self.seed and other.k <= self.k
+                and self.k & (self.k - 1) == 0 and other.k & (other.k - 1) == 0)
+
+    def fold(self, acc: Tensor, other: "RandomProjection") -> Tensor:
+        """``other``'s sketch from this projection's slot accumulator ``acc`` (:meth:`can_fold_to`).
+
+        For ``2k`` a power of two the slot is the top ``log2(2k)`` bits of the element's hash
+        word, so ``other``'s slot is this slot shifted right by ``log2(k / other.k)``: its
+        accumulator is the sum of ``k / other.k`` neighbouring slots here (one hash per element
+        serves both sketches; equal up to float64 summation order)."""
+        if not self.can_fold_to(other):
+            raise ValueError(f"cannot fold a k={self.k}, seed={self.seed} sketch to k={other.k}, seed={other.seed}")
+        return self.signed(acc.view(2 * other.k, -1).sum(1))
+
     def project_many(self, items: Sequence[tuple[str, Tensor, int]]) -> Tensor:
         """Sum of :meth:`project_flat` over ``(name, flat tensor, offset)`` items as one
         accumulation: the items' values are concatenated (float64) and added into the slots with
