@@ -24,13 +24,18 @@ Why each exists (no public API gives it):
   scalars as one event and the custom-scalars layout with a margin chart of two series.
 - :func:`dtensor_local_shape_and_offset`: ``torch.distributed.tensor._utils.
   compute_local_shape_and_global_offset``, the box of a DTensor's local shard.
-- :func:`fsdp1_shard_layout`: an FSDP1 flat parameter's ``_params``, ``_shapes`` and
-  ``_shard_param_infos``, which part of each original parameter this rank holds.
+- :func:`fsdp1_unit`: an FSDP1 unit's ``_handle`` (its ``_sharding_strategy``, the module's
+  ``_inter_node_pg``) and flat parameter's ``_params``, ``_shapes`` and ``_shard_param_infos``:
+  which part of each original parameter this rank holds.
+
+Not here: torch's ``torch._foreach_*`` kernels (the ops ``torch.optim``'s foreach paths call).
+numpy's global generator is swapped with its public legacy ``get_state``/``set_state`` only.
 """
 
 from __future__ import annotations
 
 import importlib
+from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 __all__ = [
@@ -46,7 +51,7 @@ __all__ = [
     "remove_log_hyperparams_merge",
     "tensorboard_file_writer",
     "dtensor_local_shape_and_offset",
-    "fsdp1_shard_layout",
+    "fsdp1_unit",
 ]
 
 
@@ -192,13 +197,34 @@ def dtensor_local_shape_and_offset(shape: Any, mesh: Any, placements: Any) -> tu
     return tuple(int(s) for s in local_shape), tuple(int(o) for o in offset)
 
 
-def fsdp1_shard_layout(flat: Any) -> Iterator[tuple[Any, tuple[int, ...], Any]]:
-    """``(original parameter, its shape, its shard info or None)`` for each original parameter of
-    an FSDP1 flat parameter (``use_orig_params=True``): ``flat._params``, ``flat._shapes`` and
-    ``flat._shard_param_infos`` (``in_shard``, ``intra_param_start_idx``, ``numel_in_shard``)."""
+@dataclass
+class FSDP1Unit:
+    """An FSDP1-wrapped module's flat parameter: ``layout`` lists ``(original parameter, shape,
+    shard info)`` (info: ``in_shard``, ``intra_param_start_idx``, ``numel_in_shard``)."""
+
+    layout: list[tuple[Any, tuple[int, ...], Any]]
+    sharded: bool
+    hybrid: bool
+    inter_node_group: Any
+
+
+def fsdp1_unit(module: Any) -> FSDP1Unit | None:
+    """The FSDP1 unit ``module`` is (``module._handle.flat_param``), None for other modules."""
+    handle = getattr(module, "_handle", None)
+    flat = getattr(handle, "flat_param", None)
+    if flat is None:
+        return None
+    strategy = getattr(getattr(handle, "_sharding_strategy", None), "name", "")
+    return FSDP1Unit(list(_flat_layout(flat)), sharded=bool(getattr(handle, "uses_sharded_strategy", True)),
+                     hybrid="HYBRID" in strategy, inter_node_group=getattr(module, "_inter_node_pg", None))
+
+
+def _flat_layout(flat: Any) -> Iterator[tuple[Any, tuple[int, ...], Any]]:
+    """``(original parameter, its shape, its shard info or None)`` per original parameter of an
+    FSDP1 flat parameter (``use_orig_params=True``): ``_params``, ``_shapes``, ``_shard_param_infos``."""
     if not hasattr(flat, "_shapes") or not hasattr(flat, "_params"):
         raise _moved("FlatParameter._params/_shapes", "torch", "2.4-2.13",
-                     "update fsdp1_shard_layout in lightning_sas/_private.py")
+                     "update fsdp1_unit in lightning_sas/_private.py")
     params, shapes = flat._params, flat._shapes
     if params is None:  # use_orig_params=False: no original parameters to tell apart
         return

@@ -9,6 +9,7 @@ from typing import Any
 import pytorch_lightning as pl
 
 from lightning_sas._compat import Callback, is_tensorboard_logger
+from lightning_sas._private import created_experiment, merge_into_next_log_hyperparams, remove_log_hyperparams_merge
 from lightning_sas.callbacks._common import is_global_zero, say_once, store_location, warn_once
 from lightning_sas.callbacks.base import FlushContext
 from lightning_sas.callbacks.loss_stream import LossStream
@@ -27,7 +28,7 @@ _NEVER = 1 << 62
 def _forget_our_hparams(logger: Any, ours: dict[str, Any]) -> None:
     """Take our keys out of the hparams dicts a logger keeps for its ``hparams.yaml`` (the
     TensorBoard and CSV loggers' own, and their experiment writer's)."""
-    for holder in (logger, vars(logger).get("_experiment")):
+    for holder in (logger, created_experiment(logger)):
         kept = getattr(holder, "hparams", None) if holder is not None else None
         if isinstance(kept, dict):
             for key in ours:
@@ -289,25 +290,8 @@ class SASMonitor(Callback):
             if not any(cls.__name__ in ("MLFlowLogger", "WandbLogger") for cls in type(logger).__mro__) \
                     and not is_tensorboard_logger(logger):
                 continue
-            if "log_hyperparams" in vars(logger) or not hasattr(logger, "log_hyperparams"):
-                continue  # already wrapped (by us or by someone else): leave it alone
-            original = logger.log_hyperparams
-
-            def merged(params: Any, *args: Any, _original: Any = original, _logger: Any = logger, **kwargs: Any) -> Any:
-                vars(_logger).pop("log_hyperparams", None)
-                try:
-                    from lightning_fabric.utilities.logger import _convert_params
-
-                    params = dict(_convert_params(params) or {})
-                except Exception:
-                    params = dict(params or {})
-                try:
-                    return _original({**params, **ours}, *args, **kwargs)
-                finally:
-                    _forget_our_hparams(_logger, ours)
-
-            merged._sas_merged_for = self  # type: ignore[attr-defined]
-            logger.log_hyperparams = merged  # type: ignore[method-assign]
+            # (a logger wrapped already, by us or by someone else, is left alone)
+            merge_into_next_log_hyperparams(logger, ours, owner=self, after=lambda lg: _forget_our_hparams(lg, ours))
 
     def _hparams(self) -> dict[str, Any]:
         """Our settings as hyperparameters: ``sas/<setting>`` (numbers, strings, booleans)."""
@@ -317,9 +301,7 @@ class SASMonitor(Callback):
         """Remove a merge wrapper of ours that Lightning did not call; returns those loggers."""
         uncalled = []
         for logger in getattr(trainer, "loggers", []) or []:
-            wrapper = vars(logger).get("log_hyperparams") if hasattr(logger, "__dict__") else None
-            if getattr(wrapper, "_sas_merged_for", None) is self:
-                vars(logger).pop("log_hyperparams", None)
+            if remove_log_hyperparams_merge(logger, owner=self):
                 uncalled.append(logger)
         return uncalled
 

@@ -10,6 +10,7 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
+from lightning_sas._private import module_trainer
 from lightning_sas.callbacks._common import device_float_dtype, warn_once
 from lightning_sas.callbacks.base import FlushContext, StreamCallback
 from lightning_sas.stats.sharded import ShardedParameters, is_flat_parameter
@@ -161,7 +162,7 @@ class WeightSnapshots(StreamCallback):
                       "whose shards cannot be told apart; weight diagnostics are off (use use_orig_params=True, "
                       "Lightning's default, or FSDP2 fully_shard).")
             named = []
-        trainer = getattr(pl_module, "_trainer", None)
+        trainer = module_trainer(pl_module)
         roots = [pl_module] + [m for m in (getattr(trainer, "model", None),) if isinstance(m, torch.nn.Module) and m is not pl_module]
         self._layout = ShardedParameters.from_named(named, roots)
         self._names = self._layout.names

@@ -40,7 +40,7 @@ class PrivateRNG:
     @contextmanager
     def active(self, device: torch.device) -> Iterator[None]:
         cuda = device.type == "cuda"
-        saved = GlobalRNGState(numpy=True)
+        saved = GlobalRNGState()
         if cuda and device.index is not None and device.index not in saved.devices:
             saved.devices.append(device.index)
             saved.torch_cuda.append(torch.cuda.get_rng_state(device))
