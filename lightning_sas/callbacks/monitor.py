@@ -24,6 +24,30 @@ __all__ = ["SASMonitor"]
 #: an entry index never reached (no work scheduled)
 _NEVER = 1 << 62
 
+#: the checkpoint key of every monitor's state before :attr:`SASMonitor.state_key` told them apart
+LEGACY_STATE_KEY = "SASMonitor"
+
+
+def _adopt_setting(arg: str, part: Any, name: str, value: Any) -> None:
+    """Give a part the user configured the monitor's ``name`` (``flush_every``, ``seed``): adopted
+    when the part's own is at its default, an error naming both values when set to another."""
+    import inspect
+
+    current = getattr(part, name)
+    if current == value:
+        return
+    default = inspect.signature(type(part).__init__).parameters[name].default
+    if current != default:
+        raise ValueError(
+            f"SASMonitor: {arg}={type(part).__name__}({name}={current!r}) and SASMonitor({name}={value!r}) differ, "
+            f"and the monitor's {name} applies to every part: pass SASMonitor({name}={current!r}) too, or leave "
+            f"{type(part).__name__}'s {name} at its default ({default!r})"
+        )
+    setattr(part, name, value)
+    projection = getattr(part, "_projection", None)  # WeightSnapshots' sketch is seeded at construction
+    if name == "seed" and projection is not None:
+        part._projection = type(projection)(k=projection.k, seed=value, chunk_size=projection.chunk_size)
+
 
 def _forget_our_hparams(logger: Any, ours: dict[str, Any]) -> None:
     """Take our keys out of the hparams dicts a logger keeps for its ``hparams.yaml`` (the
@@ -197,9 +221,14 @@ class SASMonitor(Callback):
             )
         else:
             self.replicas = None
+        configured = {"loss_stream": loss_stream, "weights": weights, "probes": probes,
+                      "replicas": replicas if isinstance(replicas, SASReplicas) else None}
+        for arg, part in configured.items():
+            for name, value in (("flush_every", flush_every), ("seed", seed)):
+                if part is not None and hasattr(part, name):
+                    _adopt_setting(arg, part, name, value)
         for part in self.parts:
-            part.owned = True
-            part.flush_every = flush_every  # the monitor flushes every part together
+            part.owned = True  # the monitor flushes every part together
         self.flush_every = flush_every
         self.progress_bar = progress_bar
         if not isinstance(histogram_every, int) or isinstance(histogram_every, bool) or histogram_every < 0:
@@ -246,7 +275,12 @@ class SASMonitor(Callback):
 
     @property
     def state_key(self) -> str:
-        return "SASMonitor"
+        """Key of this monitor's state in a checkpoint: the class and the settings that tell two
+        monitors of one Trainer apart (store, seed, replicas), in the form of Lightning's
+        ``Callback._generate_state_key``."""
+        store = self.store if isinstance(self.store, bool) else os.fspath(self.store)
+        replicas = 0 if self.replicas is None else self.replicas.replicas
+        return f"{type(self).__qualname__}{ {'store': store, 'seed': self.seed, 'replicas': replicas} !r}"
 
     def config(self) -> dict[str, Any]:
         """Every setting that shapes the statistics (stored in the run's meta and as hparams)."""
@@ -531,6 +565,10 @@ class SASMonitor(Callback):
 
     def on_load_checkpoint(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", checkpoint: dict[str, Any]) -> None:
         states = checkpoint.get("callbacks") or {}
+        if self.state_key not in states and LEGACY_STATE_KEY in states:
+            # saved by a version whose key was one constant (one monitor per Trainer): ours if we are the only one
+            if sum(isinstance(cb, SASMonitor) for cb in trainer.callbacks) == 1:
+                states[self.state_key] = states.pop(LEGACY_STATE_KEY)
         if self.state_key not in states:
             warn_once(
                 self,

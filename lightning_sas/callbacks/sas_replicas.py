@@ -12,7 +12,7 @@ import torch.distributed as dist
 from pytorch_lightning.utilities.rank_zero import rank_zero_info
 from torch.utils.data import ConcatDataset, Subset, TensorDataset, default_collate
 
-from lightning_sas.callbacks._common import prepare_batch, resolve_callable, warn_once
+from lightning_sas.callbacks._common import entry_completed, prepare_batch, resolve_callable, warn_once
 from lightning_sas.callbacks.base import FlushContext, StreamCallback
 from lightning_sas.data import auto_swaps, choose_swaps, make_probe_set, resolve_swaps, split_holdout
 from lightning_sas.data.loaders import DEFAULT_POOL_SIZE, SampleSource, is_map_style, training_source
@@ -625,7 +625,7 @@ class SASReplicas(StreamCallback):
     # -- hot path -------------------------------------------------------------------------
     def on_train_batch_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", outputs: Any, batch: Any, batch_idx: int) -> None:
         self.record(trainer, pl_module, batch_idx)
-        stepped = (not pl_module.automatic_optimization) or trainer.global_step > self._index
+        stepped = entry_completed(trainer, pl_module.automatic_optimization, self._index)
         if not self.owned and stepped and self.should_flush(self._index):
             self._standalone_flush(trainer, pl_module, trainer.global_step)
 
@@ -645,7 +645,7 @@ class SASReplicas(StreamCallback):
     def record(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", batch_idx: int) -> None:
         """After each batch (when used on its own): :meth:`step` when the main run took a step."""
         self._batches_seen += 1
-        stepped = (not pl_module.automatic_optimization) or trainer.global_step > self._index
+        stepped = entry_completed(trainer, pl_module.automatic_optimization, self._index)
         if stepped:
             self.step(trainer, pl_module, self._index, batch_idx)
 

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from lightning_sas._private import module_trainer
-from lightning_sas.callbacks._common import device_float_dtype, warn_once
+from lightning_sas.callbacks._common import device_float_dtype, entry_completed, warn_once
 from lightning_sas.callbacks.base import FlushContext, StreamCallback
 from lightning_sas.stats.sharded import ShardedParameters, is_flat_parameter
 from lightning_sas.stats.sketch import RandomProjection
@@ -261,7 +261,7 @@ class WeightSnapshots(StreamCallback):
         self._batches_seen += 1
         if not self._params:
             return
-        stepped = (not automatic) or trainer.global_step > self._index
+        stepped = entry_completed(trainer, automatic, self._index)
         if stepped and self.should_snapshot(self._index):
             self.snapshot(self._index)
 
