@@ -565,10 +565,15 @@ class SASMonitor(Callback):
 
     def on_load_checkpoint(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", checkpoint: dict[str, Any]) -> None:
         states = checkpoint.get("callbacks") or {}
-        if self.state_key not in states and LEGACY_STATE_KEY in states:
-            # saved by a version whose key was one constant (one monitor per Trainer): ours if we are the only one
-            if sum(isinstance(cb, SASMonitor) for cb in trainer.callbacks) == 1:
-                states[self.state_key] = states.pop(LEGACY_STATE_KEY)
+        if self.state_key not in states and sum(isinstance(cb, SASMonitor) for cb in trainer.callbacks) == 1:
+            # the only monitor resumes the only monitor state of the checkpoint: one saved under the
+            # old constant key, or under other settings (a resume with another seed keeps its swaps)
+            saved = [k for k in states if k == LEGACY_STATE_KEY or str(k).startswith(f"{type(self).__qualname__}{{")]
+            if len(saved) == 1:
+                if saved[0] != LEGACY_STATE_KEY:
+                    say_once(self, "otherkey", f"SASMonitor: resuming the monitor state saved as {saved[0]} (this "
+                                               f"monitor is {self.state_key})")
+                states[self.state_key] = states.pop(saved[0])
         if self.state_key not in states:
             warn_once(
                 self,
