@@ -8,8 +8,8 @@ Why each exists (no public API gives it):
 - :func:`validation_data_source`: ``trainer.fit_loop.epoch_loop.val_loop._data_source``, the
   validation loaders Lightning has not set up yet at ``on_train_start`` (the held-out probes).
 - :data:`MODULE_WRAPPERS` / :func:`unwrap_module`: the module inside ``torch.compile``
-  (``_orig_mod``), Lightning's strategy wrapper (``_forward_module``) and Fabric's
-  (``_original_module``).
+  (``_orig_mod``), Fabric's wrapper (``_original_module``) and the strategy wrapper of Lightning
+  releases that have one (``_LightningModuleWrapperBase._forward_module``; not in 2.6).
 - :func:`module_trainer` / :func:`set_module_trainer`: a LightningModule's ``_trainer`` (its
   public ``trainer`` property raises when detached, its setter also rewires child modules), read
   by the weight layout and written for replicas, which see a read-only trainer view.
@@ -214,8 +214,11 @@ def fsdp1_unit(module: Any) -> FSDP1Unit | None:
     flat = getattr(handle, "flat_param", None)
     if flat is None:
         return None
-    strategy = getattr(getattr(handle, "_sharding_strategy", None), "name", "")
-    return FSDP1Unit(list(_flat_layout(flat)), sharded=bool(getattr(handle, "uses_sharded_strategy", True)),
+    if not hasattr(handle, "_sharding_strategy") or not hasattr(handle, "uses_sharded_strategy"):
+        raise _moved("FlatParamHandle._sharding_strategy/uses_sharded_strategy", "torch", "2.4-2.13",
+                     "update fsdp1_unit in lightning_sas/_private.py")
+    strategy = getattr(handle._sharding_strategy, "name", "")
+    return FSDP1Unit(list(_flat_layout(flat)), sharded=bool(handle.uses_sharded_strategy),
                      hybrid="HYBRID" in strategy, inter_node_group=getattr(module, "_inter_node_pg", None))
 
 
