@@ -26,7 +26,10 @@ Why each exists (no public API gives it):
   compute_local_shape_and_global_offset``, the box of a DTensor's local shard.
 - :func:`fsdp1_unit`: an FSDP1 unit's ``_handle`` (its ``_sharding_strategy``, the module's
   ``_inter_node_pg``) and flat parameter's ``_params``, ``_shapes`` and ``_shard_param_infos``:
-  which part of each original parameter this rank holds.
+  which part of each original parameter this rank holds; :func:`is_flat_parameter`: a
+  parameter's ``_is_flat_param`` (FSDP1 with ``use_orig_params=False``);
+  :data:`WRAPPER_NAME_SEGMENTS`: the attribute names FSDP1 and activation checkpointing insert
+  into parameter names, cut out so that names match the unwrapped model's.
 
 Not here: torch's ``torch._foreach_*`` kernels (the ops ``torch.optim``'s foreach paths call).
 numpy's global generator is swapped with its public legacy ``get_state``/``set_state`` only.
@@ -52,6 +55,8 @@ __all__ = [
     "tensorboard_file_writer",
     "dtensor_local_shape_and_offset",
     "fsdp1_unit",
+    "is_flat_parameter",
+    "WRAPPER_NAME_SEGMENTS",
 ]
 
 
@@ -234,3 +239,13 @@ def _flat_layout(flat: Any) -> Iterator[tuple[Any, tuple[int, ...], Any]]:
     infos = getattr(flat, "_shard_param_infos", None) or [None] * len(params)
     for p, shape, info in zip(params, shapes, infos):
         yield p, tuple(shape), info
+
+
+def is_flat_parameter(param: Any) -> bool:
+    """An FSDP1 ``FlatParameter`` (``use_orig_params=False``: many parameters in one flat shard),
+    by its ``_is_flat_param`` flag."""
+    return bool(getattr(param, "_is_flat_param", False))
+
+
+#: the segments FSDP1's and activation checkpointing's wrappers insert into parameter names
+WRAPPER_NAME_SEGMENTS = ("_fsdp_wrapped_module", "_checkpoint_wrapped_module")

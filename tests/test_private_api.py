@@ -189,3 +189,29 @@ def test_fsdp1_unit_lists_the_local_part_of_each_parameter(one_process_group: An
     assert all(info is not None and info.in_shard for info in infos), _moved("FlatParameter._shard_param_infos", "torch")
     assert [int(info.numel_in_shard) for info in infos] == [12, 4, 8, 2]
     assert all(int(info.intra_param_start_idx) == 0 for info in infos)
+
+
+def test_is_flat_parameter_tells_fsdp1_flat_parameters(one_process_group: Any) -> None:
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+    flat = FSDP(torch.nn.Linear(3, 4), device_id=torch.device("cpu"), use_orig_params=False)
+    original = FSDP(torch.nn.Linear(3, 4), device_id=torch.device("cpu"), use_orig_params=True)
+    assert all(_private.is_flat_parameter(p) for p in flat.parameters()), _moved("FlatParameter._is_flat_param", "torch")
+    assert not any(_private.is_flat_parameter(p) for p in original.parameters())
+
+
+def test_wrapper_name_segments_are_the_ones_fsdp1_and_checkpointing_insert(one_process_group: Any) -> None:
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+    from torch.distributed.fsdp.wrap import ModuleWrapPolicy
+
+    from lightning_sas.stats.sharded import clean_parameter_name
+
+    model = torch.nn.Sequential(checkpoint_wrapper(torch.nn.Linear(3, 4)), torch.nn.Linear(4, 2))
+    wrapped = FSDP(model, device_id=torch.device("cpu"), use_orig_params=True,
+                   auto_wrap_policy=ModuleWrapPolicy({torch.nn.Linear}))
+    names = [n for n, _ in wrapped.named_parameters()]
+    for segment in _private.WRAPPER_NAME_SEGMENTS:
+        assert any(segment in n for n in names), f"torch no longer names wrapped parameters with {segment} ({names}); " \
+            "update WRAPPER_NAME_SEGMENTS in lightning_sas/_private.py"
+    assert sorted(map(clean_parameter_name, names)) == ["0.bias", "0.weight", "1.bias", "1.weight"]

@@ -35,12 +35,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from lightning_sas._private import dtensor_local_shape_and_offset, fsdp1_unit
+from lightning_sas._private import WRAPPER_NAME_SEGMENTS, dtensor_local_shape_and_offset, fsdp1_unit, is_flat_parameter
 from lightning_sas.stats.sketch import RandomProjection
 
 __all__ = ["ShardSpec", "ShardedParameters", "clean_parameter_name", "is_flat_parameter"]
 
-_WRAPPER = re.compile(r"(^|\.)(_fsdp_wrapped_module|_checkpoint_wrapped_module)\.")
+_WRAPPER = re.compile(rf"(^|\.)({'|'.join(WRAPPER_NAME_SEGMENTS)})\.")
 
 
 def clean_parameter_name(name: str) -> str:
@@ -50,11 +50,6 @@ def clean_parameter_name(name: str) -> str:
     while previous != name:
         previous, name = name, _WRAPPER.sub(r"\1", name)
     return name
-
-
-def is_flat_parameter(param: Any) -> bool:
-    """An FSDP1 ``FlatParameter`` (``use_orig_params=False``): many parameters in one flat shard."""
-    return bool(getattr(param, "_is_flat_param", False))
 
 
 def _dtensor_type() -> type | None:
