@@ -12,7 +12,6 @@ from typing import Any
 import pytest
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader
 
 from lightning_sas import _private
 from lightning_sas._private import PrivateAPIError
