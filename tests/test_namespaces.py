@@ -127,7 +127,7 @@ def test_monitor_fit_tensorboard_and_resume(ns: ModuleType, tmp_path: Path) -> N
 
     path = ckpt_dir / "epoch=9-step=100.ckpt"
     state = torch.load(path, weights_only=True)["callbacks"]
-    assert "SASMonitor" in state and state["SASMonitor"]["flushes"] == 5
+    assert first.state_key in state and state[first.state_key]["flushes"] == 5
 
     second = SASMonitor(flush_every=20, probe_every=10, num_train_probes=32, num_test_probes=32, figure_every=0)
     checkpoint = ns.callbacks.ModelCheckpoint(dirpath=str(tmp_path / "ckpt2"))
@@ -160,7 +160,7 @@ def test_monitor_with_replicas(ns: ModuleType, tmp_path: Path) -> None:
         assert tag in tags, tag
     path = tmp_path / "replicas.ckpt"
     trainer.save_checkpoint(str(path))
-    state = torch.load(path, weights_only=True)["callbacks"]["SASMonitor"]
+    state = torch.load(path, weights_only=True)["callbacks"][monitor.state_key]
     assert state["replicas"] is not None
 
 

@@ -124,10 +124,10 @@ def test_swaps_are_restored_not_redrawn(tmp_path: Any) -> None:
     ckpt = ModelCheckpoint(dirpath=str(tmp_path / "ckpt"), every_n_epochs=1, save_top_k=-1)
     kwargs = trainer_kwargs(tmp_path, max_steps=10, enable_checkpointing=True)
     pl.Trainer(callbacks=[first, ckpt], **kwargs).fit(TinyClassifier(), data)
-    saved = torch.load(tmp_path / "ckpt" / "epoch=0-step=10.ckpt", weights_only=True)["callbacks"]["SASMonitor"]
+    saved = torch.load(tmp_path / "ckpt" / "epoch=0-step=10.ckpt", weights_only=True)["callbacks"][first.state_key]
     assert saved["replicas"]["swaps"] == first.replicas._swaps_json()
     # a second run with another seed would draw other swaps: resumed, it keeps the checkpoint's
-    second = SASMonitor(flush_every=10, figure_every=0, store=False, replicas=SASReplicas(replicas=2, swaps=3, seed=5))
+    second = SASMonitor(flush_every=10, figure_every=0, store=False, seed=5, replicas=SASReplicas(replicas=2, swaps=3))
     kwargs["max_steps"] = 20
     pl.Trainer(callbacks=[second, ModelCheckpoint(dirpath=str(tmp_path / "c2"))], **kwargs).fit(
         TinyClassifier(), data, ckpt_path=str(tmp_path / "ckpt" / "epoch=0-step=10.ckpt"))

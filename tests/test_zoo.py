@@ -307,7 +307,7 @@ def test_validation_source_unwraps_a_wrapped_module_in_the_data_source(tmp_path:
 
     from pytorch_lightning.trainer.connectors.data_connector import _DataLoaderSource
 
-    from lightning_sas._compat import unwrap_module
+    from lightning_sas._private import unwrap_module
     from lightning_sas.data.loaders import validation_source
 
     module = zoo.OwnLoadersMLP()

@@ -18,6 +18,7 @@ __all__ = [
     "SASWarning",
     "extract_loss",
     "stream_index",
+    "entry_completed",
     "run_directory",
     "store_location",
     "say_once",
@@ -79,6 +80,13 @@ def stream_index(trainer: Any, pl_module: Any, batches_seen: int) -> int:
     if pl_module.automatic_optimization:
         return int(trainer.global_step)
     return int(batches_seen)
+
+
+def entry_completed(trainer: Any, automatic: bool, index: int) -> bool:
+    """Did this batch complete stream entry ``index``? In manual optimization every batch is an
+    entry; in automatic optimization once the optimizer stepped (``global_step > index``), not
+    while gradients accumulate or when the step was skipped."""
+    return (not automatic) or trainer.global_step > index
 
 
 def is_global_zero(trainer: Any) -> bool:

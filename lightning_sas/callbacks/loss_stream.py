@@ -9,7 +9,7 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
-from lightning_sas.callbacks._common import device_float_dtype, extract_loss, first_param_group
+from lightning_sas.callbacks._common import device_float_dtype, entry_completed, extract_loss, first_param_group
 from lightning_sas.validation import check_int
 from lightning_sas.callbacks.base import FlushContext, StreamCallback, exchange, process_group_size
 from lightning_sas.diagnostics import loss_diagnostics
@@ -142,7 +142,7 @@ class LossStream(StreamCallback):
         loss = extract_loss(outputs)
         automatic = self._automatic
         step = trainer.global_step if automatic else self._batches_seen
-        stepped = (not automatic) or step > self._index
+        stepped = entry_completed(trainer, automatic, self._index)
         if loss is None and not stepped:
             return False
         if stepped and not self._accumulating and loss is not None:

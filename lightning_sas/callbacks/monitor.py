@@ -9,6 +9,7 @@ from typing import Any
 import pytorch_lightning as pl
 
 from lightning_sas._compat import Callback, is_tensorboard_logger
+from lightning_sas._private import created_experiment, merge_into_next_log_hyperparams, remove_log_hyperparams_merge
 from lightning_sas.callbacks._common import is_global_zero, say_once, store_location, warn_once
 from lightning_sas.callbacks.base import FlushContext, exchange
 from lightning_sas.callbacks.loss_stream import LossStream
@@ -24,11 +25,35 @@ __all__ = ["SASMonitor"]
 #: an entry index never reached (no work scheduled)
 _NEVER = 1 << 62
 
+#: the checkpoint key of every monitor's state before :attr:`SASMonitor.state_key` told them apart
+LEGACY_STATE_KEY = "SASMonitor"
+
+
+def _adopt_setting(arg: str, part: Any, name: str, value: Any) -> None:
+    """Give a part the user configured the monitor's ``name`` (``flush_every``, ``seed``): adopted
+    when the part's own is at its default, an error naming both values when set to another."""
+    import inspect
+
+    current = getattr(part, name)
+    if current == value:
+        return
+    default = inspect.signature(type(part).__init__).parameters[name].default
+    if current != default:
+        raise ValueError(
+            f"SASMonitor: {arg}={type(part).__name__}({name}={current!r}) and SASMonitor({name}={value!r}) differ, "
+            f"and the monitor's {name} applies to every part: pass SASMonitor({name}={current!r}) too, or leave "
+            f"{type(part).__name__}'s {name} at its default ({default!r})"
+        )
+    setattr(part, name, value)
+    projection = getattr(part, "_projection", None)  # WeightSnapshots' sketch is seeded at construction
+    if name == "seed" and projection is not None:
+        part._projection = type(projection)(k=projection.k, seed=value, chunk_size=projection.chunk_size)
+
 
 def _forget_our_hparams(logger: Any, ours: dict[str, Any]) -> None:
     """Take our keys out of the hparams dicts a logger keeps for its ``hparams.yaml`` (the
     TensorBoard and CSV loggers' own, and their experiment writer's)."""
-    for holder in (logger, vars(logger).get("_experiment")):
+    for holder in (logger, created_experiment(logger)):
         kept = getattr(holder, "hparams", None) if holder is not None else None
         if isinstance(kept, dict):
             for key in ours:
@@ -215,9 +240,14 @@ class SASMonitor(Callback):
             )
         else:
             self.replicas = None
+        configured = {"loss_stream": loss_stream, "weights": weights, "probes": probes,
+                      "replicas": replicas if isinstance(replicas, SASReplicas) else None}
+        for arg, part in configured.items():
+            for name, value in (("flush_every", flush_every), ("seed", seed)):
+                if part is not None and hasattr(part, name):
+                    _adopt_setting(arg, part, name, value)
         for part in self.parts:
-            part.owned = True
-            part.flush_every = flush_every  # the monitor flushes every part together
+            part.owned = True  # the monitor flushes every part together
         self.flush_every = flush_every
         self.progress_bar = progress_bar
         self.histograms = histograms
@@ -267,7 +297,12 @@ class SASMonitor(Callback):
 
     @property
     def state_key(self) -> str:
-        return "SASMonitor"
+        """Key of this monitor's state in a checkpoint: the class and the settings that tell two
+        monitors of one Trainer apart (store, seed, replicas), in the form of Lightning's
+        ``Callback._generate_state_key``."""
+        store = self.store if isinstance(self.store, bool) else os.fspath(self.store)
+        replicas = 0 if self.replicas is None else self.replicas.replicas
+        return f"{type(self).__qualname__}{ {'store': store, 'seed': self.seed, 'replicas': replicas} !r}"
 
     def config(self) -> dict[str, Any]:
         """Every setting that shapes the statistics (stored in the run's meta and as hparams)."""
@@ -311,25 +346,8 @@ class SASMonitor(Callback):
             if not any(cls.__name__ in ("MLFlowLogger", "WandbLogger") for cls in type(logger).__mro__) \
                     and not is_tensorboard_logger(logger):
                 continue
-            if "log_hyperparams" in vars(logger) or not hasattr(logger, "log_hyperparams"):
-                continue  # already wrapped (by us or by someone else): leave it alone
-            original = logger.log_hyperparams
-
-            def merged(params: Any, *args: Any, _original: Any = original, _logger: Any = logger, **kwargs: Any) -> Any:
-                vars(_logger).pop("log_hyperparams", None)
-                try:
-                    from lightning_fabric.utilities.logger import _convert_params
-
-                    params = dict(_convert_params(params) or {})
-                except Exception:
-                    params = dict(params or {})
-                try:
-                    return _original({**params, **ours}, *args, **kwargs)
-                finally:
-                    _forget_our_hparams(_logger, ours)
-
-            merged._sas_merged_for = self  # type: ignore[attr-defined]
-            logger.log_hyperparams = merged  # type: ignore[method-assign]
+            # (a logger wrapped already, by us or by someone else, is left alone)
+            merge_into_next_log_hyperparams(logger, ours, owner=self, after=lambda lg: _forget_our_hparams(lg, ours))
 
     def _hparams(self) -> dict[str, Any]:
         """Our settings as hyperparameters: ``sas/<setting>`` (numbers, strings, booleans)."""
@@ -339,9 +357,7 @@ class SASMonitor(Callback):
         """Remove a merge wrapper of ours that Lightning did not call; returns those loggers."""
         uncalled = []
         for logger in getattr(trainer, "loggers", []) or []:
-            wrapper = vars(logger).get("log_hyperparams") if hasattr(logger, "__dict__") else None
-            if getattr(wrapper, "_sas_merged_for", None) is self:
-                vars(logger).pop("log_hyperparams", None)
+            if remove_log_hyperparams_merge(logger, owner=self):
                 uncalled.append(logger)
         return uncalled
 
@@ -586,6 +602,15 @@ class SASMonitor(Callback):
 
     def on_load_checkpoint(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", checkpoint: dict[str, Any]) -> None:
         states = checkpoint.get("callbacks") or {}
+        if self.state_key not in states and sum(isinstance(cb, SASMonitor) for cb in trainer.callbacks) == 1:
+            # the only monitor resumes the only monitor state of the checkpoint: one saved under the
+            # old constant key, or under other settings (a resume with another seed keeps its swaps)
+            saved = [k for k in states if k == LEGACY_STATE_KEY or str(k).startswith(f"{type(self).__qualname__}{{")]
+            if len(saved) == 1:
+                if saved[0] != LEGACY_STATE_KEY:
+                    say_once(self, "otherkey", f"SASMonitor: resuming the monitor state saved as {saved[0]} (this "
+                                               f"monitor is {self.state_key})")
+                states[self.state_key] = states.pop(saved[0])
         if self.state_key not in states:
             warn_once(
                 self,

@@ -9,7 +9,7 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
-from lightning_sas.callbacks._common import device_float_dtype, prepare_batch, resolve_callable, sharded_parameters, warn_once
+from lightning_sas.callbacks._common import device_float_dtype, entry_completed, prepare_batch, resolve_callable, sharded_parameters, warn_once
 from lightning_sas.validation import check_int, check_seed
 from lightning_sas.callbacks.base import FlushContext, StreamCallback, exchange
 from lightning_sas.data.loaders import SampleSource, first_loader, is_map_style, training_source, validation_source
@@ -307,7 +307,7 @@ class ProbeLosses(StreamCallback):
         self._batches_seen += 1
         if not self.enabled or self.metric is None:
             return
-        stepped = (not pl_module.automatic_optimization) or trainer.global_step > self._index
+        stepped = entry_completed(trainer, pl_module.automatic_optimization, self._index)
         if stepped and self.should_probe(self._index):
             self.probe(trainer, pl_module, self._index)
 

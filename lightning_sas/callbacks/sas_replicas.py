@@ -12,7 +12,7 @@ import torch.distributed as dist
 from pytorch_lightning.utilities.rank_zero import rank_zero_info
 from torch.utils.data import ConcatDataset, Subset, TensorDataset, default_collate
 
-from lightning_sas.callbacks._common import prepare_batch, resolve_callable, sharded_parameters, warn_once
+from lightning_sas.callbacks._common import entry_completed, prepare_batch, resolve_callable, sharded_parameters, warn_once
 from lightning_sas.validation import MAX_COUNT, check_bool, check_choice, check_float, check_int, check_memory, check_seed
 from lightning_sas.callbacks.base import FlushContext, StreamCallback
 from lightning_sas.data import auto_swaps, choose_swaps, make_probe_set, resolve_swaps, split_holdout
@@ -667,7 +667,7 @@ class SASReplicas(StreamCallback):
     # -- hot path -------------------------------------------------------------------------
     def on_train_batch_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", outputs: Any, batch: Any, batch_idx: int) -> None:
         self.record(trainer, pl_module, batch_idx)
-        stepped = (not pl_module.automatic_optimization) or trainer.global_step > self._index
+        stepped = entry_completed(trainer, pl_module.automatic_optimization, self._index)
         if not self.owned and stepped and self.should_flush(self._index):
             self._standalone_flush(trainer, pl_module, trainer.global_step)
 
@@ -687,7 +687,7 @@ class SASReplicas(StreamCallback):
     def record(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", batch_idx: int) -> None:
         """After each batch (when used on its own): :meth:`step` when the main run took a step."""
         self._batches_seen += 1
-        stepped = (not pl_module.automatic_optimization) or trainer.global_step > self._index
+        stepped = entry_completed(trainer, pl_module.automatic_optimization, self._index)
         if stepped:
             self.step(trainer, pl_module, self._index, batch_idx)
 

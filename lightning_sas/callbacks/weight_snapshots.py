@@ -10,7 +10,8 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
-from lightning_sas.callbacks._common import device_float_dtype, warn_once
+from lightning_sas._private import module_trainer
+from lightning_sas.callbacks._common import device_float_dtype, entry_completed, warn_once
 from lightning_sas.validation import check_bool, check_int, check_regex, check_seed
 from lightning_sas.callbacks.base import FlushContext, StreamCallback
 from lightning_sas.stats.sharded import ShardedParameters, is_flat_parameter
@@ -225,7 +226,7 @@ class WeightSnapshots(StreamCallback):
                       "whose shards cannot be told apart; weight diagnostics are off (use use_orig_params=True, "
                       "Lightning's default, or FSDP2 fully_shard).")
             named = []
-        trainer = getattr(pl_module, "_trainer", None)
+        trainer = module_trainer(pl_module)
         roots = [pl_module] + [m for m in (getattr(trainer, "model", None),) if isinstance(m, torch.nn.Module) and m is not pl_module]
         self._layout = ShardedParameters.from_named(named, roots)
         self._names = self._layout.names
@@ -346,7 +347,7 @@ class WeightSnapshots(StreamCallback):
         self._batches_seen += 1
         if not self._params:
             return
-        stepped = (not automatic) or trainer.global_step > self._index
+        stepped = entry_completed(trainer, automatic, self._index)
         if stepped and self.should_snapshot(self._index):
             self.snapshot(self._index)
 

@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 from torch.utils.data import DataLoader, IterableDataset, default_collate
 
-from lightning_sas._compat import LightningInternalsError, unwrap_module, validation_data_source
+from lightning_sas._private import PrivateAPIError, unwrap_module, validation_data_source
 from lightning_sas.isolation import isolated_rng
 
 __all__ = [
@@ -169,7 +169,7 @@ def validation_source(trainer: Any, pool_size: int = DEFAULT_POOL_SIZE,
     DataModule or the LightningModule (called once, with the global generators forked). As in
     Lightning, there is no validation data when ``limit_val_batches`` is 0 or the module has no
     ``validation_step``. Whatever wraps the module (``torch.compile``, a strategy's or Fabric's
-    wrapper: :func:`~lightning_sas._compat.unwrap_module`), the module inside is asked. Returns
+    wrapper: :func:`~lightning_sas._private.unwrap_module`), the module inside is asked. Returns
     ``(None, reason)`` when there is none.
     """
     loaders = loaders_of(getattr(trainer, "val_dataloaders", None))
@@ -181,7 +181,7 @@ def validation_source(trainer: Any, pool_size: int = DEFAULT_POOL_SIZE,
             return None, "the module has no validation_step (no validation data)"
         try:
             source = _validation_data_source(trainer)
-        except LightningInternalsError as err:
+        except PrivateAPIError as err:
             return None, str(err)
         if source is None:
             return None, "no validation data source"

@@ -14,6 +14,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from lightning_sas._compat import is_tensorboard_logger
+from lightning_sas._private import tensorboard_file_writer
 from lightning_sas.loggers.status import STATUS_TAG, status_markdown
 from lightning_sas.loggers.tags import OPEN_CATEGORIES, custom_scalars_layout, scalars_from_summary
 
@@ -94,7 +95,7 @@ def write_layout(trainer: Any) -> None:
     layout = custom_scalars_layout()
     for writer in tensorboard_writers(trainer):
         try:
-            writer._get_file_writer().add_summary(_layout_summary(layout, opened=OPEN_CATEGORIES))
+            tensorboard_file_writer(writer).add_summary(_layout_summary(layout, opened=OPEN_CATEGORIES))
         except Exception:
             writer.add_custom_scalars(_single_series(layout))
 
@@ -139,12 +140,12 @@ def write_scalars(logger: Any, scalars: dict[str, float], step: int) -> None:
     per tag, which TensorBoard reads like separate ``add_scalar`` calls) instead of one event per
     tag: a fourth of the cost. Other writers (tensorboardX) get ``log_metrics``."""
     writer = logger.experiment
-    file_writer = getattr(writer, "_get_file_writer", None)
-    if type(writer).__module__.startswith("torch.utils.tensorboard") and callable(file_writer):
+    file_writer = tensorboard_file_writer(writer)
+    if file_writer is not None:
         from tensorboard.compat.proto.summary_pb2 import Summary
 
         values = [Summary.Value(tag=tag, simple_value=value) for tag, value in scalars.items()]
-        file_writer().add_summary(Summary(value=values), step)
+        file_writer.add_summary(Summary(value=values), step)
         return
     logger.log_metrics(metrics=scalars, step=step)
 

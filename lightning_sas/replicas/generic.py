@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import copy
+import inspect
 from contextlib import nullcontext
 from typing import Any, Callable, Sequence
 
 import torch
 from torch import Tensor
 
+from lightning_sas._private import module_trainer
 from lightning_sas.isolation import eval_mode
 from lightning_sas.losses import PerSampleLoss, per_sample_loss
 from lightning_sas.replicas.optim import OptimizerSet, parse_optimizers
@@ -23,7 +25,7 @@ ClipConfig = tuple[float, str] | None
 def detached_copies(template: torch.nn.Module, n: int, trainer: Any = None) -> list[torch.nn.Module]:
     """``n`` deep copies of ``template`` that share (never copy) the trainer it references; each
     copy then sees a read-only view of the trainer and logs nothing (:func:`attach_view`)."""
-    memo_roots = [trainer] + [getattr(m, "_trainer", None) for m in template.modules()]
+    memo_roots = [trainer] + [module_trainer(m) for m in template.modules()]
     copies = []
     for _ in range(n):
         memo = {id(obj): obj for obj in memo_roots if obj is not None}
@@ -40,7 +42,7 @@ def replica_optimizers(module: Any) -> OptimizerSet:
     configure = getattr(module, "sas_configure_optimizers", None)
     with running(module, "configure_optimizers"):
         optim = parse_optimizers(configure() if callable(configure) else module.configure_optimizers())
-    view = getattr(module, "_trainer", None)
+    view = module_trainer(module)
     if view is not None and hasattr(view, "set_optimizers"):
         view.set_optimizers(optim.optimizers, optim.schedulers)
     return optim
@@ -49,11 +51,12 @@ def replica_optimizers(module: Any) -> OptimizerSet:
 def takes_batch_idx(module: Any) -> bool:
     """Does ``module.training_step`` take ``batch_idx`` (Lightning allows ``training_step(self, batch)``)?"""
     try:
-        from pytorch_lightning.utilities.signature_utils import is_param_in_hook_signature
-
-        return bool(is_param_in_hook_signature(module.training_step, "batch_idx", min_args=2))
-    except Exception:  # pragma: no cover - signature not inspectable: pass it, as Lightning would
+        params = inspect.signature(module.training_step).parameters.values()
+    except (TypeError, ValueError):  # pragma: no cover - signature not inspectable: pass it, as Lightning would
         return True
+    # Lightning's rule: a parameter named batch_idx, *args, or at least two positional parameters
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return any(p.name == "batch_idx" or p.kind == p.VAR_POSITIONAL for p in params) or len(positional) >= 2
 
 
 def precision_context(trainer: Any) -> Callable[[], Any]:

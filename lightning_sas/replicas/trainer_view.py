@@ -18,6 +18,8 @@ from contextlib import contextmanager
 from types import SimpleNamespace
 from typing import Any, Iterator
 
+from lightning_sas._private import STRATEGY_OPTIMIZERS, module_trainer, set_module_trainer
+
 __all__ = ["ReplicaTrainerError", "ReplicaTrainerView", "SilentLogger", "attach_view", "running"]
 
 #: read live from the real trainer (settings, progress and state; no collectives, no side effects)
@@ -98,10 +100,6 @@ class _ReplicaStrategy:
         return self._view.model
 
     @property
-    def _lightning_optimizers(self) -> list[Any]:
-        return self._view.optimizers
-
-    @property
     def optimizers(self) -> list[Any]:
         return self._view.optimizers
 
@@ -113,6 +111,8 @@ class _ReplicaStrategy:
         loss.backward(*args, **kwargs)
 
     def __getattr__(self, name: str) -> Any:
+        if name == STRATEGY_OPTIMIZERS:  # where LightningModule.optimizers() reads them
+            return self._view.optimizers
         if name in STRATEGY_SERVED:
             return getattr(self._view._trainer.strategy, name)
         if name.startswith("__"):
@@ -241,8 +241,7 @@ def attach_view(module: Any, trainer: Any) -> ReplicaTrainerView | None:
         return None
 
     for sub in module.modules():
-        if hasattr(sub, "_trainer") and hasattr(sub, "log"):
-            sub._trainer = view
+        if hasattr(sub, "log") and set_module_trainer(sub, view):
             sub.log = noop
             sub.log_dict = noop
     return view
@@ -251,7 +250,7 @@ def attach_view(module: Any, trainer: Any) -> ReplicaTrainerView | None:
 @contextmanager
 def running(module: Any, hook: str) -> Iterator[None]:
     """:meth:`ReplicaTrainerView.running` for ``module``'s view (nothing without one)."""
-    view = getattr(module, "_trainer", None)
+    view = module_trainer(module)
     if isinstance(view, ReplicaTrainerView):
         with view.running(hook):
             yield

@@ -35,11 +35,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from lightning_sas._private import WRAPPER_NAME_SEGMENTS, dtensor_local_shape_and_offset, fsdp1_unit, is_flat_parameter
 from lightning_sas.stats.sketch import RandomProjection
 
 __all__ = ["ShardSpec", "ShardedParameters", "clean_parameter_name", "is_flat_parameter"]
 
-_WRAPPER = re.compile(r"(^|\.)(_fsdp_wrapped_module|_checkpoint_wrapped_module)\.")
+_WRAPPER = re.compile(rf"(^|\.)({'|'.join(WRAPPER_NAME_SEGMENTS)})\.")
 
 
 def clean_parameter_name(name: str) -> str:
@@ -49,11 +50,6 @@ def clean_parameter_name(name: str) -> str:
     while previous != name:
         previous, name = name, _WRAPPER.sub(r"\1", name)
     return name
-
-
-def is_flat_parameter(param: Any) -> bool:
-    """An FSDP1 ``FlatParameter`` (``use_orig_params=False``): many parameters in one flat shard."""
-    return bool(getattr(param, "_is_flat_param", False))
 
 
 def _dtensor_type() -> type | None:
@@ -143,10 +139,8 @@ def _dtensor_spec(param: Any) -> ShardSpec:
     """Spec of a DTensor's local tensor: its box, sharded when any placement is ``Shard``, owned
     when this rank's coordinate is 0 on every other (replicated) mesh dimension."""
     from torch.distributed.tensor import Shard
-    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
-
     mesh, placements = param.device_mesh, param.placements
-    local_shape, offset = compute_local_shape_and_global_offset(param.shape, mesh, placements)
+    local_shape, offset = dtensor_local_shape_and_offset(param.shape, mesh, placements)
     coord = mesh.get_coordinate()
     sharded = any(isinstance(pl, Shard) for pl in placements)
     owned = coord is not None and all(c == 0 for c, pl in zip(coord, placements) if not isinstance(pl, Shard))
@@ -161,21 +155,18 @@ def _fsdp1_specs(roots: Iterable[torch.nn.Module]) -> dict[int, ShardSpec]:
     specs: dict[int, ShardSpec] = {}
     for root in roots:
         for module in root.modules():
-            handle = getattr(module, "_handle", None)
-            flat = getattr(handle, "flat_param", None)
-            params = getattr(flat, "_params", None)
-            if params is None:
+            unit = fsdp1_unit(module)
+            if unit is None or not unit.layout:
                 continue
-            strategy = getattr(getattr(handle, "_sharding_strategy", None), "name", "")
-            if not getattr(handle, "uses_sharded_strategy", True):  # NO_SHARD: whole, replicated
-                for p, shape in zip(params, flat._shapes):
+            if not unit.sharded:  # NO_SHARD: whole, replicated
+                for p, shape, _ in unit.layout:
                     specs[id(p)] = ShardSpec.whole(shape)
                 continue
             owned = True
-            if "HYBRID" in strategy:  # replicated across the inter-node group: its rank 0 counts
-                group = getattr(module, "_inter_node_pg", None)
-                owned = group is None or dist.get_rank(group) == 0
-            for p, info, shape in zip(params, flat._shard_param_infos, flat._shapes):
+            if unit.hybrid:  # replicated across the inter-node group: its rank 0 counts
+                owned = unit.inter_node_group is None or dist.get_rank(unit.inter_node_group) == 0
+            layout = unit.layout
+            for p, shape, info in layout:
                 start = int(info.intra_param_start_idx) if info.in_shard else 0
                 numel = int(info.numel_in_shard) if info.in_shard else 0
                 specs[id(p)] = ShardSpec.flat_range(tuple(shape), start, numel, owned=owned)
