@@ -100,9 +100,11 @@ def find_runs(path: str | Path, max_depth: int = 8) -> list[Path]:
     root = Path(path)
     if not root.is_dir():
         return []
-    for candidate in (root, root / "sas"):
-        if _is_store(candidate):
-            return [candidate]
+    if _is_store(root):
+        return [root]
+    child = root / "sas"
+    if not child.is_symlink() and _is_store(child):  # a link out of the run is never followed
+        return [child]
     found: list[Path] = []
     level = [root]
     for _ in range(max_depth):
