@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
@@ -13,6 +12,9 @@ from lightning_sas.callbacks._common import device_float_dtype, extract_loss, fi
 from lightning_sas.callbacks.base import FlushContext, StreamCallback
 from lightning_sas.diagnostics import loss_diagnostics
 from lightning_sas.stats.blocks import BlockMoments
+
+if TYPE_CHECKING:  # either namespace works at run time (lightning_sas._compat)
+    import pytorch_lightning as pl
 
 __all__ = ["LossStream"]
 

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
@@ -15,6 +14,9 @@ from lightning_sas.data.loaders import SampleSource, first_loader, is_map_style,
 from lightning_sas.isolation import observed
 from lightning_sas.losses import PerSampleLoss, per_sample_loss
 from lightning_sas.metrics import ErgodicGap, TimeAverage
+
+if TYPE_CHECKING:  # either namespace works at run time (lightning_sas._compat)
+    import pytorch_lightning as pl
 
 __all__ = ["ProbeLosses"]
 

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import copy
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
-import pytorch_lightning as pl
 import torch
 import torch.distributed as dist
-from pytorch_lightning.utilities.rank_zero import rank_zero_info
 from torch.utils.data import TensorDataset, default_collate
 
+from lightning_sas._compat import lightning_module
 from lightning_sas.callbacks._common import prepare_batch, resolve_callable, warn_once
 from lightning_sas.callbacks.base import FlushContext, StreamCallback
 from lightning_sas.data import auto_swaps, choose_swaps, make_probe_set, split_holdout
@@ -34,6 +33,9 @@ from lightning_sas.replicas.rng import PrivateRNG
 from lightning_sas.replicas.sampler import ReplicaSampler
 from lightning_sas.replicas.stacked import StackedReplicas, stacked_unsupported_reason
 from lightning_sas.replicas.trainer_view import ReplicaTrainerError
+
+if TYPE_CHECKING:  # either namespace works at run time (lightning_sas._compat)
+    import pytorch_lightning as pl
 
 __all__ = ["SASReplicas", "SAS_KEYS", "replica_rows"]
 
@@ -445,7 +447,8 @@ class SASReplicas(StreamCallback):
             engine = GenericReplicas(pl_module, n, self.loss_fn, use_step, clip, opt_state, trainer=trainer)
             self.fallback_reason = reason
             if self.path == "auto" and reason:
-                rank_zero_info(f"lightning-sas: replicas use the generic path because {reason}.")
+                rank_zero = lightning_module("utilities.rank_zero", trainer)
+                rank_zero.rank_zero_info(f"lightning-sas: replicas use the generic path because {reason}.")
         self.engine = engine
         self.fork_step = int(step)
 

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
@@ -14,6 +13,9 @@ from lightning_sas.callbacks._common import device_float_dtype, warn_once
 from lightning_sas.callbacks.base import FlushContext, StreamCallback
 from lightning_sas.stats.sharded import ShardedParameters, is_flat_parameter
 from lightning_sas.stats.sketch import RandomProjection
+
+if TYPE_CHECKING:  # either namespace works at run time (lightning_sas._compat)
+    import pytorch_lightning as pl
 
 __all__ = ["WeightSnapshots"]
 

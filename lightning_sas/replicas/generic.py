@@ -48,9 +48,10 @@ def replica_optimizers(module: Any) -> OptimizerSet:
 def takes_batch_idx(module: Any) -> bool:
     """Does ``module.training_step`` take ``batch_idx`` (Lightning allows ``training_step(self, batch)``)?"""
     try:
-        from pytorch_lightning.utilities.signature_utils import is_param_in_hook_signature
+        from lightning_sas._compat import lightning_module
 
-        return bool(is_param_in_hook_signature(module.training_step, "batch_idx", min_args=2))
+        signature_utils = lightning_module("utilities.signature_utils", module)
+        return bool(signature_utils.is_param_in_hook_signature(module.training_step, "batch_idx", min_args=2))
     except Exception:  # pragma: no cover - signature not inspectable: pass it, as Lightning would
         return True
 
