@@ -73,6 +73,13 @@ def use_imported_namespaces(import_default: bool = False) -> tuple[type, ...]:
     return bases
 
 
+#: ``Trainer`` and ``LightningModule`` of either namespace, for annotations (``pl.Trainer``): the
+#: modules annotate with these rather than import a namespace, even under ``TYPE_CHECKING`` (which
+#: jsonargparse executes to resolve postponed annotations, e.g. for ``LightningCLI``)
+Trainer = Any
+LightningModule = Any
+
+
 def _namespace_of(obj: Any) -> str | None:
     """The namespace ``obj``'s class (or one of its bases) comes from, e.g. a ``Trainer`` or a
     ``LightningModule``; None when it comes from neither."""

@@ -126,3 +126,38 @@ def test_silencing_lightning_still_silences_it(namespace: str, tmp_path: Path) -
     with_us = _run(tmp_path, namespace, "sas-after", quiet=True)
     assert with_us["steps"] == [3]
     assert [r for r in with_us["records"] if r[1] == "INFO"] == []
+
+
+CLI_SCRIPT = textwrap.dedent(
+    """
+    import importlib, json, sys, warnings
+    warnings.simplefilter("ignore")
+    import lightning_sas  # before Lightning: the class is checked before any callback exists
+    namespace = sys.argv[1]
+    LightningCLI = importlib.import_module(namespace + ".cli").LightningCLI
+    BoringModel = importlib.import_module(namespace + ".demos.boring_classes").BoringModel
+    cli = LightningCLI(BoringModel, run=False, save_config_callback=None,
+                       args=["--trainer.callbacks+=lightning_sas.SASMonitor", "--trainer.callbacks.flush_every=7",
+                             "--trainer.logger=false", "--trainer.default_root_dir=" + sys.argv[2]])
+    monitors = [cb for cb in cli.trainer.callbacks if isinstance(cb, lightning_sas.SASMonitor)]
+    print(json.dumps({"flush_every": [cb.flush_every for cb in monitors],
+                      "namespaces": [n for n in ("lightning.pytorch", "pytorch_lightning") if n in sys.modules]}))
+    """
+)
+
+
+def test_lightning_cli_after_importing_us_first(namespace: str, tmp_path: Path) -> None:
+    """``import lightning_sas`` before Lightning, then ``LightningCLI`` with
+    ``--trainer.callbacks+=lightning_sas.SASMonitor`` (checked with ``issubclass`` against the
+    namespace's ``Callback``): accepted, and the other namespace is still not imported (the
+    annotations of our modules import no namespace, not even under ``TYPE_CHECKING``, which
+    jsonargparse executes)."""
+    pytest.importorskip("jsonargparse")
+    script = tmp_path / "cli.py"
+    script.write_text(CLI_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, str(script), namespace, str(tmp_path / "run")],
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result == {"flush_every": [7], "namespaces": [namespace]}

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from lightning_sas import _compat as pl  # pl.Trainer, pl.LightningModule: of either namespace
 from lightning_sas._compat import Callback
 from lightning_sas.callbacks._common import is_global_zero, run_directory, stream_index
-
-if TYPE_CHECKING:  # either namespace works at run time (lightning_sas._compat)
-    import pytorch_lightning as pl
 
 __all__ = ["FlushContext", "StreamCallback"]
 

@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from lightning_sas import _compat as pl  # pl.Trainer, pl.LightningModule: of either namespace
 from lightning_sas.callbacks._common import device_float_dtype, extract_loss, first_param_group
 from lightning_sas.callbacks.base import FlushContext, StreamCallback
 from lightning_sas.diagnostics import loss_diagnostics
 from lightning_sas.stats.blocks import BlockMoments
-
-if TYPE_CHECKING:  # either namespace works at run time (lightning_sas._compat)
-    import pytorch_lightning as pl
 
 __all__ = ["LossStream"]
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from lightning_sas import _compat as pl  # pl.Trainer, pl.LightningModule: of either namespace
 from lightning_sas._compat import Callback, is_tensorboard_logger
 from lightning_sas.callbacks._common import is_global_zero, run_directory, warn_once
 from lightning_sas.callbacks.base import FlushContext
@@ -15,9 +16,6 @@ from lightning_sas.callbacks.sas_replicas import SAS_KEYS, SASReplicas
 from lightning_sas.losses import PerSampleLoss
 from lightning_sas.callbacks.weight_snapshots import WeightSnapshots
 from lightning_sas.diagnostics import LOSS_KEYS, PROBE_KEYS, WEIGHT_KEYS, unavailable_reasons
-
-if TYPE_CHECKING:  # either namespace works at run time (lightning_sas._compat)
-    import pytorch_lightning as pl
 
 __all__ = ["SASMonitor"]
 

@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from lightning_sas import _compat as pl  # pl.Trainer, pl.LightningModule: of either namespace
 from lightning_sas.callbacks._common import device_float_dtype, prepare_batch, resolve_callable, warn_once
 from lightning_sas.callbacks.base import FlushContext, StreamCallback
 from lightning_sas.data.loaders import SampleSource, first_loader, is_map_style, training_source, validation_source
 from lightning_sas.isolation import observed
 from lightning_sas.losses import PerSampleLoss, per_sample_loss
 from lightning_sas.metrics import ErgodicGap, TimeAverage
-
-if TYPE_CHECKING:  # either namespace works at run time (lightning_sas._compat)
-    import pytorch_lightning as pl
 
 __all__ = ["ProbeLosses"]
 

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import copy
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from torch.utils.data import TensorDataset, default_collate
 
+from lightning_sas import _compat as pl  # pl.Trainer, pl.LightningModule: of either namespace
 from lightning_sas._compat import lightning_module
 from lightning_sas.callbacks._common import prepare_batch, resolve_callable, warn_once
 from lightning_sas.callbacks.base import FlushContext, StreamCallback
@@ -33,9 +34,6 @@ from lightning_sas.replicas.rng import PrivateRNG
 from lightning_sas.replicas.sampler import ReplicaSampler
 from lightning_sas.replicas.stacked import StackedReplicas, stacked_unsupported_reason
 from lightning_sas.replicas.trainer_view import ReplicaTrainerError
-
-if TYPE_CHECKING:  # either namespace works at run time (lightning_sas._compat)
-    import pytorch_lightning as pl
 
 __all__ = ["SASReplicas", "SAS_KEYS", "replica_rows"]
 
