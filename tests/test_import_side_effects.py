@@ -20,7 +20,8 @@ NAMESPACES = ("lightning.pytorch", "pytorch_lightning")
 OTHER = {"lightning.pytorch": "pytorch_lightning", "pytorch_lightning": "lightning.pytorch"}
 
 # A Hydra-like program: the root logger has a handler before Lightning is imported (so Lightning's
-# loggers propagate to it), and the user silences Lightning's info lines with one setLevel call.
+# loggers propagate to it); after the fit, the user silences Lightning's info lines with one
+# setLevel call and builds a second Trainer.
 SCRIPT = textwrap.dedent(
     """
     import importlib, json, logging, sys, warnings
@@ -32,15 +33,12 @@ SCRIPT = textwrap.dedent(
             records.append([record.name, record.levelname, record.getMessage()])
 
     logging.basicConfig(level=logging.INFO, handlers=[Collect()])
-    namespace, order, quiet = sys.argv[1], sys.argv[2], sys.argv[3] == "quiet"
+    namespace, order = sys.argv[1], sys.argv[2]
     if order == "sas-first":
         import lightning_sas
     L = importlib.import_module(namespace)
     if order == "sas-after":
         import lightning_sas
-    if quiet:
-        logging.getLogger(namespace).setLevel(logging.WARNING)
-
     def lightning_loggers():
         roots = ("lightning", "pytorch_lightning", "lightning_fabric", "lightning_utilities")
         return {name: [logger.level, logger.propagate, logger.disabled,
@@ -55,13 +53,18 @@ SCRIPT = textwrap.dedent(
     BoringModel = importlib.import_module(namespace + ".demos.boring_classes").BoringModel
     trainer = L.Trainer(callbacks=callbacks, accelerator="cpu", max_steps=3, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                        limit_val_batches=0, default_root_dir=sys.argv[4])
+                        limit_val_batches=0, default_root_dir=sys.argv[3])
     trainer.fit(BoringModel())
+    fit_records = list(records)
+    logging.getLogger(namespace).setLevel(logging.WARNING)
+    L.Trainer(callbacks=list(callbacks), accelerator="cpu", logger=False, enable_progress_bar=False,
+              enable_checkpointing=False, default_root_dir=sys.argv[3])
     print(json.dumps({
         "loggers_after_import": after_import,
         "loggers_after_fit": lightning_loggers(),
         "rank_zero_log": sys.modules["lightning_utilities.core.rank_zero"].log.name,
-        "records": records,
+        "records": fit_records,
+        "records_when_silenced": records[len(fit_records):],
         "namespaces": [name for name in ("lightning.pytorch", "pytorch_lightning") if name in sys.modules],
         "callback_ok": [isinstance(cb, L.Callback) and cb in trainer.callbacks for cb in callbacks],
         "steps": [cb.summary()["steps"] for cb in callbacks],
@@ -70,23 +73,23 @@ SCRIPT = textwrap.dedent(
 )
 
 
-_RUNS: dict[tuple[str, str, bool], dict[str, Any]] = {}
+_RUNS: dict[tuple[str, str], dict[str, Any]] = {}
 
 
-def _run(tmp_path: Path, namespace: str, order: str, quiet: bool = False) -> dict[str, Any]:
+def _run(tmp_path: Path, namespace: str, order: str) -> dict[str, Any]:
     """Run SCRIPT in a fresh interpreter (each case once per session) and return what it printed."""
-    if (namespace, order, quiet) in _RUNS:
-        return _RUNS[namespace, order, quiet]
+    if (namespace, order) in _RUNS:
+        return _RUNS[namespace, order]
     script = tmp_path / "imports.py"
     script.write_text(SCRIPT)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
            "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
     run_dir = tmp_path / f"{namespace}-{order}"
-    proc = subprocess.run([sys.executable, str(script), namespace, order, "quiet" if quiet else "loud", str(run_dir)],
+    proc = subprocess.run([sys.executable, str(script), namespace, order, str(run_dir)],
                           capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    _RUNS[namespace, order, quiet] = json.loads(proc.stdout.strip().splitlines()[-1])
-    return _RUNS[namespace, order, quiet]
+    _RUNS[namespace, order] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return _RUNS[namespace, order]
 
 
 @pytest.fixture(params=NAMESPACES)
@@ -123,9 +126,10 @@ def test_lightning_logging_is_as_without_us(namespace: str, order: str, tmp_path
 def test_silencing_lightning_still_silences_it(namespace: str, tmp_path: Path) -> None:
     """``logging.getLogger(<namespace>).setLevel(WARNING)`` silences Lightning's info lines with
     lightning_sas imported (importing the other namespace moved them to a logger it does not reach)."""
-    with_us = _run(tmp_path, namespace, "sas-after", quiet=True)
+    with_us = _run(tmp_path, namespace, "sas-after")
     assert with_us["steps"] == [3]
-    assert [r for r in with_us["records"] if r[1] == "INFO"] == []
+    assert any(level == "INFO" for _, level, _ in with_us["records"])
+    assert [r for r in with_us["records_when_silenced"] if r[1] == "INFO"] == []
 
 
 CLI_SCRIPT = textwrap.dedent(
