@@ -5,6 +5,7 @@ it is not installed)."""
 from __future__ import annotations
 
 import math
+import os
 import warnings
 from importlib import import_module
 from pathlib import Path
@@ -177,3 +178,47 @@ def test_demo_boring_model(ns: ModuleType, tmp_path: Path) -> None:
     assert summary["steps"] == 30
     _assert_finite(summary, ("loss_mean", "weight_norm"))
     assert "sas/loss/time_average" in _scalar_tags(trainer.logger.log_dir)
+
+
+FLOOR = Path(__file__).resolve().parent / "constraints-floor.txt"
+
+
+def _floor_pins() -> dict[str, str]:
+    """``tests/constraints-floor.txt`` as {package: pinned version}."""
+    pins = {}
+    for line in FLOOR.read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if line:
+            name, _, version = line.partition("==")
+            pins[name.strip()] = version.strip()
+    return pins
+
+
+def test_floor_constraints_pin_the_declared_minimums() -> None:
+    """CI's floor job tests what pyproject.toml declares: one pin per dependency (and the
+    ``lightning`` extra), each equal to its ``>=`` bound."""
+    import tomllib
+
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
+    project = tomllib.loads((FLOOR.parent.parent / "pyproject.toml").read_text())["project"]
+    declared = {}
+    for line in project["dependencies"] + project["optional-dependencies"]["lightning"]:
+        requirement = Requirement(line)
+        (minimum,) = [spec.version for spec in requirement.specifier if spec.operator == ">="]
+        declared[requirement.name] = Version(minimum)
+    # a yanked release is pinned as its post-release (torchmetrics 1.3.0 -> 1.3.0.post0)
+    assert declared == {name: Version(Version(version).base_version) for name, version in _floor_pins().items()}
+
+
+@pytest.mark.skipif(not os.environ.get("LIGHTNING_SAS_EXPECT_FLOOR"),
+                    reason="only in CI's floor job, which sets LIGHTNING_SAS_EXPECT_FLOOR")
+def test_the_floor_job_runs_on_the_floor() -> None:
+    """The floor job's venv holds exactly the pinned minimum versions (nothing upgraded them)."""
+    from importlib.metadata import version
+
+    from packaging.version import Version
+
+    installed = {name: Version(version(name)).release for name in _floor_pins()}
+    assert installed == {name: Version(pin).release for name, pin in _floor_pins().items()}

@@ -240,8 +240,8 @@ def prepare_batch(trainer: Any, batch: Any, device: Any) -> Any:
     """Move a batch we built ourselves to ``device`` and convert it like the precision plugin
     converts training inputs (e.g. float64 under ``precision="64-true"``). Duck-typed, so the
     trainer, its precision plugin and the batch may come from either Lightning namespace."""
-    from pytorch_lightning.utilities import move_data_to_device
+    from lightning_sas._compat import lightning_module
 
-    batch = move_data_to_device(batch, device)
+    batch = lightning_module("utilities", trainer).move_data_to_device(batch, device)
     plugin = getattr(trainer, "precision_plugin", None)
     return plugin.convert_input(batch) if plugin is not None else batch

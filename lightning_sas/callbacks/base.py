@@ -6,10 +6,10 @@ from __future__ import annotations
 import os
 from typing import Any, Sequence
 
-import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
+from lightning_sas import _compat as pl  # pl.Trainer, pl.LightningModule: of either namespace
 from lightning_sas._compat import Callback
 from lightning_sas.validation import check_int, check_memory
 from lightning_sas.callbacks._common import is_global_zero, run_directory, stream_index, warn_once

@@ -6,8 +6,7 @@ import os
 import time
 from typing import Any
 
-import pytorch_lightning as pl
-
+from lightning_sas import _compat as pl  # pl.Trainer, pl.LightningModule: of either namespace
 from lightning_sas._compat import Callback, is_tensorboard_logger
 from lightning_sas._private import created_experiment, merge_into_next_log_hyperparams, remove_log_hyperparams_merge
 from lightning_sas.callbacks._common import is_global_zero, say_once, store_location, warn_once

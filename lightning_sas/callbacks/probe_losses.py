@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
+from lightning_sas import _compat as pl  # pl.Trainer, pl.LightningModule: of either namespace
 from lightning_sas.callbacks._common import device_float_dtype, entry_completed, prepare_batch, resolve_callable, sharded_parameters, warn_once
 from lightning_sas.validation import check_int, check_seed
 from lightning_sas.callbacks.base import FlushContext, StreamCallback, exchange

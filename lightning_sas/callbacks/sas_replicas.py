@@ -6,12 +6,12 @@ import copy
 from typing import Any, Sequence
 
 import numpy as np
-import pytorch_lightning as pl
 import torch
 import torch.distributed as dist
-from pytorch_lightning.utilities.rank_zero import rank_zero_info
 from torch.utils.data import ConcatDataset, Subset, TensorDataset, default_collate
 
+from lightning_sas import _compat as pl  # pl.Trainer, pl.LightningModule: of either namespace
+from lightning_sas._compat import lightning_module
 from lightning_sas.callbacks._common import entry_completed, prepare_batch, resolve_callable, sharded_parameters, warn_once
 from lightning_sas.validation import MAX_COUNT, check_bool, check_choice, check_float, check_int, check_memory, check_seed
 from lightning_sas.callbacks.base import FlushContext, StreamCallback
@@ -438,8 +438,9 @@ class SASReplicas(StreamCallback):
         elif restored is not None:
             self._apply_restored(restored)
         elif self.fork_at == "start" and resumed_step > 0:  # resumed without replica state, holdout= given
-            rank_zero_info(f"lightning-sas: the checkpoint has no replica state; the replicas fork at the resume step "
-                           f"{resumed_step} (a late fork on holdout=).")
+            lightning_module("utilities.rank_zero", trainer).rank_zero_info(
+                f"lightning-sas: the checkpoint has no replica state; the replicas fork at the resume step "
+                f"{resumed_step} (a late fork on holdout=).")
             self._fork(trainer, pl_module, resumed_step)
         elif self.fork_at == "start":
             self._fork(trainer, pl_module, 0)
@@ -566,7 +567,8 @@ class SASReplicas(StreamCallback):
             engine = GenericReplicas(pl_module, n, self.loss_fn, use_step, clip, opt_state, trainer=trainer)
             self.fallback_reason = reason
             if self.path == "auto" and reason:
-                rank_zero_info(f"lightning-sas: replicas use the generic path because {reason}.")
+                rank_zero = lightning_module("utilities.rank_zero", trainer)
+                rank_zero.rank_zero_info(f"lightning-sas: replicas use the generic path because {reason}.")
         self.engine = engine
         self.fork_step = int(step)
 

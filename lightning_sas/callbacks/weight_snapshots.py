@@ -6,10 +6,10 @@ import re
 from typing import Any
 
 import numpy as np
-import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
+from lightning_sas import _compat as pl  # pl.Trainer, pl.LightningModule: of either namespace
 from lightning_sas._private import module_trainer
 from lightning_sas.callbacks._common import device_float_dtype, entry_completed, warn_once
 from lightning_sas.validation import check_bool, check_int, check_regex, check_seed

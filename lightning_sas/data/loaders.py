@@ -151,9 +151,9 @@ def training_source(trainer: Any, pool_size: int = DEFAULT_POOL_SIZE) -> SampleS
 
 def _overridden(name: str, instance: Any) -> bool:
     try:
-        from pytorch_lightning.utilities.model_helpers import is_overridden
+        from lightning_sas._compat import lightning_module
 
-        return bool(is_overridden(name, instance))
+        return bool(lightning_module("utilities.model_helpers", instance).is_overridden(name, instance))
     except Exception:
         return callable(getattr(instance, name, None))
 
