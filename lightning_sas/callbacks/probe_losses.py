@@ -11,6 +11,7 @@ from torch import Tensor
 
 from lightning_sas.callbacks._common import device_float_dtype, prepare_batch, resolve_callable, warn_once
 from lightning_sas.callbacks.base import FlushContext, StreamCallback
+from lightning_sas.diagnostics import probe_window_start
 from lightning_sas.data.loaders import SampleSource, first_loader, is_map_style, training_source, validation_source
 from lightning_sas.isolation import observed
 from lightning_sas.losses import PerSampleLoss, per_sample_loss
@@ -286,7 +287,7 @@ class ProbeLosses(StreamCallback):
             if ctx.writer is not None:
                 ctx.writer.append("probes", {"step": np.asarray(self._row_steps, dtype=np.int64), "losses": host})
             self._row_steps = []
-        metric.start_step = ctx.late_phase_start if ctx.late_phase_found else None
+        metric.start_step = probe_window_start(ctx.window_start, metric.cursor.starts)
         with metric.synced():
             nonfinite = int(metric.nonfinite.sum())  # sync-ok: flush time
             per_point = metric.per_point_average().cpu().numpy()  # sync-ok

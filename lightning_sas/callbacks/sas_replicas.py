@@ -16,6 +16,7 @@ from lightning_sas.callbacks._common import prepare_batch, resolve_callable, war
 from lightning_sas.callbacks.base import FlushContext, StreamCallback
 from lightning_sas.data import auto_swaps, choose_swaps, make_probe_set, split_holdout
 from lightning_sas.data.loaders import DEFAULT_POOL_SIZE, SampleSource, training_source
+from lightning_sas.diagnostics import probe_window_start
 from lightning_sas.isolation import isolated_rng, observed
 from lightning_sas.losses import per_sample_loss
 from lightning_sas.losses import PerSampleLoss
@@ -584,9 +585,7 @@ class SASReplicas(StreamCallback):
                 self._off_reason = self._off_reason or "a replica step failed on another rank"
                 warn_once(self, "failed_elsewhere", "SASReplicas: a replica step failed on some rank; the SAS "
                           "estimate is switched off on every rank, training goes on.")
-        start = ctx.late_phase_start if ctx.late_phase_found else None
-        if self.fork_step is not None and (start is None or start < self.fork_step):
-            start = self.fork_step if start is not None else None
+        start = max(probe_window_start(ctx.window_start, self.metric.cursor.starts), self.fork_step or 0)
         with self.metric.synced():
             estimate = self.metric.estimate(from_step=start, fork_step=self.fork_step or 0)
         estimate.update(

@@ -24,6 +24,7 @@ import numpy as np
 
 __all__ = [
     "sas_statistics",
+    "heldout_gap",
     "estimate_by_window",
     "forgetting_curve",
     "paper_coefficient",
@@ -237,6 +238,39 @@ def sas_statistics(
     out["d_heldout_abs_mean"] = held_per_k
     out["abs_d"] = np.abs(d)
     return out
+
+
+def heldout_gap(
+    control_full: np.ndarray, block_counts: np.ndarray, train_cols: np.ndarray, test_cols: np.ndarray
+) -> dict[str, float | None]:
+    r"""The control replica's ergodic gap on the held-out split, the gap ``stability_gap`` estimates:
+
+    .. math:: \mathrm{gap} = \frac{1}{|P_\mathrm{test}|}\sum_{z \in P_\mathrm{test}} \langle l_0(z)\rangle
+              - \frac{1}{|T|}\sum_{z \in T} \langle l_0(z)\rangle ,
+
+    ``T`` = ``P_train`` and every removed sample (``train_cols``), ``P_test`` = ``test_cols``, from
+    the control's block means ``control_full[b, c]`` with ``c_b`` evaluations per block. SE:
+    :func:`~lightning_sas.stats.batch_means.gap_standard_error` (batch means of the per-block gap
+    and the sampling of the probe points, in quadrature). Keys ``gap``, ``gap_se``,
+    ``train_loss``, ``test_loss``; None without a finite block."""
+    from lightning_sas.stats.batch_means import batch_means_se_from_blocks, gap_standard_error
+
+    full = np.asarray(control_full, dtype=np.float64)
+    counts = np.asarray(block_counts, dtype=np.float64)
+    train_cols, test_cols = np.asarray(train_cols, dtype=np.int64), np.asarray(test_cols, dtype=np.int64)
+    empty: dict[str, float | None] = {"gap": None, "gap_se": None, "train_loss": None, "test_loss": None}
+    if full.ndim != 2 or full.shape[0] == 0 or counts.sum() <= 0:
+        return empty
+    avg = time_average(full[None], counts)[0]
+    train, test = float(np.nanmean(avg[train_cols])), float(np.nanmean(avg[test_cols]))
+    if not (math.isfinite(train) and math.isfinite(test)):
+        return empty
+    with np.errstate(invalid="ignore"):
+        block_gap = np.nanmean(full[:, test_cols], axis=1) - np.nanmean(full[:, train_cols], axis=1)
+    ok = np.isfinite(block_gap) & (counts > 0)
+    temporal = batch_means_se_from_blocks(counts[ok], block_gap[ok] * counts[ok])
+    se = gap_standard_error(temporal, avg[train_cols], avg[test_cols])
+    return {"gap": test - train, "gap_se": se, "train_loss": train, "test_loss": test}
 
 
 #: statistics reported against the averaging window
