@@ -188,20 +188,21 @@ def main() -> None:
     args = parser.parse_args()
 
     started = time.time()
-    results: dict[str, list[dict[str, Any]]] = {}
-    for setting in args.settings:
-        folder = os.path.join(args.out, f"{setting}-{args.steps}steps")
-        os.makedirs(folder, exist_ok=True)
-        data = None
-        results[setting] = []
-        for seed in range(args.first_seed, args.first_seed + args.seeds):
+    results: dict[str, list[dict[str, Any]]] = {setting: [] for setting in args.settings}
+    arrays: dict[str, dict[str, np.ndarray]] = {}
+    for seed in range(args.first_seed, args.first_seed + args.seeds):  # seeds outside: every setting grows alike
+        for setting in args.settings:
+            folder = os.path.join(args.out, f"{setting}-{args.steps}steps")
+            os.makedirs(folder, exist_ok=True)
             path = os.path.join(folder, f"seed{seed}.npz")
             if not os.path.exists(path):
                 if args.table_only:
                     continue
-                data = data if data is not None else load_arrays(SETTINGS[setting][0])
+                dataset = SETTINGS[setting][0]
+                if dataset not in arrays:
+                    arrays[dataset] = load_arrays(dataset)
                 t0 = time.time()
-                run = train_once(setting, seed, args, data)
+                run = train_once(setting, seed, args, arrays[dataset])
                 np.savez(path + ".tmp.npz", **run)
                 os.replace(path + ".tmp.npz", path)
                 print(f"{setting} seed {seed}: {time.time() - t0:.0f} s", flush=True)

@@ -178,6 +178,9 @@ class ProbeLosses(StreamCallback):
             return
         self._activate(trainer, pl_module, len(self.train_indices), len(self.test_indices), len(self.swap_indices))
         if heldout is None and self.enabled:
+            if self.heldout_elsewhere:
+                no_heldout += ("; the control replica's gap on the held-out split of the training data is "
+                               "control_heldout_gap")
             for key in ("ergodic_gap", "ergodic_gap_se", "probe_test_loss"):
                 self.unavailable[key] = no_heldout
             if not self.heldout_elsewhere and self.num_test_probes > 0:

@@ -48,7 +48,8 @@ SAS_KEYS = (
     "sas_resolved", "sas_converged", "paper_coefficient", "paper_coefficient_se",
     "mean_pairwise_abs_difference", "mean_pairwise_abs_difference_se", "replicas", "replica_path",
     "replica_sampler", "fork_step", "steps_since_fork", "replica_checkpoint_bytes",
-    "sas_critical_t", "stability_gap_max_share",
+    "sas_critical_t", "stability_gap_max_share", "control_heldout_gap", "control_heldout_gap_se",
+    "control_train_loss", "control_heldout_loss",
 )
 
 
@@ -76,10 +77,11 @@ class SASReplicas(StreamCallback):
     * ``stability_gap``: the replace-one estimate of the generalization gap from both sides of
       every swap, the mean over replicas of each replica's mean of ``d_k(i)`` (``i`` in ``I_k``,
       the removed side ``stability_gap_removed``) and ``-d_k(z')`` (``z'`` in ``Z'_k``, the
-      added side ``stability_gap_added``); next to ``ergodic_gap`` measured directly on the
-      control replica (``P_test`` minus ``P_train``) against the same held-out split
-      (:func:`~lightning_sas.stats.sas.sas_statistics`);
-    * each with a standard error (spread over replicas combined with batch means over time), a
+      added side ``stability_gap_added``); next to the gap it estimates, ``control_heldout_gap``,
+      measured directly on the control replica (``P_test`` minus ``P_train`` and the removed
+      samples) against the same held-out split (:func:`~lightning_sas.stats.sas.sas_statistics`,
+      :func:`~lightning_sas.stats.sas.heldout_gap`); ``ergodic_gap`` stays the main model's;
+    * each with a standard error (the spread over replicas, Student's t with K - 1 dof), a
       null level and a ``*_resolved`` flag; ``sas_converged`` compares the last two doublings of
       the averaging window; ``paper_coefficient`` is the authors' statistic over the neighbouring
       pairs (control, k).
@@ -597,7 +599,6 @@ class SASReplicas(StreamCallback):
                 "fork_step": self.fork_step,
                 "steps_since_fork": self._steps_taken,
                 "replica_checkpoint_bytes": self._checkpoint_bytes or None,
-                "ergodic_gap_source": "holdout (control replica)",
             }
         )
         histograms = estimate.pop("abs_d", None)
@@ -606,9 +607,6 @@ class SASReplicas(StreamCallback):
         ctx.figure_data["sas_windows"] = estimate.pop("windows", None)
         ctx.figure_data["sas_forgetting"] = estimate.pop("forgetting", None)
         self._last = estimate
-        if "ergodic_gap" in ctx.summary and str(ctx.summary.get("ergodic_gap_source") or "").startswith("validation"):
-            ctx.summary["ergodic_gap_validation"] = ctx.summary.get("ergodic_gap")
-            ctx.summary["ergodic_gap_validation_se"] = ctx.summary.get("ergodic_gap_se")
         ctx.summary.update(self._last)
         if ctx.writer is not None and self.metric is not None and not self._meta_written:
             self._meta_written = True  # the swaps and probe points are fixed for the run: written once
