@@ -120,3 +120,23 @@ def test_window_start_helpers() -> None:
     assert probe_window_start(0, starts) == 1  # never the probe at entry 0
     assert probe_window_start(None, [0, 50]) == 50  # a probe part on its own: its own second half
     assert probe_window_start(None, [0]) == 1
+
+
+def test_a_run_shorter_than_the_probe_cadence_reports_no_gap(tmp_path: Any) -> None:
+    """50 steps, probes every 200 (replicas every 100): the only probes are those of the untrained
+    model at step 0, so no gap is reported, with the reason, instead of a gap of the untrained model
+    that the status called "measured"."""
+    pl.seed_everything(0, verbose=False)
+    replicas = SASReplicas(replicas=2, swaps=2, loss_fn=_cross_entropy, probe_every=100, num_train_probes=8,
+                           num_heldout_probes=8, batch_size=32)
+    monitor = SASMonitor(flush_every=50, probe_every=200, figure_every=0, store=False, replicas=replicas)
+    train, val = loaders()
+    pl.Trainer(callbacks=[monitor], **trainer_kwargs(tmp_path, max_steps=50, limit_val_batches=1.0)).fit(
+        TinyClassifier(), train, val)
+    summary = monitor.summary()
+    for key in ("ergodic_gap", "probe_train_loss", "sas_max", "stability_gap", "control_heldout_gap"):
+        assert summary[key] is None, key
+        assert "no " in summary["unavailable"][key] and "inside the statistics window" in summary["unavailable"][key]
+    status = status_text(summary)
+    assert "(main model, measured" not in status
+    assert "not measured: no probe evaluation inside the statistics window" in status

@@ -315,6 +315,12 @@ class ProbeLosses(StreamCallback):
             )
             ctx.histograms["probes/time_avg_loss_test"] = per_point[num_train:]
         ctx.histograms["probes/time_avg_loss_train"] = per_point[:num_train]
+        if metric.cursor.first_block_from(metric.start_step) >= metric.cursor.n_blocks:  # nothing in the window
+            reason = (f"no probe evaluation inside the statistics window yet (it starts at step {metric.start_step}; "
+                      f"probe_every={self.probe_every}); the probe of the untrained model at step 0 never counts")
+            for key in ("ergodic_gap", "ergodic_gap_se", "probe_train_loss", "probe_test_loss"):
+                self._last[key] = None
+                ctx.unavailable[key] = reason
         ctx.summary.update(self._last)
 
     # -- state ----------------------------------------------------------------------------

@@ -590,6 +590,12 @@ class SASReplicas(StreamCallback):
         start = max(probe_window_start(ctx.window_start, self.metric.cursor.starts), self.fork_step or 0)
         with self.metric.synced():
             estimate = self.metric.estimate(from_step=start, fork_step=self.fork_step or 0)
+        if "sas_max" not in estimate:  # no replica probe inside the window yet
+            ctx.unavailable.update({key: f"no replica probe evaluation inside the statistics window yet (it starts at "
+                                         f"step {start}; probe_every={self.probe_every}); the probe of the untrained model at step 0 never counts"
+                                    for key in SAS_KEYS if key not in ("replicas", "swaps", "replica_path",
+                                                                       "replica_sampler", "fork_step", "steps_since_fork",
+                                                                       "replica_checkpoint_bytes")})
         estimate.update(
             {
                 "replicas": self.replicas,
