@@ -129,6 +129,17 @@ def replica_standard_error(values: np.ndarray, temporal: np.ndarray | None = Non
     return None
 
 
+def _common_mode_se(shared: np.ndarray, counts: np.ndarray, weights: np.ndarray, min_batch_len: float | None) -> float:
+    r"""Temporal SE of the control's part of a statistic on the shared points: batch means of
+    :math:`c(b) = \sum_z w_z\, C[b, z]` over the control's block means ``shared[b, z]`` (0 when all
+    weights vanish or there are fewer than 2 batches)."""
+    if not np.any(weights):
+        return 0.0
+    series = np.nansum(shared * weights[None, :], axis=1)[None, :, None]
+    se = _temporal_se(series, counts, min_batch_len)
+    return float(se[0, 0]) if se is not None and np.isfinite(se[0, 0]) else 0.0
+
+
 def _rms(x: np.ndarray) -> float:
     """Root mean square: the per-point temporal SEs ``s`` enter the null levels as
     ``sqrt(mean s^2)``, because ``s^2`` (not ``s``) is unbiased for the variance; ``mean s`` sits
@@ -224,6 +235,19 @@ def sas_statistics(
     se_max = se[np.arange(k), candidates[np.argmax(abs_cand, axis=1)]] if se is not None else None
     se_held = se[:, heldout].mean(axis=1) if se is not None else None
 
+    # the control's noise on the shared points P_test moves every replica's |d| alike: it is not in
+    # the spread between replicas, so it is added (delta method: d/dl_0(z) of the statistic)
+    shared = ctrl[0][:, heldout]  # (B, |P_test|): one control trajectory on the shared points
+    held_weights = np.where(d[:, heldout] >= 0, 1.0, -1.0).mean(axis=0) / max(len(heldout), 1)
+    argmax = candidates[np.argmax(abs_cand, axis=1)]
+    max_weights = np.zeros(len(heldout))
+    for kk in range(k):
+        where = np.flatnonzero(heldout == argmax[kk])
+        if where.size:
+            max_weights[where[0]] += (1.0 if d[kk, argmax[kk]] >= 0 else -1.0) / k
+    common = {"sas_mean": _common_mode_se(shared, counts, held_weights, min_batch_len),
+              "sas_max": _common_mode_se(shared, counts, max_weights, min_batch_len)}
+
     crit = student_t_975(k - 1) if k >= 2 else 2.0
     out: dict[str, Any] = {"n_replicas": k, "n_blocks": b, "swaps": int(len(removed)), "sas_critical_t": crit}
     stats = {
@@ -237,6 +261,8 @@ def sas_statistics(
     for name, (values, temporal) in stats.items():
         out[name] = _finite_or_none(values.mean())
         out[f"{name}_se"] = replica_standard_error(values, temporal)
+        if k >= 2 and name in common and out[f"{name}_se"] is not None:
+            out[f"{name}_se"] = math.hypot(out[f"{name}_se"], common[name])
     if se is not None:
         out["sas_max_null"] = float(_rms(se[:, candidates]) * (_HALF_NORMAL_MEAN + math.sqrt(2.0 * math.log(max(len(candidates), 2)))))
         out["sas_mean_null"] = float(_rms(se[:, heldout]) * _HALF_NORMAL_MEAN)
