@@ -62,8 +62,22 @@ def test_statistics_equal_brute_force() -> None:
     # SE: the spread of the K per-replica values alone (it already holds their temporal noise)
     assert out["stability_gap_se"] == pytest.approx(g.std(ddof=1) / math.sqrt(K), rel=1e-10)
     assert out["stability_gap_removed_se"] == pytest.approx(r.mean(axis=1).std(ddof=1) / math.sqrt(K), rel=1e-10)
-    assert out["sas_mean_se"] == pytest.approx(np.abs(d[:, HELDOUT]).mean(axis=1).std(ddof=1) / math.sqrt(K), rel=1e-10)
-    assert out["sas_max_se"] == pytest.approx(np.abs(d[:, cand]).max(axis=1).std(ddof=1) / math.sqrt(K), rel=1e-10)
+    # sas_mean and sas_max: plus the control's noise on the shared points, which moves every
+    # replica's |d| alike (delta method: weights sign(d_k(z)) / (K |P_test|) on the control's series)
+    shared = control[0][:, HELDOUT]  # (B, H)
+    w_mean = np.sign(d[:, HELDOUT]).mean(axis=0) / H
+    common_mean = float(_batch_se((shared @ w_mean)[None, :])[0])
+    spread_mean = np.abs(d[:, HELDOUT]).mean(axis=1).std(ddof=1) / math.sqrt(K)
+    assert common_mean > 0
+    assert out["sas_mean_se"] == pytest.approx(math.hypot(spread_mean, common_mean), rel=1e-10)
+    w_max = np.zeros(H)
+    for k in range(K):
+        z = cand[np.argmax(np.abs(d[k, cand]))]
+        if z in HELDOUT:
+            w_max[list(HELDOUT).index(z)] += np.sign(d[k, z]) / K
+    common_max = float(_batch_se((shared @ w_max)[None, :])[0]) if w_max.any() else 0.0
+    spread_max = np.abs(d[:, cand]).max(axis=1).std(ddof=1) / math.sqrt(K)
+    assert out["sas_max_se"] == pytest.approx(math.hypot(spread_max, common_max), rel=1e-10)
     # null levels: the root mean square of the per-point batch-means SEs
     diff = perturbed - control
     per_point = _batch_se(diff)  # (K, P)
