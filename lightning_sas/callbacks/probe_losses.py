@@ -320,7 +320,7 @@ class ProbeLosses(StreamCallback):
                       f"probe_every={self.probe_every}); the probe of the untrained model at step 0 never counts")
             for key in ("ergodic_gap", "ergodic_gap_se", "probe_train_loss", "probe_test_loss"):
                 self._last[key] = None
-                ctx.unavailable[key] = reason
+                ctx.unavailable.setdefault(key, reason)
         ctx.summary.update(self._last)
 
     # -- state ----------------------------------------------------------------------------
