@@ -46,6 +46,9 @@ SETTINGS: dict[str, tuple[str, str, float, float]] = {
 
 #: statistics of the table: (name, key of the estimate, key of its critical value or None for 1.96)
 STATISTICS = ("stability_gap", "control_heldout_gap", "sas_mean", "sas_max")
+#: ``--variants``: other standard errors of stability_gap, for comparison (samples: the 2mK
+#: per-swap values taken as independent; max: the larger of that and the replicas' spread)
+VARIANTS = ("stability_gap [SE: samples]", "stability_gap [SE: max]")
 
 
 def load_arrays(dataset: str) -> dict[str, np.ndarray]:
@@ -110,7 +113,7 @@ def train_once(setting: str, seed: int, args: argparse.Namespace, data: dict[str
 def statistics_of(run: dict[str, np.ndarray]) -> dict[str, Any]:
     """The estimate of a stored run over its statistics window, with the current code."""
     from lightning_sas.diagnostics import probe_window_start
-    from lightning_sas.stats.sas import heldout_gap, sas_statistics
+    from lightning_sas.stats.sas import heldout_gap, sas_statistics, time_average
 
     window = None if int(run["window_start"]) < 0 else int(run["window_start"])
     start = max(probe_window_start(window, run["starts"]), int(run["fork_step"]))
@@ -121,18 +124,27 @@ def statistics_of(run: dict[str, np.ndarray]) -> dict[str, Any]:
     gap = heldout_gap(run["control_full"][keep], counts, run["train"], run["heldout"])
     out["control_heldout_gap"], out["control_heldout_gap_se"] = gap["gap"], gap["gap_se"]
     out["window_blocks"] = int(keep.sum())
+    # candidate SEs for stability_gap, compared by the study (the estimate is the same)
+    d = time_average(run["perturbed"][:, keep], counts) - time_average(run["control"][:, keep], counts)
+    values = np.concatenate([d[:, run["removed"]], -d[:, run["added"]]], axis=1)  # (K, 2m): r_k(i), a_k(z')
+    pooled = float(values.std(ddof=1) / math.sqrt(values.size))
+    out["stability_gap [SE: samples]"] = out["stability_gap"]
+    out["stability_gap [SE: samples]_se"] = pooled
+    out["stability_gap [SE: max]"] = out["stability_gap"]
+    out["stability_gap [SE: max]_se"] = max(pooled, out["stability_gap_se"] or 0.0)
     return out
 
 
 def _critical(stats: dict[str, Any], name: str) -> float:
-    return 1.959963984540054 if name == "control_heldout_gap" else float(stats["sas_critical_t"])
+    """1.96 for the measured gap and the per-sample SE, Student's t with K - 1 dof for the rest."""
+    return 1.959963984540054 if name == "control_heldout_gap" or "samples" in name else float(stats["sas_critical_t"])
 
 
-def calibration_rows(results: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+def calibration_rows(results: dict[str, list[dict[str, Any]]], variants: bool = False) -> list[dict[str, Any]]:
     """Spread, mean SE, ratio, coverage per setting and statistic, and the bias of stability_gap."""
     rows = []
     for setting, runs in results.items():
-        for name in STATISTICS:
+        for name in STATISTICS + (VARIANTS if variants else ()):
             ok = [r for r in runs if r.get(name) is not None and r.get(f"{name}_se") is not None]
             if len(ok) < 3:
                 continue
@@ -185,6 +197,7 @@ def main() -> None:
     parser.add_argument("--out", default="runs/calibration", help="stored runs (one .npz per seed)")
     parser.add_argument("--table-only", action="store_true", help="no training: the table from the stored runs")
     parser.add_argument("--json", help="also write the table rows here")
+    parser.add_argument("--variants", action="store_true", help="also rows for other standard errors of stability_gap")
     args = parser.parse_args()
 
     started = time.time()
@@ -209,7 +222,7 @@ def main() -> None:
             with np.load(path) as stored:
                 run = {k: stored[k] for k in stored.files}
             results[setting].append(statistics_of(run))
-    rows = calibration_rows(results)
+    rows = calibration_rows(results, variants=args.variants)
     print(f"\nK = {args.replicas}, {args.steps} steps, {time.time() - started:.0f} s\n")
     print(table(rows))
     if args.json:
