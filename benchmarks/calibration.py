@@ -47,8 +47,9 @@ SETTINGS: dict[str, tuple[str, str, float, float]] = {
 #: statistics of the table: (name, key of the estimate, key of its critical value or None for 1.96)
 STATISTICS = ("stability_gap", "control_heldout_gap", "sas_mean", "sas_max")
 #: ``--variants``: other standard errors of stability_gap, for comparison (samples: the 2mK
-#: per-swap values taken as independent; max: the larger of that and the replicas' spread)
-VARIANTS = ("stability_gap [SE: samples]", "stability_gap [SE: max]")
+#: per-swap values taken as independent; max: the larger of that and the replicas' spread;
+#: previous: the spread and the temporal batch-means SE in quadrature, before the calibration)
+VARIANTS = ("stability_gap [SE: samples]", "stability_gap [SE: max]", "stability_gap [SE: previous]")
 
 
 def load_arrays(dataset: str) -> dict[str, np.ndarray]:
@@ -113,7 +114,7 @@ def train_once(setting: str, seed: int, args: argparse.Namespace, data: dict[str
 def statistics_of(run: dict[str, np.ndarray]) -> dict[str, Any]:
     """The estimate of a stored run over its statistics window, with the current code."""
     from lightning_sas.diagnostics import probe_window_start
-    from lightning_sas.stats.sas import heldout_gap, sas_statistics, time_average
+    from lightning_sas.stats.sas import _temporal_se, heldout_gap, sas_statistics, time_average
 
     window = None if int(run["window_start"]) < 0 else int(run["window_start"])
     start = max(probe_window_start(window, run["starts"]), int(run["fork_step"]))
@@ -132,6 +133,14 @@ def statistics_of(run: dict[str, np.ndarray]) -> dict[str, Any]:
     out["stability_gap [SE: samples]_se"] = pooled
     out["stability_gap [SE: max]"] = out["stability_gap"]
     out["stability_gap [SE: max]_se"] = max(pooled, out["stability_gap_se"] or 0.0)
+    # the SE before the calibration: the spread between replicas and the temporal batch-means SE in
+    # quadrature (the temporal noise counted twice)
+    diff = run["perturbed"][:, keep] - run["control"][:, keep]
+    series = 0.5 * (diff[:, :, run["removed"]].mean(axis=2) - diff[:, :, run["added"]].mean(axis=2))[:, :, None]
+    temporal = _temporal_se(series, counts, None)
+    if temporal is not None and out["stability_gap_se"] is not None:
+        out["stability_gap [SE: previous]"] = out["stability_gap"]
+        out["stability_gap [SE: previous]_se"] = math.sqrt(out["stability_gap_se"] ** 2 + float(np.mean(temporal**2)) / len(temporal))
     return out
 
 
