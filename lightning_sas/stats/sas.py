@@ -33,6 +33,7 @@ __all__ = [
     "time_average",
     "student_t_975",
     "replica_standard_error",
+    "detrend",
 ]
 
 _HALF_NORMAL_MEAN = math.sqrt(2.0 / math.pi)
@@ -86,6 +87,28 @@ def _batch_edges(counts: np.ndarray, min_batch_len: float | None) -> list[tuple[
     return [(a, b) for a, b in zip(edges[:-1], edges[1:]) if b > a]
 
 
+def detrend(series: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    r"""``series`` (blocks on axis 1) minus its count-weighted least-squares line in time, plus its
+    count-weighted mean: the time average is unchanged, a linear drift is taken out. Block ``b``
+    sits at :math:`t_b = \sum_{b' < b} c_{b'} + c_b / 2` evaluations."""
+    x = np.asarray(series, dtype=np.float64)
+    c = np.asarray(counts, dtype=np.float64)
+    if x.shape[1] < 3 or c.sum() <= 0:
+        return x
+    t = np.cumsum(c) - 0.5 * c
+    w = c / c.sum()
+    t_bar = float((w * t).sum())
+    var_t = float((w * (t - t_bar) ** 2).sum())
+    if var_t <= 0:
+        return x
+    shape = [1] * x.ndim
+    shape[1] = len(c)
+    wv, tv = w.reshape(shape), (t - t_bar).reshape(shape)
+    finite = np.where(np.isfinite(x), x, 0.0)
+    slope = (wv * tv * finite).sum(axis=1, keepdims=True) / var_t
+    return x - slope * tv
+
+
 def _temporal_se(series: np.ndarray, counts: np.ndarray, min_batch_len: float | None) -> np.ndarray | None:
     """Batch-means SE of the count-weighted time average of ``series[..., b, ...]`` along axis 1.
 
@@ -131,11 +154,12 @@ def replica_standard_error(values: np.ndarray, temporal: np.ndarray | None = Non
 
 def _common_mode_se(shared: np.ndarray, counts: np.ndarray, weights: np.ndarray, min_batch_len: float | None) -> float:
     r"""Temporal SE of the control's part of a statistic on the shared points: batch means of
-    :math:`c(b) = \sum_z w_z\, C[b, z]` over the control's block means ``shared[b, z]`` (0 when all
-    weights vanish or there are fewer than 2 batches)."""
+    :math:`c(b) = \sum_z w_z\, C[b, z]` over the control's block means ``shared[b, z]``, after
+    :func:`detrend` (0 when all weights vanish or there are fewer than 2 batches)."""
     if not np.any(weights):
         return 0.0
     series = np.nansum(shared * weights[None, :], axis=1)[None, :, None]
+    series = detrend(series, counts)  # a drift of the window is no noise (benchmarks/calibration.py)
     se = _temporal_se(series, counts, min_batch_len)
     return float(se[0, 0]) if se is not None and np.isfinite(se[0, 0]) else 0.0
 
@@ -295,8 +319,8 @@ def heldout_gap(
 
     ``T`` = ``P_train`` and every removed sample (``train_cols``), ``P_test`` = ``test_cols``, from
     the control's block means ``control_full[b, c]`` with ``c_b`` evaluations per block. SE:
-    :func:`~lightning_sas.stats.batch_means.gap_standard_error` (batch means of the per-block gap
-    and the sampling of the probe points, in quadrature). Keys ``gap``, ``gap_se``,
+    :func:`~lightning_sas.stats.batch_means.gap_standard_error` (batch means of the per-block gap,
+    :func:`detrend`-ed, and the sampling of the probe points, in quadrature). Keys ``gap``, ``gap_se``,
     ``train_loss``, ``test_loss``; None without a finite block."""
     from lightning_sas.stats.batch_means import batch_means_se_from_blocks, gap_standard_error
 
@@ -313,7 +337,7 @@ def heldout_gap(
     with np.errstate(invalid="ignore"):
         block_gap = np.nanmean(full[:, test_cols], axis=1) - np.nanmean(full[:, train_cols], axis=1)
     ok = np.isfinite(block_gap) & (counts > 0)
-    temporal = batch_means_se_from_blocks(counts[ok], block_gap[ok] * counts[ok])
+    temporal = batch_means_se_from_blocks(counts[ok], detrend(block_gap[ok][None, :], counts[ok])[0] * counts[ok])
     se = gap_standard_error(temporal, avg[train_cols], avg[test_cols])
     return {"gap": test - train, "gap_se": se, "train_loss": train, "test_loss": test}
 

@@ -40,6 +40,12 @@ def _batch_se(series: np.ndarray) -> np.ndarray:
     return batch.std(axis=1, ddof=1) / 2.0
 
 
+def _drift_free(series: np.ndarray) -> np.ndarray:
+    """``series`` (equal counts) minus its least-squares line in time, its mean kept."""
+    t = np.arange(len(series), dtype=float)
+    return series - np.polyfit(t, series, 1)[0] * (t - t.mean())
+
+
 def test_statistics_equal_brute_force() -> None:
     rng = np.random.default_rng(0)
     perturbed, control = _series(rng, rng.normal(0.0, 0.5, size=(K, P)))
@@ -63,10 +69,11 @@ def test_statistics_equal_brute_force() -> None:
     assert out["stability_gap_se"] == pytest.approx(g.std(ddof=1) / math.sqrt(K), rel=1e-10)
     assert out["stability_gap_removed_se"] == pytest.approx(r.mean(axis=1).std(ddof=1) / math.sqrt(K), rel=1e-10)
     # sas_mean and sas_max: plus the control's noise on the shared points, which moves every
-    # replica's |d| alike (delta method: weights sign(d_k(z)) / (K |P_test|) on the control's series)
+    # replica's |d| alike (delta method: weights sign(d_k(z)) / (K |P_test|) on the control's
+    # series, its drift removed)
     shared = control[0][:, HELDOUT]  # (B, H)
     w_mean = np.sign(d[:, HELDOUT]).mean(axis=0) / H
-    common_mean = float(_batch_se((shared @ w_mean)[None, :])[0])
+    common_mean = float(_batch_se(_drift_free(shared @ w_mean)[None, :])[0])
     spread_mean = np.abs(d[:, HELDOUT]).mean(axis=1).std(ddof=1) / math.sqrt(K)
     assert common_mean > 0
     assert out["sas_mean_se"] == pytest.approx(math.hypot(spread_mean, common_mean), rel=1e-10)
@@ -75,7 +82,7 @@ def test_statistics_equal_brute_force() -> None:
         z = cand[np.argmax(np.abs(d[k, cand]))]
         if z in HELDOUT:
             w_max[list(HELDOUT).index(z)] += np.sign(d[k, z]) / K
-    common_max = float(_batch_se((shared @ w_max)[None, :])[0]) if w_max.any() else 0.0
+    common_max = float(_batch_se(_drift_free(shared @ w_max)[None, :])[0]) if w_max.any() else 0.0
     spread_max = np.abs(d[:, cand]).max(axis=1).std(ddof=1) / math.sqrt(K)
     assert out["sas_max_se"] == pytest.approx(math.hypot(spread_max, common_max), rel=1e-10)
     # null levels: the root mean square of the per-point batch-means SEs
@@ -157,6 +164,25 @@ def test_no_effect_is_resolved_at_the_nominal_rate() -> None:
     assert 1.4 <= float(np.std(ratios)) <= 2.1
 
 
+def test_detrend_removes_a_drift_and_keeps_the_mean() -> None:
+    """A drift inside the window is not noise: the series minus its count-weighted least-squares
+    line, plus its mean. A straight line becomes constant; the weighted mean never changes."""
+    from lightning_sas.stats.sas import detrend
+
+    rng = np.random.default_rng(11)
+    counts = rng.integers(1, 5, size=20).astype(float)
+    t = np.cumsum(counts) - 0.5 * counts
+    line = (2.0 + 0.3 * t)[None, :, None]
+    flat = detrend(line, counts)
+    mean = np.average(line[0, :, 0], weights=counts)
+    np.testing.assert_allclose(flat[0, :, 0], mean, rtol=1e-12)
+    noisy = line + rng.standard_normal(line.shape)
+    out = detrend(noisy, counts)
+    assert np.average(out[0, :, 0], weights=counts) == pytest.approx(np.average(noisy[0, :, 0], weights=counts), rel=1e-12)
+    slope = np.polyfit(t, out[0, :, 0], 1, w=np.sqrt(counts))[0]
+    assert abs(slope) < 1e-10
+
+
 def test_one_replica_uses_the_temporal_standard_error() -> None:
     """K = 1: no spread between replicas, so the SE is the replica's batch-means SE."""
     rng = np.random.default_rng(8)
@@ -182,7 +208,10 @@ def test_heldout_gap_equals_brute_force() -> None:
     avg = full.mean(axis=0)
     assert out["gap"] == pytest.approx(avg[test_cols].mean() - avg[train_cols].mean(), rel=1e-12)
     block_gap = full[:, test_cols].mean(axis=1) - full[:, train_cols].mean(axis=1)
-    temporal = block_gap.reshape(8, 2).mean(axis=1).std(ddof=1) / math.sqrt(8)  # B = max(sqrt(16), 8) batches
+    t = np.arange(n_blocks, dtype=float)
+    slope, intercept = np.polyfit(t, block_gap, 1)
+    drift_free = block_gap - slope * (t - t.mean())  # its least-squares line removed, its mean kept
+    temporal = drift_free.reshape(8, 2).mean(axis=1).std(ddof=1) / math.sqrt(8)  # B = max(sqrt(16), 8) batches
     sampling = avg[test_cols].var(ddof=1) / 5 + avg[train_cols].var(ddof=1) / 6
     assert out["gap_se"] == pytest.approx(math.sqrt(temporal**2 + sampling), rel=1e-10)
     assert heldout_gap(full[:0], counts[:0], train_cols, test_cols)["gap"] is None
