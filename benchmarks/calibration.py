@@ -16,8 +16,10 @@ and ``sas_max`` it prints:
   statistic's critical value) holds the seed-averaged value;
 * ``bias``: ``stability_gap - control_heldout_gap`` averaged over seeds, ± its standard error.
 
-    python benchmarks/calibration.py --seeds 20 --steps 2000 --out runs/calibration
-    python benchmarks/calibration.py --table-only --out runs/calibration     # recompute from stored runs
+    # the study in docs/sas-estimate.md (30 seeds, two processes, one per data set):
+    python benchmarks/calibration.py --settings mnist1d-sgd-0 mnist1d-sgd-40 --seeds 30 --steps 1500 --probe-every 25 --out runs/calibration
+    python benchmarks/calibration.py --settings digits-adam-0 digits-adam-40 --seeds 30 --steps 1500 --probe-every 25 --out runs/calibration
+    python benchmarks/calibration.py --table-only --variants --seeds 30 --steps 1500 --out runs/calibration  # the table
     python benchmarks/calibration.py --settings mnist1d-sgd-0 --seeds 4 --steps 300   # a smoke run
 """
 
