@@ -185,7 +185,7 @@ def sas_statistics(
     heldout_cols: np.ndarray,
     min_batch_len: float | None = None,
 ) -> dict[str, Any]:
-    r"""The SAS statistics of DESIGN section 4 with ``m`` swaps per replica, each with ``_se``,
+    r"""The SAS statistics with ``m`` swaps per replica, each with ``_se``,
     ``_null`` and ``_resolved``.
 
     Inputs are *aligned* block means: ``perturbed[k, b, c]`` of replica ``k + 1`` and
