@@ -3,8 +3,8 @@ K = 4 on mnist1d, clean and with 40 % label noise, on two optimizers.
 
 For each setting it trains the label-noise example's MLP with ``SASMonitor(replicas=SASReplicas(4,
 swaps=m))`` and reports the symmetric ``stability_gap`` (both sides of every swap), its two sides,
-and the ``ergodic_gap`` measured on the control replica against the same held-out split; the
-bias is ``stability_gap - ergodic_gap`` in units of their combined SE. The held-out split is
+and the ``control_heldout_gap`` measured on the control replica against the same held-out split; the
+bias is ``stability_gap - control_heldout_gap`` in units of their combined SE. The held-out split is
 20 % of the data so that m = 128 fits (K m + 1 = 513 held-out samples: 4 x 128 replacements and a P_test point).
 
     python benchmarks/swap_study.py                    # 16 runs, about 10 minutes on 2 CPU cores
@@ -39,22 +39,22 @@ def _pm(summary: dict[str, Any], key: str) -> str:
 
 
 def bias_in_se(summary: dict[str, Any]) -> float | None:
-    """(stability_gap - ergodic_gap) over their combined SE."""
-    keys = ("stability_gap", "stability_gap_se", "ergodic_gap", "ergodic_gap_se")
+    """(stability_gap - control_heldout_gap) over their combined SE."""
+    keys = ("stability_gap", "stability_gap_se", "control_heldout_gap", "control_heldout_gap_se")
     if any(summary.get(k) is None for k in keys):
         return None
-    se = math.hypot(summary["stability_gap_se"], summary["ergodic_gap_se"])
-    return (summary["stability_gap"] - summary["ergodic_gap"]) / se if se > 0 else None
+    se = math.hypot(summary["stability_gap_se"], summary["control_heldout_gap_se"])
+    return (summary["stability_gap"] - summary["control_heldout_gap"]) / se if se > 0 else None
 
 
 def print_rows(rows: list[dict[str, Any]]) -> None:
     """One line per run: every column of the study."""
-    print("| optimizer | noise | m | `stability_gap` | removed side | added side | `ergodic_gap` | bias (SE) | resolved |")
+    print("| optimizer | noise | m | `stability_gap` | removed side | added side | `control_heldout_gap` | bias (SE) | resolved |")
     print("|---|---|---|---|---|---|---|---|---|")
     for s in rows:
         bias = bias_in_se(s)
         print(f"| {s['optimizer']} | {s['label_noise']:.0%} | {s['swaps']} | {_pm(s, 'stability_gap')} | "
-              f"{_pm(s, 'stability_gap_removed')} | {_pm(s, 'stability_gap_added')} | {_pm(s, 'ergodic_gap')} | "
+              f"{_pm(s, 'stability_gap_removed')} | {_pm(s, 'stability_gap_added')} | {_pm(s, 'control_heldout_gap')} | "
               f"{'n/a' if bias is None else f'{bias:+.2f}'} | {'yes' if s.get('stability_gap_resolved') else 'no'} |")
 
 
@@ -64,7 +64,7 @@ def print_pivot(rows: list[dict[str, Any]], reference_m: int = 32) -> None:
     swaps = sorted({int(s["swaps_requested"]) for s in rows})
     settings = list(dict.fromkeys((s["optimizer"], s["label_noise"]) for s in rows))
     cells = {(s["optimizer"], s["label_noise"], int(s["swaps_requested"])): s for s in rows}
-    print("| optimizer, noise | " + " | ".join(f"m = {m}" for m in swaps) + f" | `ergodic_gap` (m = {reference_m} run) |")
+    print("| optimizer, noise | " + " | ".join(f"m = {m}" for m in swaps) + f" | `control_heldout_gap` (m = {reference_m} run) |")
     print("|---" * (len(swaps) + 2) + "|")
     for optimizer, noise in settings:
         line = []
@@ -77,8 +77,8 @@ def print_pivot(rows: list[dict[str, Any]], reference_m: int = 32) -> None:
             line.append(f"{s['stability_gap']:.2f} ± {s['stability_gap_se']:.2f} "
                         f"({'n/a' if bias is None else f'{bias:+.1f}'})")
         ref = cells.get((optimizer, noise, reference_m))
-        gap = "n/a" if ref is None or ref.get("ergodic_gap") is None else \
-            f"{ref['ergodic_gap']:.2f} ± {ref['ergodic_gap_se']:.2f}"
+        gap = "n/a" if ref is None or ref.get("control_heldout_gap") is None else \
+            f"{ref['control_heldout_gap']:.2f} ± {ref['control_heldout_gap_se']:.2f}"
         print(f"| {optimizer}, {noise:.0%} | " + " | ".join(line) + f" | {gap} |")
 
 
@@ -119,7 +119,7 @@ def main() -> None:
                 summary.update(optimizer=optimizer, swaps_requested=m)
                 rows.append(summary)
                 print(f"{optimizer} noise {noise:.0%} m={m}: stability_gap {_pm(summary, 'stability_gap')}, "
-                      f"ergodic_gap {_pm(summary, 'ergodic_gap')}, bias {bias_in_se(summary)}", flush=True)
+                      f"control_heldout_gap {_pm(summary, 'control_heldout_gap')}, bias {bias_in_se(summary)}", flush=True)
     print(f"\nK = {args.replicas}, {args.steps} steps, holdout_fraction {args.holdout_fraction}, "
           f"{time.time() - started:.0f} s in all\n")
     print_rows(rows)

@@ -146,7 +146,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                          limit_val_batches=4)
     trainer.fit(model, datamodule=datamodule)
     summary = monitor.summary()
-    shown = {k: summary.get(k) for k in ("steps", "late_phase_start", "loss_mean", "iat", "ess", "ergodic_gap",
+    shown = {k: summary.get(k) for k in ("steps", "late_phase_start", "window", "loss_mean", "iat", "ess", "ergodic_gap",
+                                         "control_heldout_gap",
                                          "replica_path", "replicas", "swaps", "sas_max", "stability_gap",
                                          "stability_gap_resolved", "sas_converged")}
     print(format_table(shown, title=f"char transformer, {args.steps} steps ({time.time() - started:.0f} s)"))

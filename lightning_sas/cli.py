@@ -58,18 +58,12 @@ class UsageError(ValueError):
     """A mistake in the command line, answered with one line and exit code 2."""
 
 
-#: keys the live monitor measures otherwise than :func:`~lightning_sas.diagnostics.summarize_run`
-#: rebuilds them from the main model's probe stream: with replicas on, ``ergodic_gap`` is the
-#: control replica's on the held-out split, the gap that ``stability_gap`` estimates
-REPLICA_GAP_KEYS = ("ergodic_gap", "ergodic_gap_se", "ergodic_gap_source")
-
-
 def report_summary(run: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     """``(summary, status_summary)`` of a stored run: ``summary`` is
     :func:`~lightning_sas.diagnostics.summarize_run` (rebuilt from the streams, the report's
     table); ``status_summary`` adds what that lacks from the last live summary (``summary.json``:
-    the SAS keys, ``unavailable``, ...) for the status, and with replicas takes the live
-    ``ergodic_gap`` (:data:`REPLICA_GAP_KEYS`) so that both gaps are measured alike."""
+    the SAS keys, ``control_heldout_gap``, ``unavailable``, ...) for the status. ``ergodic_gap``
+    is the main model's in both, with or without replicas."""
     from lightning_sas.diagnostics import summarize_run, unavailable_reasons
 
     summary = summarize_run(run)
@@ -78,8 +72,6 @@ def report_summary(run: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     for key, value in stored.items():
         if merged.get(key) is None:
             merged[key] = value
-    if stored.get("stability_gap") is not None:
-        merged.update({key: stored.get(key) for key in REPLICA_GAP_KEYS})
     # what is still missing after the merge, with the live run's reason where it stored one
     reasons = {**(summary.get("unavailable") or {}), **(stored.get("unavailable") or {})}
     merged["unavailable"] = unavailable_reasons(merged, reasons)
@@ -188,12 +180,12 @@ def _parse_pairs(text: str | None, n_runs: int) -> list[tuple[int, int]]:
 def compare_runs(runs: Sequence[Any], pairs: Sequence[tuple[int, int]], from_step: int | None = None) -> dict[str, Any]:
     """SAS statistics across runs on neighbouring datasets, from their stored probe streams.
 
-    Every run must have probed the same points (same seed and dataset sizes); the late phase is
-    ``from_step`` or the latest of the runs' late-phase starts. Returns
-    ``mean_pairwise_abs_difference`` (mean over pairs and ``P_test`` of
-    ``|<l_p(z)> - <l_q(z)>|``, with SE), ``heldout_max_abs_difference`` (mean over pairs of the
-    max over ``P_test``: not ``sas_max``, whose max also runs over the swapped samples), the
-    authors' ``paper_coefficient`` and per-run time-averaged test losses.
+    Every run must have probed the same points (same seed and dataset sizes); the window starts at
+    ``from_step``, else at the latest of the runs' statistics windows (late phase, else second
+    half; never the probe at step 0). Returns ``mean_pairwise_abs_difference`` (mean over pairs
+    and ``P_test`` of ``|<l_p(z)> - <l_q(z)>|``, with SE), ``heldout_max_abs_difference`` (mean
+    over pairs of the max over ``P_test``: not ``sas_max``, whose max also runs over the swapped
+    samples), the authors' ``paper_coefficient`` and per-run time-averaged test losses.
 
     Runs of a ``lightning-sas perturb`` plan (trained on
     :meth:`~lightning_sas.data.NeighbouringDataset.from_plan` sets) also probed every run's
@@ -221,9 +213,9 @@ def compare_runs(runs: Sequence[Any], pairs: Sequence[tuple[int, int]], from_ste
         n_train = nt
         n_test = int(cfg.get("probe_num_test", stream["losses"].shape[1] - nt))
         probes.append(stream)
-    if from_step is None:
-        starts = [summarize_run(r).get("late_phase_start") for r in runs]
-        from_step = max((s for s in starts if s is not None), default=0)
+    if from_step is None:  # the latest of the runs' statistics windows, never the step-0 probe
+        starts = [summarize_run(r).get("window_start") for r in runs]
+        from_step = max([1, *(s for s in starts if s is not None)])
     per_point = []
     for stream in probes:
         keep = stream["step"] >= from_step

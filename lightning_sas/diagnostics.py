@@ -25,6 +25,8 @@ __all__ = [
     "WEIGHT_KEYS",
     "PROBE_KEYS",
     "late_phase_from_blocks",
+    "statistics_window_start",
+    "probe_window_start",
     "loss_diagnostics",
     "summarize_run",
     "figure_inputs",
@@ -37,6 +39,8 @@ LOSS_KEYS = (
     "late_phase_start",
     "late_phase_found",
     "late_phase_steps",
+    "window_start",
+    "window",
     "loss_mean",
     "loss_se",
     "loss_std",
@@ -64,6 +68,8 @@ PROBE_KEYS = ("ergodic_gap", "ergodic_gap_se", "probe_train_loss", "probe_test_l
 
 #: why a summary key is None when its part gave no more specific reason (``summary["unavailable"]``)
 GENERIC_REASONS: dict[str, str] = {
+    "window_start": "no training loss recorded yet",
+    "window": "no training loss recorded yet",
     "late_phase_start": "the late phase has not started: MSER finds the loss still trending (the statistics "
                         "use the second half of the stream and are provisional)",
     "loss_mean": "no finite training loss recorded yet (training_step returned no loss tensor, or all were NaN/Inf)",
@@ -125,6 +131,31 @@ def late_phase_from_blocks(arrays: Mapping[str, np.ndarray]) -> int | None:
     return int(starts[keep][d])
 
 
+#: ``summary["window"]``: which window every statistic of the run averages over
+WINDOW_LATE_PHASE = "late phase"
+WINDOW_SECOND_HALF = "second half"
+
+
+def statistics_window_start(block_starts: np.ndarray, late_phase_start: int | None) -> int | None:
+    """First step of the window that every statistic of a run averages over: the late-phase
+    start when one is known, else the start of the block that opens the second half of the stream
+    (``block_starts[B // 2]`` for ``B`` blocks); None for an empty stream."""
+    if late_phase_start is not None:
+        return int(late_phase_start)
+    starts = np.asarray(block_starts)
+    return int(starts[len(starts) // 2]) if len(starts) else None
+
+
+def probe_window_start(window_start: int | None, block_starts: Any) -> int:
+    """Where probe time averages start (probes, the ergodic gap, the SAS estimate): at the run's
+    statistics window (:func:`statistics_window_start`), else (a probe part used on its own, with
+    no loss stream) at the second half of its own blocks, and never before step 1, so that the
+    probe of the untrained model (entry 0) never counts."""
+    if window_start is None:
+        window_start = statistics_window_start(np.asarray(list(block_starts), dtype=np.int64), None)
+    return max(int(window_start or 0), 1)
+
+
 def loss_diagnostics(
     blocks: BlockMoments,
     window_steps: np.ndarray,
@@ -136,7 +167,9 @@ def loss_diagnostics(
 
     * late phase: ``late_phase_start`` if given, else MSER on the block means (re-evaluated each
       call); while MSER finds no end of the transient (``late_phase_found`` False) the statistics
-      use the second half of the stream, so they are shown but flagged;
+      use the second half of the stream, so they are shown but flagged. ``window_start`` is the
+      first step of that window and ``window`` names it (``"late phase"`` or ``"second half"``):
+      the probes, the ergodic gap and the SAS estimate average over the same window;
     * ``loss_mean`` = time average over the late-phase blocks; ``loss_se`` = batch-means standard
       error with batches longer than ``2 * iat``; ``loss_std`` = amplitude of the oscillation;
     * ``iat`` (Sokal window), ``ess = n_late / iat``, the dominant period, its power fraction and
@@ -155,6 +188,8 @@ def loss_diagnostics(
         starts = all_blocks["starts"]
         start = int(starts[len(starts) // 2])
     out["late_phase_start"] = int(start) if found else None
+    out["window_start"] = None if start is None else int(start)
+    out["window"] = WINDOW_LATE_PHASE if found else (WINDOW_SECOND_HALF if start is not None else None)
     late = blocks.arrays(start)
     counts, sums, sumsqs = late["counts"], late["sums"], late["sumsqs"]
     n_late = float(counts.sum())
@@ -255,7 +290,7 @@ def summarize_run(run: Any) -> dict[str, Any]:
                             num_extra=int(meta.get("probe_num_swap") or 0))
         for step, row in zip(probes["step"], probes["losses"]):
             metric.update(torch.from_numpy(np.asarray(row, dtype=np.float64)), int(step))
-        metric.start_step = summary.get("late_phase_start") if summary.get("late_phase_found") else None
+        metric.start_step = probe_window_start(summary.get("window_start"), metric.cursor.starts)
         gap = metric.gap_with_se(min_batch_len=None)
         summary["ergodic_gap"] = gap["gap"]
         summary["ergodic_gap_se"] = gap["gap_se"]

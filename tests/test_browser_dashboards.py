@@ -146,9 +146,11 @@ def test_overview_comes_first_with_data(tensorboard_url: str) -> None:
     assert titles[1:] == ["Loss dynamics", "Oscillation", "Weights", "SAS"]
     overview = layout["category"][0]["chart"]
     assert 1 <= len(overview) <= 6
-    gaps = next(c for c in overview if "margin" in c and len(c["margin"]["series"]) == 2
-                and {s["value"] for s in c["margin"]["series"]} == {"sas/sas/stability_gap", "sas/sas/ergodic_gap"})
-    assert {s["lower"] for s in gaps["margin"]["series"]} == {"sas/sas/stability_gap_lower", "sas/sas/ergodic_gap_lower"}
+    gaps = next(c for c in overview if "margin" in c and len(c["margin"]["series"]) == 3
+                and {s["value"] for s in c["margin"]["series"]} == {"sas/sas/stability_gap", "sas/sas/control_heldout_gap",
+                                                                    "sas/sas/ergodic_gap"})
+    assert {s["lower"] for s in gaps["margin"]["series"]} == {"sas/sas/stability_gap_lower",
+                                                              "sas/sas/control_heldout_gap_lower", "sas/sas/ergodic_gap_lower"}
     _run, run_tags = _run_tags(tensorboard_url, "scalars")
     for chart in overview:
         for tag in _chart_tags(chart):

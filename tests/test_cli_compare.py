@@ -73,3 +73,11 @@ def test_perturb_then_compare(tmp_path: Any, capsys: pytest.CaptureFixture) -> N
     assert [[int(i), int(j)] for i, j in swapped[0]] == [[int(i), j] for i, j in plan["runs"][1]["replace"].items()]
     assert (tmp_path / "cmp" / "abs_differences.png").exists() and html.exists()
     assert cli_main(["compare", dirs[0]]) == 2
+    # without --from-step: the latest of the runs' statistics windows, never the probe at step 0
+    from lightning_sas.diagnostics import summarize_run
+
+    capsys.readouterr()
+    assert cli_main(["compare", *dirs, "--json", "--out", str(tmp_path / "cmp2")]) == 0
+    default = json.loads(capsys.readouterr().out)
+    starts = [summarize_run(read_run(d))["window_start"] for d in dirs]
+    assert None not in starts and default["from_step"] == max(starts) >= 1

@@ -18,7 +18,7 @@ def test_char_transformer_example_summary_has_its_keys(tmp_path: Any) -> None:
     finally:
         sys.path.remove(str(EXAMPLES))
     summary = char_transformer.main(["--steps", "60", "--logdir", str(tmp_path)])
-    for key in ("loss_mean", "iat", "weight_norm", "ergodic_gap", "ergodic_gap_validation", "sas_max", "stability_gap",
+    for key in ("loss_mean", "iat", "weight_norm", "ergodic_gap", "control_heldout_gap", "sas_max", "stability_gap",
                 "swaps"):
         assert summary[key] is not None, (key, summary["unavailable"].get(key))
     assert summary["replica_path"] == "generic"  # no loss_fn: the module's own training_step

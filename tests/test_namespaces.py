@@ -154,10 +154,10 @@ def test_monitor_with_replicas(ns: ModuleType, tmp_path: Path) -> None:
     trainer = _trainer(ns, tmp_path, [monitor], max_steps=100, enable_checkpointing=False)
     trainer.fit(classifier(ns), train)
     summary = monitor.summary()
-    _assert_finite(summary, ("loss_mean", "sas_max", "sas_mean", "sas_replaced", "stability_gap", "ergodic_gap"))
+    _assert_finite(summary, ("loss_mean", "sas_max", "sas_mean", "sas_replaced", "stability_gap", "control_heldout_gap"))
     assert summary["replicas"] == 2
     tags = _scalar_tags(trainer.logger.log_dir)
-    for tag in ("sas/sas/sas_max", "sas/sas/stability_gap", "sas/sas/ergodic_gap"):
+    for tag in ("sas/sas/sas_max", "sas/sas/stability_gap", "sas/sas/control_heldout_gap"):
         assert tag in tags, tag
     path = tmp_path / "replicas.ckpt"
     trainer.save_checkpoint(str(path))

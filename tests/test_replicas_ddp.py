@@ -19,7 +19,7 @@ from lightning_sas.metrics.sas_estimate import SASEstimate
 
 SAS_COMPARED = ("sas_max", "sas_max_se", "sas_mean", "sas_mean_se", "sas_replaced", "sas_replaced_se", "swaps",
                 "stability_gap_removed", "stability_gap_added",
-                "stability_gap", "stability_gap_se", "ergodic_gap", "ergodic_gap_se", "paper_coefficient",
+                "stability_gap", "stability_gap_se", "control_heldout_gap", "control_heldout_gap_se", "paper_coefficient",
                 "paper_coefficient_se", "steps_since_fork")
 
 SCRIPT = textwrap.dedent(

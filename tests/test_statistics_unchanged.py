@@ -1,7 +1,9 @@
-"""The monitor's cost work (scheduled snapshots, probes and flushes, batched TensorBoard events,
-cached learning rate) changed no statistic: three runs (plain, gradient accumulation, manual
-optimization) give the summaries the code gave before it (``tests/data``, recorded with commit
-db98ff9), to floating-point identity."""
+"""Statistics do not change unnoticed: three runs (plain, gradient accumulation, manual
+optimization) give the recorded summaries (``tests/data/monitor_before_cost_work.json``, first
+recorded before the monitor's cost work, commit db98ff9, to show that it changed no statistic).
+Rerecorded with ``python tests/data/make_goldens.py`` when a statistic changes on purpose: the
+last time when every statistic moved to one window (the late phase, else the second half; never
+the probe at step 0), which changed the probe figures of runs without a late phase."""
 
 from __future__ import annotations
 
@@ -19,8 +21,8 @@ from lightning_sas import SASMonitor
 BEFORE = json.loads((Path(__file__).parent / "data" / "monitor_before_cost_work.json").read_text())
 
 
-@pytest.mark.parametrize("name", ["plain", "accumulate", "manual"])
-def test_summaries_equal_the_code_before_the_cost_work(name: str, tmp_path: Any) -> None:
+def summary_of(name: str, tmp_path: Any) -> dict[str, Any]:
+    """The summary of run ``name`` (plain, gradient accumulation or manual optimization)."""
     pl.seed_everything(0, verbose=False)
     kw: dict[str, Any] = dict(accelerator="cpu", max_steps=300, logger=False, enable_checkpointing=False,
                               enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
@@ -34,10 +36,17 @@ def test_summaries_equal_the_code_before_the_cost_work(name: str, tmp_path: Any)
         pl.Trainer(callbacks=[monitor], **kw).fit(ManualOptimBoringModel())
     else:
         pl.Trainer(callbacks=[monitor], **kw).fit(TinyClassifier(), train, val)
-    summary = monitor.summary()
+    return monitor.summary()
+
+
+@pytest.mark.parametrize("name", ["plain", "accumulate", "manual"])
+def test_summaries_equal_the_recorded_ones(name: str, tmp_path: Any) -> None:
+    """Recorded by ``python tests/data/make_goldens.py``; float32 training, so 1e-9 relative (not
+    bit identity) survives dependency versions that reorder a float32 sum."""
+    summary = summary_of(name, tmp_path)
     for key, before in BEFORE[name].items():
         if isinstance(before, float):
-            assert summary[key] == pytest.approx(before, rel=1e-12, abs=1e-15), key
+            assert summary[key] == pytest.approx(before, rel=1e-9, abs=1e-12), key
         else:
             assert summary[key] == before, key
 

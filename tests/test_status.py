@@ -26,7 +26,7 @@ from lightning_sas.loggers.tags import (
 LATE = {"late_phase_found": True, "late_phase_start": 120, "late_phase_steps": 380, "stationary": True,
         "geweke_z": 0.52, "lr": 0.1, "lr_constant_in_late_phase": True}
 
-REPLICAS = {"replicas": 4, "sas_critical_t": 3.182, "sas_converged": True, "ergodic_gap_source": "holdout (control replica)"}
+REPLICAS = {"replicas": 4, "sas_critical_t": 3.182, "sas_converged": True, "ergodic_gap_source": "validation"}
 
 
 def _line(summary: dict[str, Any], label: str) -> str:
@@ -36,8 +36,12 @@ def _line(summary: dict[str, Any], label: str) -> str:
 
 def test_late_phase_found_and_not_found() -> None:
     assert "since step 120 (380 steps in it)" in _line(LATE, "Late phase")
-    trending = _line({"late_phase_found": False, "late_phase_start": None}, "Late phase")
+    assert "window: the late phase, every statistic (loss, probes, `ergodic_gap`, SAS estimate) averages over it" in _line(
+        LATE, "Late phase")
+    trending = _line({"late_phase_found": False, "late_phase_start": None, "window_start": 250, "window": "second half"},
+                     "Late phase")
     assert trending.startswith("not found yet: the loss is still trending")
+    assert "window: the second half of the stream, from step 250, every statistic" in trending
     assert "no loss recorded yet" in _line({}, "Late phase")
 
 
@@ -54,21 +58,26 @@ def test_stationarity_and_learning_rate() -> None:
 def test_sas_resolved_with_the_gaps_side_by_side() -> None:
     summary = {**LATE, **REPLICAS, "sas_max": 0.5, "sas_max_se": 0.05, "sas_max_null": 0.1, "sas_max_resolved": True,
                "sas_resolved": True, "stability_gap": 0.41, "stability_gap_se": 0.05, "stability_gap_resolved": True,
-               "ergodic_gap": 0.4, "ergodic_gap_se": 0.02, "stability_gap_max_share": 0.3}
+               "control_heldout_gap": 0.4, "control_heldout_gap_se": 0.02, "ergodic_gap": 0.9, "ergodic_gap_se": 0.03,
+               "stability_gap_max_share": 0.3, "window": "late phase"}
     sas = _line(summary, "SAS estimate")
     assert sas.startswith("`sas_max` resolved, `stability_gap` resolved (± is one SE; t = 3.18, Student's t for K − 1 = 3 dof)")
     assert "`sas_max` 0.5 ± 0.05: resolved: above null + t·SE = 0.1 + 3.18 × 0.05 = 0.259" in sas
     assert "`stability_gap` 0.41 ± 0.05: resolved: |gap| above t·SE = 3.18 × 0.05 = 0.159" in sas
     assert "converged" in sas and "raise K" not in sas
     gaps = _line(summary, "Generalization gap")
-    assert "`stability_gap` 0.41 ± 0.05 (replace-one estimate) vs `ergodic_gap` 0.4 ± 0.02" in gaps
-    assert "source: holdout (control replica)" in gaps and "they agree within 2 combined SE" in gaps
+    assert ("`stability_gap` 0.41 ± 0.05 (replace-one estimate) vs `control_heldout_gap` 0.4 ± 0.02 (the gap it "
+            "estimates: the control replica on the held-out split, measured over the late phase)") in gaps
+    assert "they agree within 2 combined SE" in gaps
+    # the main model's gap is named as such, and never compared with stability_gap
+    assert "`ergodic_gap` 0.9 ± 0.03 (main model, measured over the late phase, source: validation)" in gaps
 
 
 def test_sas_not_resolved_says_why() -> None:
     summary = {**LATE, **REPLICAS, "sas_max": 0.12, "sas_max_se": 0.05, "sas_max_null": 0.1, "sas_max_resolved": False,
                "sas_resolved": False, "sas_converged": False, "stability_gap": 0.41, "stability_gap_se": 0.30,
-               "stability_gap_resolved": False, "ergodic_gap": 1.5, "ergodic_gap_se": 0.05, "stability_gap_max_share": 0.9}
+               "stability_gap_resolved": False, "control_heldout_gap": 1.5, "control_heldout_gap_se": 0.05,
+               "ergodic_gap": 0.45, "ergodic_gap_se": 0.05, "stability_gap_max_share": 0.9}
     sas = _line(summary, "SAS estimate")
     assert sas.startswith("`sas_max` not resolved, `stability_gap` not resolved (")
     assert "not resolved: below null + t·SE = 0.1 + 3.18 × 0.05 = 0.259" in sas
@@ -98,7 +107,7 @@ def test_missing_diagnostics_are_listed_with_their_reasons() -> None:
     summary = {**LATE, "unavailable": {"ergodic_gap": reason, "ergodic_gap_se": reason, "probe_test_loss": reason,
                                        "grad_norm": "manual optimization: no gradients at the snapshot steps",
                                        "update_size": "manual optimization: no gradients at the snapshot steps"}}
-    assert f"`ergodic_gap` not measured: {reason}" in _line(summary, "Generalization gap")
+    assert f"`ergodic_gap` (main model) not measured: {reason}" in _line(summary, "Generalization gap")
     missing = _line(summary, "Not computed")
     assert missing.startswith("2 diagnostics.")
     assert "`grad_norm`, `update_size`: manual optimization: no gradients at the snapshot steps" in missing
@@ -150,6 +159,8 @@ def test_overview_layout_first_and_no_flag_charted() -> None:
     assert list(layout[OVERVIEW]) == [title for title, _keys in reversed(OVERVIEW_CHARTS)]
     gaps = next(c for t, c in layout[OVERVIEW].items() if "stability gap" in t)
     assert gaps == ["Margin", ["sas/sas/stability_gap", "sas/sas/stability_gap_lower", "sas/sas/stability_gap_upper",
+                               "sas/sas/control_heldout_gap", "sas/sas/control_heldout_gap_lower",
+                               "sas/sas/control_heldout_gap_upper",
                                "sas/sas/ergodic_gap", "sas/sas/ergodic_gap_lower", "sas/sas/ergodic_gap_upper"]]
     flag_tags = [tag_for(k) for k in FLAG_KEYS] + ["sas/other/sas_max_resolved"]
     for group in layout.values():
@@ -201,14 +212,17 @@ def test_report_status_merges_the_stored_summary() -> None:
     assert for_status["unavailable"]["grad_norm"] == "manual optimization"  # the live reason is kept
     assert "sas_max" not in for_status["unavailable"]  # filled from summary.json: not missing
     assert _line(for_status, "SAS estimate").startswith("`sas_max` resolved (")
-    # with replicas, the status compares stability_gap with the live (control replica) ergodic_gap
-    live = {**stored, "stability_gap": 0.2, "stability_gap_se": 0.05, "ergodic_gap": 0.25, "ergodic_gap_se": 0.01,
-            "ergodic_gap_source": "holdout (control replica)"}
-    rebuilt = {"ergodic_gap": 3.0, "ergodic_gap_se": None, "ergodic_gap_source": "validation"}
+    # with replicas, the status compares stability_gap with the live control_heldout_gap; ergodic_gap
+    # is the main model's in the table and in the status alike
+    live = {**stored, "stability_gap": 0.2, "stability_gap_se": 0.05, "control_heldout_gap": 0.25,
+            "control_heldout_gap_se": 0.01, "ergodic_gap": 2.9, "ergodic_gap_se": 0.1, "ergodic_gap_source": "validation"}
+    rebuilt = {"ergodic_gap": 3.0, "ergodic_gap_se": 0.1, "ergodic_gap_source": "validation"}
     with mock.patch("lightning_sas.diagnostics.summarize_run", return_value=rebuilt):
         table, for_status = report_summary(SimpleNamespace(streams={}, meta={}, summary=live, root="."))
-    assert table["ergodic_gap"] == 3.0 and for_status["ergodic_gap"] == 0.25 and for_status["ergodic_gap_se"] == 0.01
-    assert "source: holdout (control replica)" in _line(for_status, "Generalization gap")
+    assert table["ergodic_gap"] == 3.0 and for_status["ergodic_gap"] == 3.0
+    assert for_status["control_heldout_gap"] == 0.25
+    gaps = _line(for_status, "Generalization gap")
+    assert "vs `control_heldout_gap` 0.25 ± 0.01" in gaps and "they agree within 2 combined SE" in gaps
     table, for_status = report_summary(SimpleNamespace(streams={}, meta={}, summary=None, root="."))
     assert _line(for_status, "SAS estimate").startswith("replicas off")
 

@@ -94,7 +94,7 @@ def test_custom_scalars_layout_and_hparams_merged(tb_run: tuple[str, SASMonitor]
     stored = layout_pb2.Layout.FromString(acc.Tensors(cs_metadata.CONFIG_SUMMARY_TAG)[0].tensor_proto.string_val[0])
     assert [c.title for c in stored.category] == list(layout)
     assert [c.closed for c in stored.category] == [False, True, True, True, True]  # details one click away
-    assert max(len(c.margin.series) for c in stored.category[0].chart) == 2  # the two gaps, band against band
+    assert max(len(c.margin.series) for c in stored.category[0].chart) == 3  # the gaps, band against band
     margins = [chart for group in layout.values() for chart in group.values() if chart[0] == "Margin"]
     scalar_tags = set(acc.Tags()["scalars"])
     for _kind, tags in margins[:2]:

@@ -105,6 +105,8 @@ class FlushContext:
         self.writer = writer
         self.late_phase_start: int | None = None
         self.late_phase_found: bool = False
+        #: first step of the window every statistic averages over (late phase, else second half)
+        self.window_start: int | None = None
         #: the late-phase start held over two flushes (or was fixed by the user)
         self.late_phase_stable: bool = False
         self.summary: dict[str, Any] = {}

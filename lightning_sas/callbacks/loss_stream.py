@@ -224,6 +224,7 @@ class LossStream(StreamCallback):
                                                   "power_fraction", "geweke_z", "stationary", "late_phase_start"), reason))
         ctx.late_phase_start = self._last.get("late_phase_start")
         ctx.late_phase_found = bool(self._last.get("late_phase_found"))
+        ctx.window_start = self._last.get("window_start")
         # a start that held (within one flush) over two flushes is "stable": the weights' ergodic
         # mean is frozen there, not at an early MSER guess made on a few blocks
         start = ctx.late_phase_start

@@ -555,7 +555,9 @@ class SASMonitor(Callback):
     def summary(self) -> dict[str, Any]:
         """The diagnostics as of the last flush, as plain host values (None where not computable).
 
-        Keys: ``late_phase_start``, ``late_phase_found``, ``loss_mean``, ``loss_se``, ``loss_std``,
+        Keys: ``late_phase_start``, ``late_phase_found``, ``window_start`` and ``window`` (the
+        window every statistic averages over: ``"late phase"``, else ``"second half"``),
+        ``loss_mean``, ``loss_se``, ``loss_std``,
         ``iat``, ``ess``, ``dominant_period``, ``power_fraction``, ``geweke_z``, ``stationary``,
         ``lr``, ``lr_constant_in_late_phase``, ``nonfinite_losses``, ``steps``, ``weight_norm``,
         ``update_size``, ``distance_from_init``, ``distance_to_ergodic_mean``,
@@ -564,8 +566,9 @@ class SASMonitor(Callback):
         ``nonfinite_probe_losses`` and ``layers`` (per-layer norms). With replicas also the SAS
         keys (``sas_max``, ``sas_mean``, ``sas_replaced``, ``stability_gap``, each with ``_se``,
         ``_null`` and ``_resolved``; ``sas_resolved``, ``sas_converged``, ``paper_coefficient``,
-        ...; see :class:`SASReplicas`), and ``ergodic_gap`` then comes from the control replica
-        on the held-out split (``ergodic_gap_validation`` keeps the validation-set figure).
+        ...; see :class:`SASReplicas`) and ``control_heldout_gap`` (with ``_se``): the control
+        replica's gap on the held-out split, the gap ``stability_gap`` estimates. ``ergodic_gap``
+        is always the main model's (validation probes).
         """
         return dict(self._summary)
 

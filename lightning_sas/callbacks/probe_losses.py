@@ -12,6 +12,7 @@ from lightning_sas import _compat as pl  # pl.Trainer, pl.LightningModule: of ei
 from lightning_sas.callbacks._common import device_float_dtype, entry_completed, prepare_batch, resolve_callable, sharded_parameters, warn_once
 from lightning_sas.validation import check_int, check_seed
 from lightning_sas.callbacks.base import FlushContext, StreamCallback, exchange
+from lightning_sas.diagnostics import probe_window_start
 from lightning_sas.data.loaders import SampleSource, first_loader, is_map_style, training_source, validation_source
 from lightning_sas.isolation import observed
 from lightning_sas.losses import PerSampleLoss, per_sample_loss
@@ -217,6 +218,9 @@ class ProbeLosses(StreamCallback):
         self._activate(trainer, pl_module, len(self.train_indices), len(self.test_indices), len(self.swap_indices),
                        positions)
         if heldout is None and self.enabled:
+            if self.heldout_elsewhere:
+                no_heldout += ("; the control replica's gap on the held-out split of the training data is "
+                               "control_heldout_gap")
             for key in ("ergodic_gap", "ergodic_gap_se", "probe_test_loss"):
                 self.unavailable[key] = no_heldout
             if not self.heldout_elsewhere and self.num_test_probes > 0:
@@ -349,7 +353,7 @@ class ProbeLosses(StreamCallback):
             if ctx.writer is not None:
                 ctx.writer.append("probes", {"step": np.asarray(self._row_steps, dtype=np.int64), "losses": host})
             self._row_steps = []
-        metric.start_step = ctx.late_phase_start if ctx.late_phase_found else None
+        metric.start_step = probe_window_start(ctx.window_start, metric.cursor.starts)
         nonfinite = int(metric.nonfinite.sum())  # sync-ok: flush time
         per_point = metric.per_point_average().cpu().numpy()  # sync-ok
         gap = metric.gap_with_se() if isinstance(metric, ErgodicGap) else None
@@ -370,6 +374,12 @@ class ProbeLosses(StreamCallback):
             )
             ctx.histograms["probes/time_avg_loss_test"] = per_point[num_train:]
         ctx.histograms["probes/time_avg_loss_train"] = per_point[:num_train]
+        if metric.cursor.first_block_from(metric.start_step) >= metric.cursor.n_blocks:  # nothing in the window
+            reason = (f"no probe evaluation inside the statistics window yet (it starts at step {metric.start_step}; "
+                      f"probe_every={self.probe_every}); the probe of the untrained model at step 0 never counts")
+            for key in ("ergodic_gap", "ergodic_gap_se", "probe_train_loss", "probe_test_loss"):
+                self._last[key] = None
+                ctx.unavailable.setdefault(key, reason)
         ctx.summary.update(self._last)
 
     # -- state ----------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from lightning_sas.validation import MAX_COUNT, check_bool, check_choice, check_
 from lightning_sas.callbacks.base import FlushContext, StreamCallback
 from lightning_sas.data import auto_swaps, choose_swaps, make_probe_set, resolve_swaps, split_holdout
 from lightning_sas.data.loaders import DEFAULT_POOL_SIZE, SampleSource, is_map_style, training_source
+from lightning_sas.diagnostics import probe_window_start
 from lightning_sas.isolation import isolated_rng, observed
 from lightning_sas.losses import per_sample_loss
 from lightning_sas.losses import PerSampleLoss
@@ -51,7 +52,8 @@ SAS_KEYS = (
     "sas_resolved", "sas_converged", "paper_coefficient", "paper_coefficient_se",
     "mean_pairwise_abs_difference", "mean_pairwise_abs_difference_se", "replicas", "replica_path",
     "replica_sampler", "fork_step", "steps_since_fork", "replica_checkpoint_bytes",
-    "sas_critical_t", "stability_gap_max_share",
+    "sas_critical_t", "stability_gap_max_share", "control_heldout_gap", "control_heldout_gap_se",
+    "control_train_loss", "control_heldout_loss",
 )
 
 
@@ -79,10 +81,11 @@ class SASReplicas(StreamCallback):
     * ``stability_gap``: the replace-one estimate of the generalization gap from both sides of
       every swap, the mean over replicas of each replica's mean of ``d_k(i)`` (``i`` in ``I_k``,
       the removed side ``stability_gap_removed``) and ``-d_k(z')`` (``z'`` in ``Z'_k``, the
-      added side ``stability_gap_added``); next to ``ergodic_gap`` measured directly on the
-      control replica (``P_test`` minus ``P_train``) against the same held-out split
-      (:func:`~lightning_sas.stats.sas.sas_statistics`);
-    * each with a standard error (spread over replicas combined with batch means over time), a
+      added side ``stability_gap_added``); next to the gap it estimates, ``control_heldout_gap``,
+      measured directly on the control replica (``P_test`` minus ``P_train`` and the removed
+      samples) against the same held-out split (:func:`~lightning_sas.stats.sas.sas_statistics`,
+      :func:`~lightning_sas.stats.sas.heldout_gap`); ``ergodic_gap`` stays the main model's;
+    * each with a standard error (the spread over replicas, Student's t with K - 1 dof), a
       null level and a ``*_resolved`` flag; ``sas_converged`` compares the last two doublings of
       the averaging window; ``paper_coefficient`` is the authors' statistic over the neighbouring
       pairs (control, k).
@@ -748,11 +751,15 @@ class SASReplicas(StreamCallback):
         ctx.unavailable["paper_coefficient_se"] = "the jackknife over runs needs K >= 2 perturbed replicas"
         # under DDP the ranks agreed on whether a replica failed anywhere (``off_on``) and summed
         # the time averages (``collective_payload``) in the flush's two collectives
-        start = ctx.late_phase_start if ctx.late_phase_found else None
-        if self.fork_step is not None and (start is None or start < self.fork_step):
-            start = self.fork_step if start is not None else None
+        start = max(probe_window_start(ctx.window_start, self.metric.cursor.starts), self.fork_step or 0)
         with self.metric.summed_states(ctx.reduced.get(self)):
             estimate = self.metric.estimate(from_step=start, fork_step=self.fork_step or 0)
+        if "sas_max" not in estimate:  # no replica probe inside the window yet
+            ctx.unavailable.update({key: f"no replica probe evaluation inside the statistics window yet (it starts at "
+                                         f"step {start}; probe_every={self.probe_every}); the probe of the untrained model at step 0 never counts"
+                                    for key in SAS_KEYS if key not in ("replicas", "swaps", "replica_path",
+                                                                       "replica_sampler", "fork_step", "steps_since_fork",
+                                                                       "replica_checkpoint_bytes")})
         estimate.update(
             {
                 "replicas": self.replicas,
@@ -762,7 +769,6 @@ class SASReplicas(StreamCallback):
                 "fork_step": self.fork_step,
                 "steps_since_fork": self._steps_taken,
                 "replica_checkpoint_bytes": self._checkpoint_bytes or None,
-                "ergodic_gap_source": "holdout (control replica)",
             }
         )
         histograms = estimate.pop("abs_d", None)
@@ -771,9 +777,6 @@ class SASReplicas(StreamCallback):
         ctx.figure_data["sas_windows"] = estimate.pop("windows", None)
         ctx.figure_data["sas_forgetting"] = estimate.pop("forgetting", None)
         self._last = estimate
-        if "ergodic_gap" in ctx.summary and str(ctx.summary.get("ergodic_gap_source") or "").startswith("validation"):
-            ctx.summary["ergodic_gap_validation"] = ctx.summary.get("ergodic_gap")
-            ctx.summary["ergodic_gap_validation_se"] = ctx.summary.get("ergodic_gap_se")
         ctx.summary.update(self._last)
         if ctx.writer is not None and self.metric is not None and not self._meta_written:
             self._meta_written = True  # the swaps and probe points are fixed for the run: written once

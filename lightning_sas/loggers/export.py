@@ -128,7 +128,7 @@ def _figures(ctx: Any) -> dict[str, Any]:
         )
     windows = ctx.figure_data.get("sas_windows")
     if windows:
-        out["sas/figures/sas_vs_window"] = figures.sas_window_figure(windows, summary.get("ergodic_gap"))
+        out["sas/figures/sas_vs_window"] = figures.sas_window_figure(windows, summary.get("control_heldout_gap"))
     forgetting = ctx.figure_data.get("sas_forgetting")
     if forgetting and forgetting.get("steps_since_fork"):
         out["sas/figures/forgetting"] = figures.forgetting_figure(forgetting)

@@ -172,7 +172,7 @@ def sas_window_figure(windows: dict[str, Any] | None, ergodic_gap: float | None 
         if y.size == x.size and np.isfinite(y).any():
             ax.errorbar(x, y, yerr=np.where(np.isfinite(e), e, 0), marker="o", capsize=3, label=name)
     if ergodic_gap is not None:
-        ax.axhline(ergodic_gap, color="black", ls=":", label="ergodic gap (control)")
+        ax.axhline(ergodic_gap, color="black", ls=":", label="control replica's held-out gap")
     ax.legend(loc="best", fontsize=8)
     _finish(fig)
     return fig

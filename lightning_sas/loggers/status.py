@@ -67,16 +67,21 @@ def _reason(unavailable: Mapping[str, str], used: set[str], *keys: str) -> str |
 
 
 def _late_phase(s: Mapping[str, Any], unavailable: Mapping[str, str], used: set[str]) -> StatusLine:
+    """The late phase and the window every statistic averages over (``window``, ``window_start``)."""
     found = s.get("late_phase_found")
+    window_start = s.get("window_start")
+    every = "every statistic (loss, probes, `ergodic_gap`, SAS estimate) averages over it"
     if found is True:
         steps = _num(s, "late_phase_steps")
         tail = f" ({int(steps)} steps in it)" if steps is not None else ""
-        return StatusLine("Late phase", f"since step {format_value(s.get('late_phase_start'))}{tail}.")
+        return StatusLine("Late phase", f"since step {format_value(s.get('late_phase_start'))}{tail}; window: the late "
+                                        f"phase, {every}.")
     if found is False:
+        since = f", from step {format_value(window_start)}" if window_start is not None else ""
         return StatusLine(
             "Late phase",
-            "not found yet: the loss is still trending (MSER finds no end of the transient); the "
-            "statistics use the second half of the stream and are provisional.",
+            "not found yet: the loss is still trending (MSER finds no end of the transient); window: the "
+            f"second half of the stream{since}, {every}; provisional.",
         )
     reason = _reason(unavailable, used, "late_phase_start", "late_phase_found", "loss_mean")
     return StatusLine("Late phase", f"unknown: {reason or 'no loss recorded yet'}.")
@@ -115,15 +120,23 @@ def _replicas_on(s: Mapping[str, Any]) -> bool:
     return any(key in s for key in ("sas_max", "stability_gap", "sas_resolved"))
 
 
+def _window_words(s: Mapping[str, Any]) -> str:
+    """``" over the late phase"`` / ``" over the second half"``: the window a measured gap used."""
+    window = s.get("window")
+    return f" over the {window}" if isinstance(window, str) and window else ""
+
+
 def _gaps(s: Mapping[str, Any], unavailable: Mapping[str, str], used: set[str]) -> StatusLine:
+    """``ergodic_gap`` (the main model's), and with replicas ``stability_gap`` against the gap it
+    estimates, ``control_heldout_gap`` (the control replica on the held-out split)."""
     ergodic = _num(s, "ergodic_gap")
     source = s.get("ergodic_gap_source")
     where = f", source: {source}" if isinstance(source, str) and source else ""
     if ergodic is None:
         reason = _reason(unavailable, used, "ergodic_gap", "ergodic_gap_se", "probe_test_loss")
-        measured = f"`ergodic_gap` not measured: {reason or 'no probe losses yet'}"
+        measured = f"`ergodic_gap` (main model) not measured: {reason or 'no probe losses yet'}"
     else:
-        measured = f"`ergodic_gap` {_pm(s, 'ergodic_gap')} (measured{where})"
+        measured = f"`ergodic_gap` {_pm(s, 'ergodic_gap')} (main model, measured{_window_words(s)}{where})"
     if not _replicas_on(s):
         return StatusLine("Generalization gap", measured + ".")
     stability = _num(s, "stability_gap")
@@ -131,13 +144,20 @@ def _gaps(s: Mapping[str, Any], unavailable: Mapping[str, str], used: set[str]) 
         return StatusLine("Generalization gap", f"`stability_gap` not estimated yet; {measured}.")
     m, k = _num(s, "swaps"), _num(s, "replicas")
     design = f" over K = {int(k)} replicas × m = {int(m)} swaps" if m is not None and k is not None else ""
-    text = f"`stability_gap` {_pm(s, 'stability_gap')} (replace-one estimate{design}) vs {measured}"
-    se_a, se_b = _num(s, "stability_gap_se"), _num(s, "ergodic_gap_se")
-    if ergodic is not None and se_a is not None and se_b is not None:
-        diff, width = stability - ergodic, 2.0 * math.hypot(se_a, se_b)
+    control = _num(s, "control_heldout_gap")
+    if control is None:
+        reason = _reason(unavailable, used, "control_heldout_gap", "control_heldout_gap_se")
+        target = f"`control_heldout_gap` not measured: {reason or 'no control probe losses yet'}"
+    else:
+        target = (f"`control_heldout_gap` {_pm(s, 'control_heldout_gap')} (the gap it estimates: the control replica "
+                  f"on the held-out split, measured{_window_words(s)})")
+    text = f"`stability_gap` {_pm(s, 'stability_gap')} (replace-one estimate{design}) vs {target}"
+    se_a, se_b = _num(s, "stability_gap_se"), _num(s, "control_heldout_gap_se")
+    if control is not None and se_a is not None and se_b is not None:
+        diff, width = stability - control, 2.0 * math.hypot(se_a, se_b)
         verdict = "agree within" if abs(diff) <= width else "differ by more than"
         text += f": they {verdict} 2 combined SE ({_f(diff)} vs {_f(width)})"
-    return StatusLine("Generalization gap", text + ".")
+    return StatusLine("Generalization gap", text + f"; {measured}.")
 
 
 def _sas(s: Mapping[str, Any], unavailable: Mapping[str, str], used: set[str]) -> StatusLine:

@@ -9,6 +9,7 @@ from torch import Tensor
 
 from lightning_sas.metrics.time_average import TimeAverage
 from lightning_sas.stats.batch_means import batch_means_se_from_blocks, gap_standard_error
+from lightning_sas.stats.sas import detrend
 
 __all__ = ["ErgodicGap"]
 
@@ -24,9 +25,10 @@ class ErgodicGap(TimeAverage):
               - \frac{1}{|P_\mathrm{train}|}\sum_{z \in P_\mathrm{train}} \langle l(z)\rangle .
 
     Its standard error (:func:`~lightning_sas.stats.batch_means.gap_standard_error`) adds the
-    temporal part, batch means of the per-block gap series (blocks of the time average, merged
-    into batches longer than ``min_batch_len`` evaluations when given), and the sampling of the
-    probe points, ``s^2/n`` of the per-point averages of each set, in quadrature.
+    temporal part, batch means of the per-block gap series after removing its least-squares line
+    in time (:func:`~lightning_sas.stats.sas.detrend`; blocks of the time average, merged into
+    batches longer than ``min_batch_len`` evaluations when given), and the sampling of the probe
+    points, ``s^2/n`` of the per-point averages of each set, in quadrature.
     """
 
     def __init__(self, num_train: int, num_test: int, max_blocks: int = 128, num_extra: int = 0, **kwargs: Any) -> None:
@@ -68,6 +70,7 @@ class ErgodicGap(TimeAverage):
             block_gap = np.nanmean(means[:, self._test], axis=1) - np.nanmean(means[:, : self.num_train], axis=1)
         ok = np.isfinite(block_gap)
         rows = counts.max(axis=1)[ok]
-        temporal = batch_means_se_from_blocks(rows, block_gap[ok] * rows, min_batch_len=min_batch_len)
+        drift_free = detrend(block_gap[ok][None, :], rows)[0]  # a drift of the window is no noise
+        temporal = batch_means_se_from_blocks(rows, drift_free * rows, min_batch_len=min_batch_len)
         se = gap_standard_error(temporal, per_point[: self.num_train][train_ok], per_point[self._test][test_ok])
         return {"gap": test - train, "gap_se": se, "train_loss": train, "test_loss": test}

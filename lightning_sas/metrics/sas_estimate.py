@@ -10,10 +10,10 @@ from torch import Tensor
 
 from lightning_sas.data.probes import SwapLayout
 from lightning_sas.metrics.time_average import TimeAverage
-from lightning_sas.stats.batch_means import batch_means_se_from_blocks, gap_standard_error
 from lightning_sas.stats.sas import (
     estimate_by_window,
     forgetting_curve,
+    heldout_gap,
     mean_pairwise_abs_difference,
     paper_coefficient,
     sas_statistics,
@@ -37,7 +37,8 @@ class SASEstimate(TimeAverage):
     replicas sum to one process's state exactly.
 
     :meth:`estimate` returns the statistics of :func:`lightning_sas.stats.sas.sas_statistics`
-    (Chandramoorthy et al., NeurIPS 2022), the control's ergodic gap, the authors'
+    (Chandramoorthy et al., NeurIPS 2022), the control replica's gap on the held-out split
+    (``control_heldout_gap``, the gap ``stability_gap`` estimates), the authors'
     ``paper_coefficient`` over the neighbouring pairs (control, k), the per-point
     ``mean_pairwise_abs_difference``, the estimate against the averaging window and the
     forgetting curve.
@@ -135,16 +136,11 @@ class SASEstimate(TimeAverage):
         pairs = [(0, k) for k in range(1, layout.replicas + 1)]
         out["paper_coefficient"], out["paper_coefficient_se"] = paper_coefficient(held.mean(axis=1), pairs)
         out["mean_pairwise_abs_difference"], out["mean_pairwise_abs_difference_se"] = mean_pairwise_abs_difference(held, pairs)
-        # ergodic gap of the control against the held-out split: P_test minus (P_train and every removed sample)
-        full = data["control_full"]
-        train_cols = layout.control_train_columns()
-        test_cols = heldout
-        control_avg = time_average(full[None], counts)[0]
-        out["ergodic_gap"] = float(control_avg[test_cols].mean() - control_avg[train_cols].mean())
-        block_gap = np.nanmean(full[:, test_cols], axis=1) - np.nanmean(full[:, train_cols], axis=1)
-        ok = np.isfinite(block_gap)
-        temporal = batch_means_se_from_blocks(counts[ok], block_gap[ok] * counts[ok])
-        out["ergodic_gap_se"] = gap_standard_error(temporal, control_avg[train_cols], control_avg[test_cols])
-        out["probe_train_loss"] = float(control_avg[train_cols].mean())
-        out["probe_test_loss"] = float(control_avg[test_cols].mean())
+        # the gap stability_gap estimates: the control replica on the held-out split, P_test minus
+        # (P_train and every removed sample); its own keys, never the main model's ergodic_gap
+        gap = heldout_gap(data["control_full"], counts, layout.control_train_columns(), heldout)
+        out["control_heldout_gap"] = gap["gap"]
+        out["control_heldout_gap_se"] = gap["gap_se"]
+        out["control_train_loss"] = gap["train_loss"]
+        out["control_heldout_loss"] = gap["test_loss"]
         return out
