@@ -343,7 +343,7 @@ def test_one_process_resume_between_flushes_matches_uninterrupted_run(tmp_path: 
     first = _resume_monitor(str(tmp_path / "resumed" / "sas"))
     pl.Trainer(callbacks=[first, ckpt], **_one_process_resume_kwargs(tmp_path / "resumed", 40, True)).fit(
         TinyClassifier(), train, val)
-    saved = torch.load(tmp_path / "ckpt" / RESUME_CKPT, weights_only=True)["callbacks"]["SASMonitor"]
+    saved = torch.load(tmp_path / "ckpt" / RESUME_CKPT, weights_only=True)["callbacks"][first.state_key]
     assert len(saved["loss_stream"]["pending_steps"]) == 10 and saved["probes"]["pending_steps"] == [30]
     second = _resume_monitor(str(tmp_path / "resumed" / "sas"))
     pl.Trainer(callbacks=[second], **_one_process_resume_kwargs(tmp_path / "resumed", RESUME_STEPS, False)).fit(
@@ -371,7 +371,8 @@ def test_two_process_resume_between_flushes_matches_uninterrupted_run(two_proces
     and the probe time averages every rank shares; the resumed run's summary equals the
     uninterrupted run's in every value, on both ranks."""
     out = two_process_resume
-    saved = torch.load(out / "ckpt" / RESUME_CKPT, weights_only=True)["callbacks"]["SASMonitor"]
+    (saved,) = [v for k, v in torch.load(out / "ckpt" / RESUME_CKPT, weights_only=True)["callbacks"].items()
+                if k.startswith("SASMonitor")]
     assert len(saved["loss_stream"]["pending_steps"]) == 10 and saved["probes"]["pending_steps"] == [30]
     full = [json.loads((out / "full" / f"summary{r}.json").read_text()) for r in range(2)]
     resumed = [json.loads((out / "resumed" / f"summary{r}.json").read_text()) for r in range(2)]

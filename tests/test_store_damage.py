@@ -513,7 +513,8 @@ def test_a_resumed_run_continues_its_store(tmp_path: Path, old_checkpoint: bool)
     path = tmp_path / "ckpt" / "epoch=3-step=40.ckpt"
     if old_checkpoint:
         checkpoint = torch.load(path, weights_only=True)
-        checkpoint["callbacks"]["SASMonitor"].pop("run_id")
+        (key,) = [k for k in checkpoint["callbacks"] if k.startswith("SASMonitor")]
+        checkpoint["callbacks"][key].pop("run_id")
         torch.save(checkpoint, path)
     kwargs["max_steps"] = 80
     pl.Trainer(callbacks=[_monitor(store), ModelCheckpoint(dirpath=str(tmp_path / "ckpt2"))], **kwargs).fit(
