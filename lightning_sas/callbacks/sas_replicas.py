@@ -459,7 +459,7 @@ class SASReplicas(StreamCallback):
                 raise ValueError("holdout= is the dataset the training Subset draws from; pass the left-out indices "
                                  "(holdout=indices) or a Dataset of samples the main run does not train on")
             return held
-        indices = np.asarray(held.cpu() if isinstance(held, torch.Tensor) else held, dtype=np.int64).ravel()
+        indices = np.asarray(held.cpu() if isinstance(held, torch.Tensor) else held, dtype=np.int64).ravel()  # sync-ok: once, at train start
         if source is None:
             return indices
         train = source.dataset if not source.pooled else None
@@ -478,7 +478,7 @@ class SASReplicas(StreamCallback):
         if len(trained):
             raise ValueError(f"{len(trained)} holdout= indices (e.g. {int(trained[0])}) are in the training Subset: the "
                              "main run trains on them. Leave them out of the Subset.")
-        return Subset(base, indices.tolist())
+        return Subset(base, indices.tolist())  # sync-ok: host indices, at train start
 
     def _replica_batch_size(self, trainer: "pl.Trainer", loader_batch: int | None, available: int) -> int:
         """The replicas' batch: by default the run's effective batch, the per-rank loader batch
