@@ -14,6 +14,10 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 os.environ.setdefault("PL_DISABLE_FORK", "1")
+# under `pytest -n N` each of the N workers gets its share of the cores for torch's intra-op pool,
+# so that the workers do not oversubscribe the machine
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
 warnings.filterwarnings("ignore", message=".*does not have many workers.*")
 warnings.filterwarnings("ignore", message=".*LeafSpec.*")
 warnings.filterwarnings("ignore", message=".*litlogger.*")

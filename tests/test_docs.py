@@ -22,7 +22,7 @@ MAIN_EXAMPLE_COMMAND = (
 )
 TEST_COMMAND = (
     'python3 -m venv .venv && . .venv/bin/activate && pip install torch==2.13.0 && pip install -e ".[dev]" '
-    "&& python -m pytest -q"
+    "&& python -m pytest -q -n auto"
 )
 README_LIMIT_BYTES = 10 * 1024
 
