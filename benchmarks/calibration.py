@@ -147,8 +147,13 @@ def statistics_of(run: dict[str, np.ndarray]) -> dict[str, Any]:
 
 
 def _critical(stats: dict[str, Any], name: str) -> float:
-    """1.96 for the measured gap and the per-sample SE, Student's t with K - 1 dof for the rest."""
-    return 1.959963984540054 if name == "control_heldout_gap" or "samples" in name else float(stats["sas_critical_t"])
+    """1.96 for the measured gap and the per-sample SE, ``sas_mean_critical_t`` for ``sas_mean``,
+    Student's t with K - 1 dof for the rest."""
+    if name == "control_heldout_gap" or "samples" in name:
+        return 1.959963984540054
+    if name == "sas_mean" and stats.get("sas_mean_critical_t") is not None:
+        return float(stats["sas_mean_critical_t"])  # Satterthwaite dof of its crossed SE
+    return float(stats["sas_critical_t"])
 
 
 def calibration_rows(results: dict[str, list[dict[str, Any]]], variants: bool = False) -> list[dict[str, Any]]:

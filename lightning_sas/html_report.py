@@ -52,6 +52,7 @@ EXPLANATIONS: dict[str, str] = {
     "replicas": "K, the perturbed replicas (plus one control).",
     "sas_resolved": "Whether sas_max exceeds its noise level by t standard errors (Student's t with K - 1 degrees of freedom, sas_critical_t).",
     "sas_critical_t": "Critical value used for the replica statistics: they average over K random replaced samples, so their uncertainty is that of a K-sample mean.",
+    "sas_mean_critical_t": "Critical value of sas_mean's interval: Student's t with the Satterthwaite degrees of freedom of its SE, which averages over the replicas and over the held-out points.",
     "stability_gap_max_share": "Share of the largest replica in the sum of its |per-replica stability gap|: near 1, one replica carries stability_gap and its SE from K samples is not to be trusted (raise K or swaps).",
     "sas_converged": "Whether the last two doublings of the averaging window agree.",
     "paper_coefficient": "The authors' statistic: mean |difference| of time-averaged mean test losses over neighbouring runs.",

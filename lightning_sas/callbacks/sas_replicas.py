@@ -52,7 +52,7 @@ SAS_KEYS = (
     "sas_resolved", "sas_converged", "paper_coefficient", "paper_coefficient_se",
     "mean_pairwise_abs_difference", "mean_pairwise_abs_difference_se", "replicas", "replica_path",
     "replica_sampler", "fork_step", "steps_since_fork", "replica_checkpoint_bytes",
-    "sas_critical_t", "stability_gap_max_share", "control_heldout_gap", "control_heldout_gap_se",
+    "sas_critical_t", "sas_mean_critical_t", "stability_gap_max_share", "control_heldout_gap", "control_heldout_gap_se",
     "control_train_loss", "control_heldout_loss",
 )
 

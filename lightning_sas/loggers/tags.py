@@ -214,10 +214,13 @@ def scalars_from_summary(summary: dict[str, Any], flags: bool = True) -> dict[st
             out[tag_for(key)] = float(value)
     replica_t = summary.get("sas_critical_t")
     replica_t = float(replica_t) if isinstance(replica_t, (int, float)) and not isinstance(replica_t, bool) else 2.0
+    mean_t = summary.get("sas_mean_critical_t")
+    mean_t = float(mean_t) if isinstance(mean_t, (int, float)) and not isinstance(mean_t, bool) else replica_t
     for _group, _title, key, se_key in MARGIN_CHARTS:
         value, se = summary.get(key), summary.get(se_key)
         if isinstance(value, (int, float)) and isinstance(se, (int, float)):
-            width = (replica_t if key in REPLICA_STATISTICS else 2.0) * float(se)
+            t = mean_t if key == "sas_mean" else replica_t if key in REPLICA_STATISTICS else 2.0
+            width = t * float(se)
             out[tag_for(key) + "_lower"] = float(value) - width
             out[tag_for(key) + "_upper"] = float(value) + width
     layers = summary.get("layers") or {}

@@ -172,6 +172,50 @@ def _rms(x: np.ndarray) -> float:
     return float(np.sqrt(np.mean(np.asarray(x, dtype=np.float64) ** 2)))
 
 
+def crossed_mean_standard_error(table: np.ndarray) -> tuple[float, float] | None:
+    r"""SE of the grand mean of a ``K x P`` table whose rows (replicas) and columns (points) are
+    both random samples, and its Satterthwaite degrees of freedom.
+
+    With the two-way random-effects model :math:`x_{kz} = \mu + \rho_k + \gamma_z + \epsilon_{kz}`
+    and mean squares :math:`MS_r = P\sum_k(\bar x_{k\cdot} - \bar x)^2/(K-1)`,
+    :math:`MS_c = K\sum_z(\bar x_{\cdot z} - \bar x)^2/(P-1)`,
+    :math:`MS_e = \sum_{kz}(x_{kz} - \bar x_{k\cdot} - \bar x_{\cdot z} + \bar x)^2/((K-1)(P-1))`,
+
+    .. math:: \mathrm{Var}(\bar x) = \frac{\sigma^2_\rho}{K} + \frac{\sigma^2_\gamma}{P}
+              + \frac{\sigma^2_\epsilon}{KP}, \quad
+              \hat\sigma^2_\rho = \frac{(MS_r - MS_e)_+}{P},\
+              \hat\sigma^2_\gamma = \frac{(MS_c - MS_e)_+}{K},\
+              \hat\sigma^2_\epsilon = MS_e
+
+    (the ANOVA estimators, truncated at 0; without truncation the sum is
+    :math:`(MS_r + MS_c - MS_e)/(KP)`). The spread between row means alone sees
+    :math:`\sigma^2_\rho/K + \sigma^2_\epsilon/(KP)` and misses the points' part, which all
+    replicas share; adding the spread of the column means instead would count
+    :math:`\sigma^2_\epsilon/(KP)` twice. Degrees of freedom: Satterthwaite's
+    :math:`\nu = V^2 / \sum_i (a_i MS_i)^2/\nu_i` over the mean squares that enter :math:`V`
+    [F. E. Satterthwaite, Biometrics Bulletin 2(6), 1946]. None for ``K < 2`` or ``P < 2``."""
+    x = np.asarray(table, dtype=np.float64)
+    if x.ndim != 2 or x.shape[0] < 2 or x.shape[1] < 2 or not np.all(np.isfinite(x)):
+        return None
+    k, p = x.shape
+    grand, rows, cols = x.mean(), x.mean(axis=1), x.mean(axis=0)
+    ms_r = p * float(((rows - grand) ** 2).sum()) / (k - 1)
+    ms_c = k * float(((cols - grand) ** 2).sum()) / (p - 1)
+    ms_e = float(((x - rows[:, None] - cols[None, :] + grand) ** 2).sum()) / ((k - 1) * (p - 1))
+    # V = sum_i a_i MS_i over the terms kept: (coefficient, mean square, its dof)
+    terms = [(1.0 / (k * p), ms_e, (k - 1) * (p - 1))]
+    if ms_r > ms_e:
+        terms += [(1.0 / (k * p), ms_r, k - 1), (-1.0 / (k * p), ms_e, (k - 1) * (p - 1))]
+    if ms_c > ms_e:
+        terms += [(1.0 / (k * p), ms_c, p - 1), (-1.0 / (k * p), ms_e, (k - 1) * (p - 1))]
+    var = sum(a * ms for a, ms, _ in terms)
+    if not var > 0:
+        return None
+    denominator = sum((a * ms) ** 2 / dof for a, ms, dof in terms)
+    dof = var**2 / denominator if denominator > 0 else math.inf
+    return math.sqrt(var), dof
+
+
 def _finite_or_none(x: float) -> float | None:
     return float(x) if np.isfinite(x) else None
 
@@ -287,6 +331,17 @@ def sas_statistics(
         out[f"{name}_se"] = replica_standard_error(values, temporal)
         if k >= 2 and name in common and out[f"{name}_se"] is not None:
             out[f"{name}_se"] = math.hypot(out[f"{name}_se"], common[name])
+    # sas_mean averages over replicas AND over the held-out points P_test, both random samples:
+    # every replica sees the same points, so the spread between replicas misses which points were
+    # drawn (the crossed two-way SE; benchmarks/calibration.py: the ratio SE / spread over seeds
+    # went from 0.34-0.75 to 0.77-1.20). Its interval uses the Satterthwaite dof of that SE.
+    crit_mean = crit
+    crossed = crossed_mean_standard_error(np.abs(d[:, heldout])) if k >= 2 else None
+    if crossed is not None and out["sas_mean"] is not None:
+        crossed_se, crossed_dof = crossed
+        out["sas_mean_se"] = math.hypot(crossed_se, common["sas_mean"])
+        crit_mean = student_t_975(math.floor(crossed_dof)) if math.isfinite(crossed_dof) else student_t_975(math.inf)
+    out["sas_mean_critical_t"] = crit_mean
     if se is not None:
         out["sas_max_null"] = float(_rms(se[:, candidates]) * (_HALF_NORMAL_MEAN + math.sqrt(2.0 * math.log(max(len(candidates), 2)))))
         out["sas_mean_null"] = float(_rms(se[:, heldout]) * _HALF_NORMAL_MEAN)
@@ -295,7 +350,8 @@ def sas_statistics(
         out["sas_max_null"] = out["sas_mean_null"] = out["sas_replaced_null"] = None
     for name in ("sas_max", "sas_mean", "sas_replaced"):
         value, err, null = out[name], out[f"{name}_se"], out[f"{name}_null"]
-        out[f"{name}_resolved"] = bool(value is not None and err is not None and null is not None and value > null + crit * err)
+        t_name = crit_mean if name == "sas_mean" else crit
+        out[f"{name}_resolved"] = bool(value is not None and err is not None and null is not None and value > null + t_name * err)
     for name in ("stability_gap", "stability_gap_removed", "stability_gap_added"):
         gap, gap_se = out[name], out[f"{name}_se"]
         out[f"{name}_null"] = 0.0

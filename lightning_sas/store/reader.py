@@ -216,7 +216,7 @@ _SUMMARY_NUMBERS = frozenset((
     "loss_mean", "loss_se", "loss_std", "iat", "ess", "dominant_period", "power_fraction", "geweke_z", "lr", "weight_norm",
     "update_size", "distance_from_init", "distance_to_ergodic_mean", "grad_norm", "ergodic_gap", "probe_train_loss",
     "probe_test_loss", "sas_max", "sas_mean", "sas_replaced", "stability_gap", "stability_gap_removed",
-    "stability_gap_added", "paper_coefficient", "sas_critical_t"))
+    "stability_gap_added", "paper_coefficient", "sas_critical_t", "sas_mean_critical_t"))
 
 
 def _summary_key_ok(key: str, value: Any, numeric_keys: Any) -> bool:

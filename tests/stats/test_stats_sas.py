@@ -10,7 +10,7 @@ import pytest
 
 from legacy_sas import sas_statistics as legacy_sas_statistics
 from lightning_sas.data.probes import SwapLayout
-from lightning_sas.stats.sas import sas_statistics, student_t_975, time_average
+from lightning_sas.stats.sas import crossed_mean_standard_error, sas_statistics, student_t_975, time_average
 
 K, B, M, H = 4, 16, 2, 5  # replicas, blocks, swaps per replica, held-out points
 HELDOUT = np.arange(H)
@@ -74,9 +74,17 @@ def test_statistics_equal_brute_force() -> None:
     shared = control[0][:, HELDOUT]  # (B, H)
     w_mean = np.sign(d[:, HELDOUT]).mean(axis=0) / H
     common_mean = float(_batch_se(_drift_free(shared @ w_mean)[None, :])[0])
-    spread_mean = np.abs(d[:, HELDOUT]).mean(axis=1).std(ddof=1) / math.sqrt(K)
     assert common_mean > 0
-    assert out["sas_mean_se"] == pytest.approx(math.hypot(spread_mean, common_mean), rel=1e-10)
+    # sas_mean averages over replicas and over the shared held-out points: the crossed two-way SE
+    # (ANOVA mean squares of the K x H table of |d|, each variance component truncated at 0)
+    table = np.abs(d[:, HELDOUT])
+    rows, cols, grand = table.mean(axis=1), table.mean(axis=0), table.mean()
+    ms_r = H * np.sum((rows - grand) ** 2) / (K - 1)
+    ms_c = K * np.sum((cols - grand) ** 2) / (H - 1)
+    ms_e = np.sum((table - rows[:, None] - cols[None, :] + grand) ** 2) / ((K - 1) * (H - 1))
+    crossed_var = max(ms_r - ms_e, 0) / (H * K) + max(ms_c - ms_e, 0) / (K * H) + ms_e / (K * H)
+    assert out["sas_mean_se"] == pytest.approx(math.hypot(math.sqrt(crossed_var), common_mean), rel=1e-10)
+    assert out["sas_mean_critical_t"] > out["sas_critical_t"] or out["sas_mean_critical_t"] >= 1.96
     w_max = np.zeros(H)
     for k in range(K):
         z = cand[np.argmax(np.abs(d[k, cand]))]
@@ -287,3 +295,38 @@ def test_layout_positions_and_alignment() -> None:
     np.testing.assert_array_equal(control[1, 5:], flat[5 + 4 : 5 + 8])  # replica 2's swaps in the control
     np.testing.assert_array_equal(perturbed[1], flat[26:35])
     np.testing.assert_array_equal(layout.positions([2, 0]), np.r_[26:35, 0:17])
+
+
+@pytest.mark.parametrize("rows_sd,cols_sd", [(1.0, 0.0), (0.0, 1.0), (0.5, 0.5), (0.0, 0.0)])
+def test_crossed_standard_error_matches_the_spread_of_the_grand_mean(rows_sd: float, cols_sd: float) -> None:
+    """A K x P table with random row effects, random column effects and noise: over many tables
+    the SE matches the true standard deviation of the grand mean, and ``mean ± t(Satterthwaite) SE``
+    holds the true mean about 95 % of the time. The spread of the row means alone (what the SE
+    was before) misses the column part. With no row or column effect at all, truncating the
+    variance components at 0 makes the SE conservative (up to about 1.25 times)."""
+    rng = np.random.default_rng(11)
+    k, p, noise, n = 4, 40, 0.5, 3000
+    true_var = rows_sd**2 / k + cols_sd**2 / p + noise**2 / (k * p)
+    tables = (rows_sd * rng.standard_normal((n, k, 1)) + cols_sd * rng.standard_normal((n, 1, p))
+              + noise * rng.standard_normal((n, k, p)))
+    results = [crossed_mean_standard_error(x) for x in tables]
+    se = np.array([r[0] for r in results])
+    t = np.array([student_t_975(math.floor(r[1])) for r in results])
+    grand = tables.mean(axis=(1, 2))
+    ratio = np.sqrt(np.mean(se**2)) / math.sqrt(true_var)
+    coverage = np.mean(np.abs(grand) <= t * se)
+    if rows_sd == cols_sd == 0:
+        assert 1.0 <= ratio <= 1.25 and 0.95 <= coverage <= 0.999, (ratio, coverage)
+    else:
+        assert ratio == pytest.approx(1.0, abs=0.1)
+        assert 0.92 <= coverage <= 0.99, coverage
+    if cols_sd > 0 and rows_sd == 0:
+        rows_only = tables.mean(axis=2).std(axis=1, ddof=1) / math.sqrt(k)
+        assert np.mean(np.abs(grand) <= 3.18 * rows_only) < 0.85  # the old SE under-covers
+
+
+def test_crossed_standard_error_refuses_what_it_cannot_estimate() -> None:
+    assert crossed_mean_standard_error(np.ones((1, 5))) is None
+    assert crossed_mean_standard_error(np.ones((3, 1))) is None
+    assert crossed_mean_standard_error(np.ones((3, 4))) is None  # no variation at all
+    assert crossed_mean_standard_error(np.array([[1.0, np.nan], [0.0, 1.0]])) is None
