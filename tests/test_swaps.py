@@ -60,7 +60,7 @@ def test_identical_swaps_give_no_stability_gap(tmp_path: Any, monkeypatch: pytes
     """The null of the issue: each replica swaps samples for themselves (its dataset is S). With
     independent batch orders the replicas still differ, so each side alone is noise, but the two
     sides cancel: the stability gap is 0 and not resolved."""
-    import lightning_sas.callbacks.sas_replicas as module
+    import lightning_sas.replicas.data_setup as module
 
     def identical(train: np.ndarray, holdout: np.ndarray, k: int, m: int, seed: int, exclude: Any = None) -> Any:
         chosen = np.random.default_rng(seed).choice(train, size=k * m, replace=False)
