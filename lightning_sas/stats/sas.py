@@ -22,6 +22,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from lightning_sas.stats.batch_means import batch_means_se_along, batch_means_se_from_blocks, gap_standard_error
+
 __all__ = [
     "sas_statistics",
     "heldout_gap",
@@ -69,24 +71,6 @@ def time_average(means: np.ndarray, counts: np.ndarray) -> np.ndarray:
     return avg
 
 
-def _batch_edges(counts: np.ndarray, min_batch_len: float | None) -> list[tuple[int, int]]:
-    """Contiguous groups of blocks, about ``sqrt(B)`` of them (at least 2 when possible), each
-    holding at least ``min_batch_len`` evaluations when given."""
-    n_blocks = len(counts)
-    if n_blocks < 2:
-        return []
-    n_batches = max(2, int(math.isqrt(n_blocks)))
-    total = float(counts.sum())
-    if min_batch_len:
-        n_batches = max(2, min(n_batches, int(total // max(min_batch_len, 1e-12))))
-    n_batches = min(n_batches, n_blocks)
-    cum = np.concatenate([[0.0], np.cumsum(counts)])
-    targets = np.linspace(0.0, total, n_batches + 1)
-    cuts = sorted(set(int(np.searchsorted(cum, t, side="left")) for t in targets[1:-1]) - {0, n_blocks})
-    edges = [0, *cuts, n_blocks]
-    return [(a, b) for a, b in zip(edges[:-1], edges[1:]) if b > a]
-
-
 def detrend(series: np.ndarray, counts: np.ndarray) -> np.ndarray:
     r"""``series`` (blocks on axis 1) minus its count-weighted least-squares line in time, plus its
     count-weighted mean: the time average is unchanged, a linear drift is taken out. Block ``b``
@@ -110,25 +94,10 @@ def detrend(series: np.ndarray, counts: np.ndarray) -> np.ndarray:
 
 
 def _temporal_se(series: np.ndarray, counts: np.ndarray, min_batch_len: float | None) -> np.ndarray | None:
-    """Batch-means SE of the count-weighted time average of ``series[..., b, ...]`` along axis 1.
-
-    ``SE^2 = sum_j C_j (M_j - M)^2 / ((J - 1) N)`` over batches ``j`` of ``C_j`` evaluations with
-    means ``M_j`` (reduces to ``sd(batch means)/sqrt(J)`` for equal batches). None if ``J < 2``.
-    """
-    edges = _batch_edges(counts, min_batch_len)
-    if len(edges) < 2:
-        return None
-    batch_means, batch_counts = [], []
-    for a, b in edges:
-        c = counts[a:b]
-        batch_counts.append(c.sum())
-        batch_means.append(np.nansum(series[:, a:b] * c[None, :, None], axis=1) / max(c.sum(), 1e-300))
-    means = np.stack(batch_means, axis=1)
-    cj = np.asarray(batch_counts)[None, :, None]
-    n = cj.sum()
-    overall = (means * cj).sum(axis=1, keepdims=True) / n
-    var = ((means - overall) ** 2 * cj).sum(axis=1) / ((len(edges) - 1) * n)
-    return np.sqrt(var)
+    """Batch-means SE of the count-weighted time average of ``series[:, b, ...]`` along axis 1
+    (blocks with ``counts[b]`` evaluations): :func:`~lightning_sas.stats.batch_means.batch_means_se_along`,
+    the batch rule of every batch-means SE in the package. None with fewer than 2 batches."""
+    return batch_means_se_along(counts, series, axis=1, min_batch_len=min_batch_len)
 
 
 def replica_standard_error(values: np.ndarray, temporal: np.ndarray | None = None) -> float | None:
@@ -322,8 +291,6 @@ def heldout_gap(
     :func:`~lightning_sas.stats.batch_means.gap_standard_error` (batch means of the per-block gap,
     :func:`detrend`-ed, and the sampling of the probe points, in quadrature). Keys ``gap``, ``gap_se``,
     ``train_loss``, ``test_loss``; None without a finite block."""
-    from lightning_sas.stats.batch_means import batch_means_se_from_blocks, gap_standard_error
-
     full = np.asarray(control_full, dtype=np.float64)
     counts = np.asarray(block_counts, dtype=np.float64)
     train_cols, test_cols = np.asarray(train_cols, dtype=np.int64), np.asarray(test_cols, dtype=np.int64)

@@ -35,9 +35,10 @@ def _series(rng: np.random.Generator, effect: np.ndarray | None = None, noise: f
 
 
 def _batch_se(series: np.ndarray) -> np.ndarray:
-    """Batch-means SE over axis 1 with 4 batches of 4 equal blocks (what B = 16 gives)."""
-    batch = series.reshape(series.shape[0], 4, 4, *series.shape[2:]).mean(axis=2)
-    return batch.std(axis=1, ddof=1) / 2.0
+    """Batch-means SE over axis 1 with 8 batches of 2 equal blocks (what B = 16 gives: the rule
+    of every batch-means SE, max(floor(sqrt(16)), 8) batches)."""
+    batch = series.reshape(series.shape[0], 8, 2, *series.shape[2:]).mean(axis=2)
+    return batch.std(axis=1, ddof=1) / math.sqrt(8)
 
 
 def _drift_free(series: np.ndarray) -> np.ndarray:
