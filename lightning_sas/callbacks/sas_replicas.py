@@ -14,7 +14,7 @@ import torch
 
 from lightning_sas import _compat as pl  # pl.Trainer, pl.LightningModule: of either namespace
 from lightning_sas._compat import lightning_module
-from lightning_sas.callbacks._common import entry_completed, warn_once
+from lightning_sas.callbacks._common import entry_completed, is_due, warn_once
 from lightning_sas.callbacks.base import FlushContext, StreamCallback
 from lightning_sas.data.loaders import DEFAULT_POOL_SIZE, training_source
 from lightning_sas.diagnostics import probe_window_start
@@ -236,7 +236,7 @@ class SASReplicas(StreamCallback):
 
     def should_probe(self, index: int) -> bool:
         """Evaluate the replicas' probes at stream entry ``index``? Default: every ``probe_every``."""
-        return index % self.probe_every == 0
+        return is_due(index, self.probe_every)
 
     @property
     def _source(self) -> Any:
