@@ -319,9 +319,10 @@ def _compare(args: argparse.Namespace) -> int:
 def _perturb(args: argparse.Namespace) -> int:
     from lightning_sas.data import choose_swaps, resolve_swaps, split_holdout
 
-    m, _ = resolve_swaps(args.n, args.holdout_fraction, args.runs, args.swaps,
-                         names=("--swaps", "--runs", "--holdout-fraction"))
-    s_idx, holdout = split_holdout(args.n, args.holdout_fraction, args.seed, min_holdout=args.runs * m + 1)
+    # the held-out size of SASReplicas' split (resolve_swaps), so a plan and the replicas split alike
+    m, n_hold = resolve_swaps(args.n, args.holdout_fraction, args.runs, args.swaps,
+                              names=("--swaps", "--runs", "--holdout-fraction"))
+    s_idx, holdout = split_holdout(args.n, args.holdout_fraction, args.seed, min_holdout=n_hold)
     swaps = choose_swaps(s_idx, holdout, args.runs, m, args.seed)
     plan = {
         "n": args.n,

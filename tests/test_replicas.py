@@ -182,7 +182,7 @@ def test_least_squares_known_answer(tmp_path: Any, swaps: int) -> None:
     trainer = pl.Trainer(callbacks=[monitor], **trainer_kwargs(tmp_path, max_steps=4000, precision="64-true"))
     trainer.fit(LinearRegression(d, lr=0.01), DataLoader(data, batch_size=8, shuffle=True))
     # closed form for each replica against the control, on its aligned probe points
-    s_idx = replicas._s_indices
+    s_idx = replicas.data.s_indices
     probe = replicas.probe_set
     layout = probe.layout()
     metric = replicas.metric
@@ -275,10 +275,10 @@ def test_late_fork_takes_the_holdout_the_main_run_never_trains_on(kind: str, tmp
     assert not _rows_in(trained, x_full[torch.from_numpy(held)]).any()
     assert _rows_in(trained, x_full[torch.from_numpy(kept)]).all()
     n = len(kept)
-    data = replicas._data
-    added = [z for pairs in replicas._swaps for _, z in pairs]
-    removed = [i for pairs in replicas._swaps for i, _ in pairs]
-    assert min(added) >= n and max(removed) < n and set(replicas._s_indices) == set(range(n))
+    data = replicas.data.samples
+    added = [z for pairs in replicas.data.swaps for _, z in pairs]
+    removed = [i for pairs in replicas.data.swaps for i, _ in pairs]
+    assert min(added) >= n and max(removed) < n and set(replicas.data.s_indices) == set(range(n))
     heldout_probes = replicas.probe_set.shared_indices[replicas.probe_set.shared_indices >= n]
     assert len(heldout_probes) > 0
     points = torch.stack([data[int(z)][0] for z in list(added) + list(heldout_probes)])

@@ -43,8 +43,9 @@ def test_one_swap_run_equals_the_recorded_one(tmp_path: Any, path: str) -> None:
     one-replacement estimator is ``swaps=1``; the formulas' equality with v0.1's is checked in
     ``tests/stats/test_stats_sas.py``), and rerecorded with ``python tests/data/make_goldens.py``
     when the window (never the probe at step 0; the second half while no late phase is found), the
-    SE (no double-counted temporal term) and the key of the control's gap
-    (``control_heldout_gap``) changed on purpose."""
+    SE (no double-counted temporal term), the key of the control's gap
+    (``control_heldout_gap``) and the batches of the per-point temporal SEs (the one batch-means
+    rule of ``stats.batch_means``: the null levels and the common-mode SE terms) changed on purpose."""
     summary = _run(tmp_path, path, swaps=1)
     assert summary["swaps"] == 1
     for key, value in V01[path].items():
@@ -60,7 +61,7 @@ def test_identical_swaps_give_no_stability_gap(tmp_path: Any, monkeypatch: pytes
     """The null of the issue: each replica swaps samples for themselves (its dataset is S). With
     independent batch orders the replicas still differ, so each side alone is noise, but the two
     sides cancel: the stability gap is 0 and not resolved."""
-    import lightning_sas.callbacks.sas_replicas as module
+    import lightning_sas.replicas.data_setup as module
 
     def identical(train: np.ndarray, holdout: np.ndarray, k: int, m: int, seed: int, exclude: Any = None) -> Any:
         chosen = np.random.default_rng(seed).choice(train, size=k * m, replace=False)

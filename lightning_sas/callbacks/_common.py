@@ -19,6 +19,8 @@ __all__ = [
     "extract_loss",
     "stream_index",
     "entry_completed",
+    "is_due",
+    "next_due",
     "run_directory",
     "store_location",
     "say_once",
@@ -87,6 +89,19 @@ def entry_completed(trainer: Any, automatic: bool, index: int) -> bool:
     entry; in automatic optimization once the optimizer stepped (``global_step > index``), not
     while gradients accumulate or when the step was skipped."""
     return (not automatic) or trainer.global_step > index
+
+
+def is_due(index: int, every: int, offset: int = 0) -> bool:
+    """Is entry ``index`` due at a cadence of ``every`` entries: ``(index + offset) % every == 0``?
+    ``offset=0``: entries 0, every, 2 every, ... (snapshots, probes); ``offset=1``: after every
+    ``every``-th entry, entries every - 1, 2 every - 1, ... (flushes)."""
+    return (index + offset) % every == 0
+
+
+def next_due(index: int, every: int, offset: int = 0) -> int:
+    """The first entry at or after ``index`` that :func:`is_due`:
+    ``ceil((index + offset) / every) * every - offset``."""
+    return -(-(index + offset) // every) * every - offset
 
 
 def is_global_zero(trainer: Any) -> bool:

@@ -12,7 +12,7 @@ from torch import Tensor
 from lightning_sas import _compat as pl  # pl.Trainer, pl.LightningModule: of either namespace
 from lightning_sas._compat import Callback
 from lightning_sas.validation import check_int, check_memory
-from lightning_sas.callbacks._common import is_global_zero, run_directory, stream_index, warn_once
+from lightning_sas.callbacks._common import is_due, is_global_zero, run_directory, stream_index, warn_once
 
 __all__ = ["FlushContext", "StreamCallback", "exchange", "process_group_size"]
 
@@ -140,7 +140,7 @@ class StreamCallback(Callback):
     # -- cadence ---------------------------------------------------------------------------
     def should_flush(self, index: int) -> bool:
         """Flush after stream entry ``index`` (0-based)? Default: every ``flush_every`` entries."""
-        return (index + 1) % self.flush_every == 0
+        return is_due(index, self.flush_every, offset=1)
 
     @property
     def diagnostics(self) -> dict[str, Any]:

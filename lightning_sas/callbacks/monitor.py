@@ -9,7 +9,7 @@ from typing import Any
 from lightning_sas import _compat as pl  # pl.Trainer, pl.LightningModule: of either namespace
 from lightning_sas._compat import Callback, is_tensorboard_logger
 from lightning_sas._private import created_experiment, merge_into_next_log_hyperparams, remove_log_hyperparams_merge
-from lightning_sas.callbacks._common import is_global_zero, say_once, store_location, warn_once
+from lightning_sas.callbacks._common import is_due, is_global_zero, next_due, say_once, store_location, warn_once
 from lightning_sas.callbacks.base import FlushContext, exchange
 from lightning_sas.callbacks.loss_stream import LossStream
 from lightning_sas.callbacks.probe_losses import ProbeLosses
@@ -431,7 +431,7 @@ class SASMonitor(Callback):
         ``flush_every`` unless :meth:`should_flush` is overridden)."""
         if type(self).should_flush is not SASMonitor.should_flush:
             return index
-        return -(-(index + 1) // self.flush_every) * self.flush_every - 1
+        return next_due(index, self.flush_every, offset=1)
 
     def on_before_optimizer_step(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", optimizer: Any) -> None:
         if self.loss_stream.current_index == self._weights_due:
@@ -500,7 +500,7 @@ class SASMonitor(Callback):
 
     def should_flush(self, index: int) -> bool:
         """Flush after stream entry ``index``? Default: every ``flush_every`` entries."""
-        return (index + 1) % self.flush_every == 0
+        return is_due(index, self.flush_every, offset=1)
 
     # -- flush ----------------------------------------------------------------------------
     def flush(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", final: bool = False) -> dict[str, Any]:
@@ -524,7 +524,7 @@ class SASMonitor(Callback):
             from lightning_sas.loggers.export import export_flush
 
             every = self.histogram_every
-            histograms = bool(self.histograms and every and (final or (self._flushes - 1) % every == 0))
+            histograms = bool(self.histograms and every and (final or is_due(self._flushes - 1, every)))
             schedule = self.figure_schedule
             # the cadence and the budget govern the live figures; the last flush of a fit draws them always
             figures = (final and schedule.every > 0) or schedule.due()

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from lightning_sas import _compat as pl  # pl.Trainer, pl.LightningModule: of either namespace
-from lightning_sas.callbacks._common import device_float_dtype, entry_completed, prepare_batch, resolve_callable, sharded_parameters, warn_once
+from lightning_sas.callbacks._common import device_float_dtype, entry_completed, is_due, next_due, prepare_batch, resolve_callable, sharded_parameters, warn_once
 from lightning_sas.validation import check_int, check_seed
 from lightning_sas.callbacks.base import FlushContext, StreamCallback, exchange
 from lightning_sas.diagnostics import probe_window_start
@@ -17,6 +17,7 @@ from lightning_sas.data.loaders import SampleSource, first_loader, is_map_style,
 from lightning_sas.isolation import observed
 from lightning_sas.losses import PerSampleLoss, per_sample_loss
 from lightning_sas.metrics import ErgodicGap, TimeAverage
+from lightning_sas.stats.sas import time_average
 
 __all__ = ["ProbeLosses"]
 
@@ -128,7 +129,7 @@ class ProbeLosses(StreamCallback):
 
     def should_probe(self, index: int) -> bool:
         """Evaluate the probes at stream entry ``index``? Default: every ``probe_every``."""
-        return index % self.probe_every == 0
+        return is_due(index, self.probe_every)
 
     def next_due(self, index: int) -> int | None:
         """The first entry at or after ``index`` with a probe evaluation (None: probes off).
@@ -137,7 +138,7 @@ class ProbeLosses(StreamCallback):
             return None
         if type(self).should_probe is not ProbeLosses.should_probe:
             return index
-        return -(-index // self.probe_every) * self.probe_every
+        return next_due(index, self.probe_every)
 
     # -- setup ----------------------------------------------------------------------------
     def on_train_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
@@ -355,12 +356,14 @@ class ProbeLosses(StreamCallback):
             self._row_steps = []
         metric.start_step = probe_window_start(ctx.window_start, metric.cursor.starts)
         nonfinite = int(metric.nonfinite.sum())  # sync-ok: flush time
-        per_point = metric.per_point_average().cpu().numpy()  # sync-ok
+        arrays = metric.block_arrays(metric.start_step)  # sync-ok: flush time
+        per_point = time_average(arrays["means"][None], arrays["counts"])[0]  # NaN: no finite value in the window
         gap = metric.gap_with_se() if isinstance(metric, ErgodicGap) else None
         num_train = int(getattr(metric, "num_train", metric.num_points))
+        train_avg = per_point[:num_train][np.isfinite(per_point[:num_train])]
         self._last = {
             "nonfinite_probe_losses": nonfinite,
-            "probe_train_loss": float(per_point[:num_train].mean()) if num_train else None,
+            "probe_train_loss": float(train_avg.mean()) if train_avg.size else None,
         }
         if gap is not None:
             self._last.update(
@@ -372,8 +375,9 @@ class ProbeLosses(StreamCallback):
                     "ergodic_gap_source": self.ergodic_gap_source,
                 }
             )
-            ctx.histograms["probes/time_avg_loss_test"] = per_point[num_train:]
-        ctx.histograms["probes/time_avg_loss_train"] = per_point[:num_train]
+            test_avg = per_point[num_train:]
+            ctx.histograms["probes/time_avg_loss_test"] = test_avg[np.isfinite(test_avg)]
+        ctx.histograms["probes/time_avg_loss_train"] = train_avg
         if metric.cursor.first_block_from(metric.start_step) >= metric.cursor.n_blocks:  # nothing in the window
             reason = (f"no probe evaluation inside the statistics window yet (it starts at step {metric.start_step}; "
                       f"probe_every={self.probe_every}); the probe of the untrained model at step 0 never counts")

@@ -1,60 +1,44 @@
-"""``SASReplicas``: the in-run estimate of statistical algorithmic stability (SAS)."""
+"""``SASReplicas``: the in-run estimate of statistical algorithmic stability (SAS).
+
+The callback is hook plumbing; the work is in :mod:`lightning_sas.replicas`: the data set-up
+(:mod:`~lightning_sas.replicas.data_setup`), the engine choice
+(:mod:`~lightning_sas.replicas.engine_choice`) and the checkpoint state
+(:mod:`~lightning_sas.replicas.checkpoint_state`)."""
 
 from __future__ import annotations
 
-import copy
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
-from torch.utils.data import ConcatDataset, Subset, TensorDataset, default_collate
 
 from lightning_sas import _compat as pl  # pl.Trainer, pl.LightningModule: of either namespace
 from lightning_sas._compat import lightning_module
-from lightning_sas.callbacks._common import entry_completed, prepare_batch, resolve_callable, sharded_parameters, warn_once
-from lightning_sas.validation import MAX_COUNT, check_bool, check_choice, check_float, check_int, check_memory, check_seed
+from lightning_sas.callbacks._common import entry_completed, is_due, warn_once
 from lightning_sas.callbacks.base import FlushContext, StreamCallback
-from lightning_sas.data import auto_swaps, choose_swaps, make_probe_set, resolve_swaps, split_holdout
-from lightning_sas.data.loaders import DEFAULT_POOL_SIZE, SampleSource, is_map_style, training_source
+from lightning_sas.data.loaders import DEFAULT_POOL_SIZE, training_source
 from lightning_sas.diagnostics import probe_window_start
-from lightning_sas.isolation import isolated_rng, observed
-from lightning_sas.losses import per_sample_loss
+from lightning_sas.isolation import isolated_rng
 from lightning_sas.losses import PerSampleLoss
 from lightning_sas.metrics.sas_estimate import SASEstimate
-from lightning_sas.replicas.generic import GenericReplicas
-from lightning_sas.replicas.placement import (
-    NoLocalReplicas,
-    distributed_ready,
-    merge_engine_states,
-    rank_seed,
-    replica_rows,
-    select_engine_state,
-    to_cpu,
+from lightning_sas.replicas.arguments import check_arguments
+from lightning_sas.replicas.checkpoint_state import ReplicaPlacement, pack_state, restore_state, without_replica_weights
+from lightning_sas.replicas.data_setup import (
+    HoldoutPlan,
+    ReplicaData,
+    batch_device,
+    probe_batches,
+    refuse_late_fork_without_holdout,
+    refuse_resume_without_state,
+    swaps_json,
 )
+from lightning_sas.replicas.engine_choice import DryRun, choose_engine, refuse_sharded_parameters
+from lightning_sas.replicas.placement import rank_seed, replica_rows
 from lightning_sas.replicas.rng import PrivateRNG
 from lightning_sas.replicas.sampler import ReplicaSampler
-from lightning_sas.replicas.stacked import StackedReplicas, stacked_unsupported_reason
-from lightning_sas.replicas.trainer_view import WAYS_OUT, ReplicaTrainerError
+from lightning_sas.replicas.summary import SAS_KEYS, unavailable_reasons
 
 __all__ = ["SASReplicas", "SAS_KEYS", "replica_rows"]
-
-#: the most perturbed replicas a run may have (each a copy of the model and its optimizer)
-MAX_REPLICAS = 1024
-
-#: summary keys added by the replicas
-SAS_KEYS = (
-    "sas_max", "sas_max_se", "sas_mean", "sas_mean_se", "sas_replaced", "sas_replaced_se",
-    "stability_gap", "stability_gap_se", "stability_gap_removed", "stability_gap_removed_se",
-    "stability_gap_added", "stability_gap_added_se", "sas_max_null", "sas_mean_null", "sas_replaced_null",
-    "sas_max_resolved", "sas_mean_resolved", "sas_replaced_resolved", "stability_gap_resolved",
-    "stability_gap_removed_resolved", "stability_gap_added_resolved", "swaps",
-    "sas_resolved", "sas_converged", "paper_coefficient", "paper_coefficient_se",
-    "mean_pairwise_abs_difference", "mean_pairwise_abs_difference_se", "replicas", "replica_path",
-    "replica_sampler", "fork_step", "steps_since_fork", "replica_checkpoint_bytes",
-    "sas_critical_t", "sas_mean_critical_t", "stability_gap_max_share", "control_heldout_gap", "control_heldout_gap_se",
-    "control_train_loss", "control_heldout_loss",
-)
 
 
 class SASReplicas(StreamCallback):
@@ -177,63 +161,15 @@ class SASReplicas(StreamCallback):
         seed: int = 0,
     ) -> None:
         super().__init__(flush_every=flush_every)
-        if isinstance(replicas, bool) or not isinstance(replicas, int) or not 1 <= replicas <= MAX_REPLICAS:
-            raise ValueError(f"replicas must be an integer K >= 1 (perturbed replicas, at most {MAX_REPLICAS}: each is a "
-                             f"copy of the model and its optimizer), got {replicas!r}")
-        if not (isinstance(swaps, str) and swaps == "auto") and (isinstance(swaps, bool) or not isinstance(swaps, int)
-                                                                  or not 1 <= swaps <= MAX_COUNT):
-            raise ValueError(f"swaps must be 'auto' or a positive integer m (samples swapped per replica), got {swaps!r}")
-        if not ((isinstance(fork_at, str) and fork_at in ("start", "late_phase"))
-                or (isinstance(fork_at, int) and not isinstance(fork_at, bool) and 0 <= fork_at <= 1 << 62)):
-            raise ValueError(f"fork_at must be 'start', 'late_phase' or a non-negative step, got {fork_at!r}")
-        sampler = check_choice("sampler", sampler, ("common", "independent"))
-        path = check_choice("path", path, ("auto", "fast", "generic"))
-        holdout_fraction = check_float("holdout_fraction", holdout_fraction, 0.0, 1.0, low_open=True, high_open=True)
-        probe_every = check_int("probe_every", probe_every, 1)
-        num_heldout_probes = check_int("num_heldout_probes", num_heldout_probes, 1)
-        num_train_probes = check_int("num_train_probes", num_train_probes, 0)
-        batch_size = check_int("batch_size", batch_size, 1, allow_none=True)
-        pool_size = check_int("pool_size", pool_size, 2)
-        probe_batch_size = check_int("probe_batch_size", probe_batch_size, 1)
-        max_blocks = check_int("max_blocks", max_blocks, 4, even=True)
-        if holdout_excluded is not None:
-            raise ValueError(
-                "holdout_excluded was removed: it excluded nothing (the held-out split was drawn from the data the main "
-                "run trains on). For late forks train the main run on a Subset that leaves held-out samples out and pass "
-                "them as holdout= (a Dataset, or the left-out indices into the Subset's dataset)."
-            )
-        if holdout is not None and not (is_map_style(holdout) or _is_index_list(holdout)):
-            raise ValueError(f"holdout must be None, a map-style Dataset or a 1-D sequence of integer indices, got "
-                             f"{type(holdout).__name__}")
-        checkpoint_replicas = check_bool("checkpoint_replicas", checkpoint_replicas)
-        seed = check_seed("seed", seed)
-        points = (replicas + 1) * (num_train_probes + num_heldout_probes)
-        check_memory("SASReplicas", [("block summary", 3 * max_blocks * points * 8,
-                                      f"max_blocks ({max_blocks}) x 3 x (replicas + 1) ({replicas + 1}) x "
-                                      f"(num_train_probes + num_heldout_probes) ({num_train_probes + num_heldout_probes}) "
-                                      "x 8 bytes")],
-                     "lower max_blocks, replicas or the probe counts")
-        self.replicas = replicas
-        self.swaps = swaps
-        self.fork_at = fork_at
-        self.sampler_mode = sampler
-        self.holdout_fraction = holdout_fraction
-        self.num_train_probes = num_train_probes
-        self.num_heldout_probes = num_heldout_probes
-        self.probe_every = probe_every
-        self.loss_fn = resolve_callable(loss_fn, "loss_fn")
-        self.path = path
-        self.batch_size = batch_size
-        self.holdout = holdout
-        self.checkpoint_replicas = checkpoint_replicas
-        self.max_blocks = max_blocks
-        self.probe_batch_size = probe_batch_size
-        self.pool_size = pool_size
-        self.seed = seed
+        # the checked arguments become attributes of the same names (``sampler`` as ``sampler_mode``)
+        vars(self).update(check_arguments(
+            replicas, swaps, fork_at, sampler, holdout_fraction, num_train_probes, num_heldout_probes, probe_every,
+            loss_fn, path, batch_size, holdout, holdout_excluded, checkpoint_replicas, max_blocks, probe_batch_size,
+            pool_size, seed))
         self._reset_state()
 
     def _reset_state(self) -> None:
-        self.engine: GenericReplicas | StackedReplicas | None = None
+        self.engine: Any = None
         self.metric: SASEstimate | None = None
         self.enabled = True
         self.fork_step: int | None = None
@@ -241,19 +177,11 @@ class SASReplicas(StreamCallback):
         #: why the estimate stopped (a replica failed mid-run), for ``summary()["unavailable"]``
         self._off_reason: str | None = None
         self._meta_written = False
-        self._source: SampleSource | None = None
-        #: the samples the replicas index: the training data, then the explicit ``holdout``
-        self._data: SampleSource | None = None
-        #: size of the explicit ``holdout`` (0: the held-out split of the training data)
-        self._external = 0
+        #: the samples, split, swaps and probe points (:meth:`attach`)
+        self.data: ReplicaData | None = None
         self.pooled = False
-        self._trainer: Any = None
-        self._s_indices = np.zeros(0, dtype=np.int64)
-        #: the resolved m and each replica's swaps [(i, z'), ...] (dataset indices)
+        #: the resolved m
         self.m: int | None = None
-        self._swaps: list[list[tuple[int, int]]] = []
-        #: per replica: sorted removed indices and their replacements, for the batch lookup
-        self._swap_lookup: list[tuple[np.ndarray, np.ndarray]] = []
         self._probe_batches: list[Any] = []
         self._swap_batches: list[list[Any]] = []
         self._sampler: ReplicaSampler | None = None
@@ -264,7 +192,6 @@ class SASReplicas(StreamCallback):
         self._last: dict[str, Any] = {}
         self._restored: dict[str, Any] | None = None
         self._checkpoint_bytes = 0
-        self._epoch = 0
         #: DDP placement: world size, rank and the global indices of this rank's replicas
         self._world = 1
         self._rank = 0
@@ -288,12 +215,16 @@ class SASReplicas(StreamCallback):
         }
 
     # -- the split, for users who exclude it from the main run ----------------------------
+    def _plan(self) -> HoldoutPlan:
+        external = self.data.external if self.data is not None else 0
+        return HoldoutPlan(self.replicas, self.swaps, self.holdout_fraction, self.holdout, self.seed, external)
+
     def holdout_indices(self, n: int) -> np.ndarray:
         """Indices of the held-out split the replicas take from a training set of size ``n``
         (without ``holdout=``; the main run trains on them, which is why only ``fork_at="start"``
         is allowed then). With ``holdout=``, ``n`` to ``n + len(holdout) - 1``: the explicit
         held-out samples, after the training data in the replicas' index space."""
-        return self._split(n)[1]
+        return self._plan().split(n)[1]
 
     def resolve_swaps(self, n: int) -> tuple[int, int]:
         """``(m, held-out size)`` for a training set of ``n`` samples
@@ -301,32 +232,19 @@ class SASReplicas(StreamCallback):
         bias study, at most about 1 % of ``S`` and what the held-out pool allows; an explicit
         ``swaps`` that does not fit is an error naming ``swaps`` and ``holdout_fraction``). With
         ``holdout=`` the held-out pool is that data, and ``S`` is all ``n`` training samples."""
-        if not self._external:
-            return resolve_swaps(n, self.holdout_fraction, self.replicas, self.swaps)
-        n_hold = self._external
-        if n_hold < self.replicas + 1:
-            raise ValueError(f"holdout= has {n_hold} samples; the replicas need at least {self.replicas + 1} (one "
-                             "replacement per replica and one P_test point)")
-        if self.swaps == "auto":
-            return auto_swaps(n, n_hold, self.replicas), n_hold
-        m = int(self.swaps)
-        if self.replicas * m + 1 > n_hold:
-            raise ValueError(f"swaps={m} with replicas={self.replicas} needs {self.replicas * m + 1} held-out samples (K * m "
-                             f"replacements and one P_test point), but holdout= has {n_hold}: lower swaps (or use "
-                             "swaps='auto'), or hold out more samples.")
-        return m, n_hold
-
-    def _split(self, n: int) -> tuple[np.ndarray, np.ndarray]:
-        """``S`` and the held-out samples: with ``holdout=``, all ``n`` training samples and the
-        ``len(holdout)`` after them; else the seeded split of ``range(n)``."""
-        if self.holdout is not None:
-            size = self._external or len(self._holdout_dataset(None))
-            return np.arange(n, dtype=np.int64), np.arange(n, n + size, dtype=np.int64)
-        return split_holdout(n, self.holdout_fraction, self.seed, min_holdout=self.resolve_swaps(n)[1])
+        return self._plan().resolve_swaps(n)
 
     def should_probe(self, index: int) -> bool:
         """Evaluate the replicas' probes at stream entry ``index``? Default: every ``probe_every``."""
-        return index % self.probe_every == 0
+        return is_due(index, self.probe_every)
+
+    @property
+    def _source(self) -> Any:
+        """The run's training samples (the pool of iterable data), once attached."""
+        return self.data.source if self.data is not None else None
+
+    def _swaps_json(self) -> list[list[list[int]]]:
+        return swaps_json(self.data.swaps) if self.data is not None else []
 
     # -- setup: data checks and fork ------------------------------------------------------
     def on_train_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
@@ -340,98 +258,28 @@ class SASReplicas(StreamCallback):
         dataset is read into a pool from a fresh iterator), its ``collate_fn`` is called only when
         ``default_collate`` cannot batch the samples, and every read and dry run happens with the
         global generators forked."""
-        if self.fork_at != "start" and self.holdout is None:
-            raise ValueError(
-                f"fork_at={self.fork_at!r}: the main model trains on every training sample, so replicas forked from it "
-                "later have already seen the samples they would hold out (contaminated). Train the main run on a Subset "
-                "that leaves held-out samples out and pass them as holdout= (a Dataset, or the left-out indices into "
-                "the Subset's dataset), or use fork_at='start'."
-            )
-        sharding = sharded_parameters(trainer, pl_module)
-        if sharding is not None:
-            raise ValueError(
-                f"SASReplicas cannot run on sharded parameters ({sharding}): a replica is a full copy of the module "
-                "trained by one rank, and each rank here holds only a shard. Train with DDP (or one device) for the "
-                "in-run SAS estimate, or run the multi-run protocol (lightning-sas perturb), which trains each "
-                "neighbouring run with your own strategy; replicas=0 keeps the rest of SASMonitor under FSDP."
-            )
+        refuse_late_fork_without_holdout(self.fork_at, self.holdout)
+        refuse_sharded_parameters(trainer, pl_module)
         source = training_source(trainer, pool_size=self.pool_size)
         if source is None or len(source) == 0:
             raise ValueError("SASReplicas needs training data to build neighbouring datasets; the run has no training "
                              "dataset. Run the multi-run protocol instead (lightning-sas perturb).")
         resumed_step = int(getattr(trainer, "global_step", 0) or 0)
-        if self._restored is None and resumed_step > 0 and self.fork_at == "start" and self.holdout is None:
-            raise ValueError(
-                f"SASReplicas: the run starts at step {resumed_step} without replica state (resumed from a checkpoint "
-                "saved without SASReplicas, or a second fit). Replicas forked now would start from weights already "
-                "trained on the held-out split, without optimizer history of their own, and the estimate would be "
-                "labelled as forked at step 0 "
-                "(contaminated). Start the run from step 0 (no ckpt_path) with SASReplicas; or, if the main run never "
-                "trained on some samples, pass them as holdout= (a Dataset, or indices into the dataset of a training "
-                "Subset): the replicas then fork at the resume step (a late fork)."
-            )
+        refuse_resume_without_state(resumed_step, self._restored is not None, self.fork_at, self.holdout)
         self.pooled = source.pooled
-        n = len(source)
-        data = source
-        if self.holdout is not None:
-            held = self._holdout_dataset(source)
-            self._external = len(held)
-            data = SampleSource.of(source.loader, ConcatDataset([source.dataset, held]))
-        self._data = data
-        self.m = self.resolve_swaps(n)[0]
-        s_idx, holdout = self._split(n)
-        batch_size = self._replica_batch_size(trainer, getattr(source.loader, "batch_size", None), len(s_idx))
-        saved = (self._restored or {}).get("swaps")
-        if saved is not None:  # resume: the swaps of the checkpoint, never redrawn
-            self._swaps = [[(int(i), int(z)) for i, z in pairs] for pairs in saved]
-            if len(self._swaps) != self.replicas or any(len(p) != self.m for p in self._swaps):
-                raise ValueError(f"the checkpoint's swaps ({len(self._swaps)} replicas) do not fit replicas={self.replicas}, "
-                                 f"swaps={self.m}: resume with the settings of the checkpointed run")
-        else:
-            self._swaps = choose_swaps(s_idx, holdout, self.replicas, self.m, self.seed)
-        self._swap_lookup = []
-        for pairs in self._swaps:
-            removed = np.asarray([i for i, _ in pairs], dtype=np.int64)
-            order = np.argsort(removed)
-            self._swap_lookup.append((removed[order], np.asarray([z for _, z in pairs], dtype=np.int64)[order]))
-        probes = make_probe_set(s_idx, holdout, self._swaps, self.num_train_probes, self.num_heldout_probes, self.seed)
-        self.probe_set = probes
-        self._source = source
-        self._trainer = trainer
-        self._s_indices = s_idx
+        data = ReplicaData.build(self, trainer, source, self._plan(), self.batch_size, self.num_train_probes,
+                                 self.num_heldout_probes, (self._restored or {}).get("swaps"))
+        self.data, self.m, self.probe_set = data, data.m, data.probe_set
         self._world = max(1, int(getattr(trainer, "world_size", 1) or 1))
         self._rank = int(getattr(trainer, "global_rank", 0) or 0)
         self._rows = replica_rows(self.replicas + 1, self._world, self._rank)
         if self._rng_rank != self._rank:  # one private stream per rank; rank 0 keeps the one-process stream
             self._rng = PrivateRNG(rank_seed(self.seed + 1, self._rank) if self._rank else self.seed + 1)
             self._rng_rank = self._rank
-        self._sampler = ReplicaSampler(len(s_idx), batch_size, self.replicas + 1, self.sampler_mode, self.seed)
-        device = pl_module.device
-        shared = probes.shared_indices
-        chunk = max(1, self.probe_batch_size)
-        try:
-            self._probe_batches = [
-                prepare_batch(trainer, data.collate(data.samples(shared[i : i + chunk])), device)
-                for i in range(0, len(shared), chunk)
-            ]
-            swap_points = [probes.replica_swap_indices(k) for k in range(1, self.replicas + 1)]
-            self._swap_batches = [
-                [prepare_batch(trainer, data.collate(data.samples(points[i : i + chunk])), device) for points in swap_points]
-                for i in range(0, 2 * self.m, chunk)
-            ]
-            with observed(pl_module, trainer):
-                first = per_sample_loss(pl_module, self._swap_batches[0][0], self.loss_fn)
-            if first.ndim != 1 or first.shape[0] != min(chunk, 2 * self.m):
-                raise ValueError(f"it returned shape {tuple(first.shape)}, expected ({min(chunk, 2 * self.m)},)")
-        except Exception as err:
-            if callable(getattr(pl_module, "sas_per_sample_loss", None)):  # it comes before any loss_fn
-                way = ("Make the module's `sas_per_sample_loss(self, batch) -> Tensor[B]` return one loss per sample of a "
-                       "training batch (it is used before any loss_fn).")
-            else:
-                way = ("Define `sas_per_sample_loss(self, batch) -> Tensor[B]` on the module or pass loss_fn=(module, "
-                       "batch) -> Tensor[B] (a callable or an import path).")
-            raise ValueError(f"SASReplicas needs the per-sample loss of probe samples ({type(err).__name__}: {err}). {way}") from err
-        self.metric = SASEstimate(probes.layout(), max_blocks=self.max_blocks).to(device)
+        self._sampler = ReplicaSampler(len(data.s_indices), data.batch_size, self.replicas + 1, self.sampler_mode, self.seed)
+        self._probe_batches, self._swap_batches = probe_batches(trainer, pl_module, data, self.replicas,
+                                                                max(1, self.probe_batch_size), self.loss_fn)
+        self.metric = SASEstimate(data.probe_set.layout(), max_blocks=self.max_blocks).to(pl_module.device)
         restored, self._restored = self._restored, None
         if restored is not None and restored.get("engine") is not None:
             self._fork(trainer, pl_module, restored.get("fork_step", 0))
@@ -448,226 +296,35 @@ class SASReplicas(StreamCallback):
         elif self.fork_at == "start":
             self._fork(trainer, pl_module, 0)
 
-    def _holdout_dataset(self, source: SampleSource | None) -> Any:
-        """The explicit ``holdout`` as a dataset: itself, or ``Subset(base, indices)`` for indices
-        into the dataset of the training ``Subset`` (checked to leave them out)."""
-        held = self.holdout
-        if not _is_index_list(held):  # a Dataset (a list or array of integers is indices)
-            if source is not None and held is source.dataset:
-                raise ValueError("holdout= is the training dataset itself; pass samples the main run does not train on")
-            if source is not None and held is getattr(source.dataset, "dataset", None):
-                raise ValueError("holdout= is the dataset the training Subset draws from; pass the left-out indices "
-                                 "(holdout=indices) or a Dataset of samples the main run does not train on")
-            return held
-        indices = np.asarray(held.cpu() if isinstance(held, torch.Tensor) else held, dtype=np.int64).ravel()  # sync-ok: once, at train start
-        if source is None:
-            return indices
-        train = source.dataset if not source.pooled else None
-        if not isinstance(train, Subset):
-            raise ValueError(
-                "holdout= as indices needs the training data to be a torch.utils.data.Subset of the dataset they index "
-                f"(the training dataset is {type(train).__name__ if train is not None else 'an iterable pool'}); train on "
-                "Subset(dataset, kept_indices) and pass holdout=left_out_indices, or pass holdout= as a Dataset."
-            )
-        base = train.dataset
-        if len(indices) == 0 or indices.min() < 0 or indices.max() >= len(base):
-            raise ValueError(f"holdout= indices must lie in [0, {len(base)}) (the training Subset's dataset)")
-        if len(np.unique(indices)) != len(indices):
-            raise ValueError("holdout= indices must not repeat")
-        trained = np.intersect1d(np.asarray(train.indices, dtype=np.int64), indices)
-        if len(trained):
-            raise ValueError(f"{len(trained)} holdout= indices (e.g. {int(trained[0])}) are in the training Subset: the "
-                             "main run trains on them. Leave them out of the Subset.")
-        return Subset(base, indices.tolist())  # sync-ok: host indices, at train start
-
-    def _replica_batch_size(self, trainer: "pl.Trainer", loader_batch: int | None, available: int) -> int:
-        """The replicas' batch: by default the run's effective batch, the per-rank loader batch
-        times ``world_size`` times ``accumulate_grad_batches`` (a replica takes one step per main
-        optimizer step, on one global batch), at most ``|S|``. One warning when it differs from the
-        effective batch (an explicit ``batch_size``, a small ``S``, or a loader without
-        ``batch_size``), naming both."""
-        world = max(1, int(getattr(trainer, "world_size", 1) or 1))
-        accumulate = max(1, int(getattr(trainer, "accumulate_grad_batches", 1) or 1))
-        effective = loader_batch * world * accumulate if loader_batch else None
-        chosen = min(self.batch_size or effective or 32, available)
-        if chosen != effective:
-            if effective is None:
-                why = (f"the training loader has no batch_size (a batch sampler), so the replicas use "
-                       f"{'batch_size=' + str(self.batch_size) if self.batch_size else 'a batch of 32'}")
-            else:
-                why = (f"the run's effective batch is {effective} (loader batch {loader_batch} x {world} rank(s) x "
-                       f"accumulate_grad_batches={accumulate}); the replicas use {chosen}")
-                why += (f" (batch_size={self.batch_size})" if self.batch_size and self.batch_size <= available
-                        else f" (|S| = {available} samples)")
-            warn_once(self, "batch", f"SASReplicas: {why}. The replicas then train with another gradient noise than the "
-                      "main run; pass batch_size=None (the default) to match the effective batch.")
-        return chosen
-
     def _resume_without_replicas(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", state: dict[str, Any]) -> None:
         """A checkpoint saved with ``checkpoint_replicas=False`` after the fork: the replicas' weights
         are gone. Forked again from the main model now, they would have seen the held-out split
         (contaminated) unless the main run excludes it: then they restart as a late fork (new time
         averages); otherwise the estimate stays off, with the reason in the summary."""
         self._steps_taken = 0
-        if self.holdout is not None:
-            warn_once(self, "noreplicas", "SASReplicas: the checkpoint has no replica weights (checkpoint_replicas=False); "
-                      "the replicas restart from the current weights as a late fork, with new time averages.")
+        off_reason = without_replica_weights(self, late_fork_allowed=self.holdout is not None)
+        if off_reason is None:
             self._fork(trainer, pl_module, int(trainer.global_step))
-            return
-        self.enabled = False
-        self._off_reason = ("the checkpoint has no replica weights (checkpoint_replicas=False) and replicas forked again "
-                            "from the main model would have seen the held-out split; resume from a checkpoint with "
-                            "checkpoint_replicas=True, or train the main run without held-out samples and pass them "
-                            "as holdout= to restart them as a late fork")
-        warn_once(self, "noreplicas", f"SASReplicas: {self._off_reason}. The SAS estimate is off for this run.")
-
-    def _clip(self, trainer: "pl.Trainer") -> tuple[float, str] | None:
-        value = getattr(trainer, "gradient_clip_val", None)
-        if not value:
-            return None
-        algorithm = getattr(trainer, "gradient_clip_algorithm", None) or "norm"
-        return float(value), str(getattr(algorithm, "value", algorithm))
+        else:
+            self.enabled, self._off_reason = False, off_reason
 
     def _fork(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", step: int) -> None:
         """Fork this rank's replicas (all ``K + 1`` on one process) from the main model's weights
         and optimizer state now (with the global generators forked: a user's
         ``configure_optimizers`` may draw from them)."""
+        assert self.data is not None and self._sampler is not None
         with isolated_rng():
-            self._build_engine(trainer, pl_module, step)
-
-    def _build_engine(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", step: int) -> None:
-        n = len(self._rows)
-        clip = self._clip(trainer)
-        opt_state = [copy.deepcopy(o.state_dict()) for o in trainer.optimizers] if step > 0 else None
-        # manual optimization: the module's own training_step steps its optimizers (a per-sample
-        # loss there is for the probes only; two optimizers cannot train on one mean loss)
-        manual = not pl_module.automatic_optimization
-        use_step = manual or (self.loss_fn is None and not callable(getattr(pl_module, "sas_per_sample_loss", None)))
-        reason = ("manual optimization (the module's own training_step steps its optimizers)" if manual
-                  else stacked_unsupported_reason(pl_module, self.loss_fn))
-        engine: Any = None
-        if n == 0:  # more ranks than replicas: this rank only keeps the collectives in step
-            if self.path == "fast" and reason is not None:
-                raise ValueError(self._fast_refusal(trainer, pl_module, reason, use_step, clip, opt_state))
-            path = "fast" if self.path in ("auto", "fast") and reason is None else "generic"
-            self.engine = NoLocalReplicas(path, self._probe_device())
-            self.fork_step = int(step)
-            return
-        if self.path in ("auto", "fast") and reason is None:
-            try:
-                engine = StackedReplicas(pl_module, n, self.loss_fn, clip, opt_state, trainer=trainer)
-                self._dry_run(engine)
-                engine = StackedReplicas(pl_module, n, self.loss_fn, clip, opt_state, trainer=trainer)
-            except Exception as err:
-                reason = f"{type(err).__name__}: {err}"
-                engine = None
-        if engine is None:
-            if self.path == "fast":
-                raise ValueError(self._fast_refusal(trainer, pl_module, reason, use_step, clip, opt_state))
-            refusal = self._generic_refusal(trainer, pl_module, use_step, clip, opt_state)
-            if refusal is not None:
-                raise refusal
-            engine = GenericReplicas(pl_module, n, self.loss_fn, use_step, clip, opt_state, trainer=trainer)
-            self.fallback_reason = reason
-            if self.path == "auto" and reason:
-                rank_zero = lightning_module("utilities.rank_zero", trainer)
-                rank_zero.rank_zero_info(f"lightning-sas: replicas use the generic path because {reason}.")
-        self.engine = engine
+            device = self._probe_device()
+            positions = ReplicaSampler(len(self.data.s_indices), self._sampler.batch_size, self.replicas + 1, "common",
+                                       self.seed).next()
+            dry_run = DryRun(self.data.batches, positions, self._rows, self._probe_batches, self._swap_batches,
+                             self._rng, device)
+            self.engine, self.fallback_reason = choose_engine(trainer, pl_module, len(self._rows), self.path,
+                                                              self.loss_fn, step, dry_run, device)
         self.fork_step = int(step)
 
-    def _generic_refusal(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", use_step: bool,
-                         clip: Any, opt_state: Any) -> ValueError | None:
-        """Build one generic replica and dry-run a step: None when it works, else the error to
-        raise, naming the hook that failed and the one way out for it."""
-        stage = "configure_optimizers"
-        try:
-            probe = GenericReplicas(pl_module, 1, self.loss_fn, use_step, clip, opt_state, trainer=trainer)
-            stage = "step"
-            self._dry_run(probe)
-        except ReplicaTrainerError as err:
-            return ValueError(str(err))
-        except Exception as err:
-            failure = f"({type(err).__name__}: {err})"
-            if stage == "configure_optimizers":
-                message = (f"SASReplicas: the replicas' configure_optimizers failed at fork time {failure}. "
-                           f"{WAYS_OUT['configure_optimizers']}")
-            elif use_step and pl_module.automatic_optimization:
-                message = (f"SASReplicas: a replica's training_step failed at fork time {failure}. A replica is a deep "
-                           f"copy of the module with a read-only view of the trainer. {WAYS_OUT['training_step']}")
-            elif use_step:
-                message = (f"SASReplicas: a replica's manual-optimization training_step failed at fork time {failure}. "
-                           f"{WAYS_OUT['manual training_step']}")
-            else:
-                message = (f"SASReplicas: a replica step on the per-sample loss failed at fork time {failure}. "
-                           f"{WAYS_OUT['per-sample loss']}")
-            error = ValueError(message)
-            error.__cause__ = err
-            return error
-        return None
-
-    def _fast_refusal(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", reason: str | None, use_step: bool,
-                      clip: Any, opt_state: Any) -> str:
-        """Why ``path='fast'`` cannot run this module, with a way out that was tried: the generic
-        path when a generic replica runs it (dry run), else what the generic path needs."""
-        generic = self._generic_refusal(trainer, pl_module, use_step, clip, opt_state)
-        if generic is None:
-            way = "Use path='generic' (a dry run of a generic replica on this module worked)."
-        else:
-            way = f"The generic path cannot run it as it is either: {generic}"
-        return f"SASReplicas(path='fast') cannot run this module: {reason}. {way}"
-
-    def _dry_run(self, engine: Any) -> None:
-        assert self._sampler is not None
-        positions = ReplicaSampler(len(self._s_indices), self._sampler.batch_size, self.replicas + 1, "common", self.seed).next()
-        rows = self._rows[: engine.n] or list(range(engine.n))  # a rank without replicas tries the control's
-        batches = self._batches(positions, rows, device=self._probe_device())
-        saved = self._rng.state_dict()
-        try:
-            with self._rng.active(self._probe_device()):
-                engine.step(batches, 0, 0)
-                engine.per_sample_losses(self._probe_batches[:1], self._swap_batches[:1], rows)
-        finally:
-            self._rng.load_state_dict(saved)
-
     def _probe_device(self) -> torch.device:
-        leaf = self._probe_batches[0]
-        while isinstance(leaf, (list, tuple)):
-            leaf = leaf[0]
-        if isinstance(leaf, dict):
-            leaf = next(iter(leaf.values()))
-        return leaf.device if isinstance(leaf, torch.Tensor) else torch.device("cpu")
-
-    def _fetch(self, indices: np.ndarray, device: torch.device) -> Any:
-        """Collate ``dataset[i]`` for ``indices`` (under the replicas' private stream); a
-        ``TensorDataset`` batched by ``default_collate`` is indexed in one call per tensor (same
-        result, no per-sample Python)."""
-        source = self._data
-        if isinstance(source.dataset, TensorDataset) and source.collate_fn is default_collate:
-            index = torch.from_numpy(np.ascontiguousarray(indices, dtype=np.int64))
-            return prepare_batch(self._trainer, [t[index] for t in source.dataset.tensors], device)
-        return prepare_batch(self._trainer, source.collate(source.read(indices)), device)
-
-    def _batches(self, positions: list[np.ndarray], rows: Sequence[int], device: torch.device) -> list[Any]:
-        """Batches of the global replicas ``rows`` (``positions`` has one entry per global replica),
-        replica ``r`` from ``S^(r)`` (the control ``r = 0`` from ``S``); replicas that draw the
-        same positions and miss their replaced sample share one batch object."""
-        cache: dict[int, Any] = {}
-        out: list[Any] = []
-        for r in rows:
-            pos = positions[r]
-            indices = self._s_indices[pos]
-            if r > 0:
-                removed, added = self._swap_lookup[r - 1]
-                where = np.minimum(np.searchsorted(removed, indices), len(removed) - 1)
-                hit = removed[where] == indices
-                if hit.any():  # replica r trains on S^(r): its removed samples are swapped for its added ones
-                    out.append(self._fetch(np.where(hit, added[where], indices), device))
-                    continue
-            key = id(pos)
-            if key not in cache:
-                cache[key] = self._fetch(indices, device)
-            out.append(cache[key])
-        return out
+        return batch_device(self._probe_batches[0])
 
     # -- hot path -------------------------------------------------------------------------
     def on_train_batch_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", outputs: Any, batch: Any, batch_idx: int) -> None:
@@ -717,7 +374,7 @@ class SASReplicas(StreamCallback):
         recorded = False
         try:
             with self._rng.active(device):
-                batches = self._batches(self._sampler.next(), self._rows, device)
+                batches = self.data.batches(self._sampler.next(), self._rows, device)
                 self.engine.step(batches, batch_idx, self._steps_taken)
                 self._steps_taken += 1
                 if self.should_probe(self._index):
@@ -744,22 +401,13 @@ class SASReplicas(StreamCallback):
             ctx.unavailable.update(dict.fromkeys(SAS_KEYS, reason))
             ctx.summary.update(self._last)
             return
-        if not self.enabled and self._off_reason:
-            ctx.unavailable.update(dict.fromkeys(SAS_KEYS, f"frozen: {self._off_reason}"))
-        ctx.unavailable["replica_checkpoint_bytes"] = (
-            "no checkpoint saved yet" if self.checkpoint_replicas else "checkpoint_replicas=False")
-        ctx.unavailable["paper_coefficient_se"] = "the jackknife over runs needs K >= 2 perturbed replicas"
         # under DDP the ranks agreed on whether a replica failed anywhere (``off_on``) and summed
         # the time averages (``collective_payload``) in the flush's two collectives
         start = max(probe_window_start(ctx.window_start, self.metric.cursor.starts), self.fork_step or 0)
         with self.metric.summed_states(ctx.reduced.get(self)):
             estimate = self.metric.estimate(from_step=start, fork_step=self.fork_step or 0)
-        if "sas_max" not in estimate:  # no replica probe inside the window yet
-            ctx.unavailable.update({key: f"no replica probe evaluation inside the statistics window yet (it starts at "
-                                         f"step {start}; probe_every={self.probe_every}); the probe of the untrained model at step 0 never counts"
-                                    for key in SAS_KEYS if key not in ("replicas", "swaps", "replica_path",
-                                                                       "replica_sampler", "fork_step", "steps_since_fork",
-                                                                       "replica_checkpoint_bytes")})
+        ctx.unavailable.update(unavailable_reasons(None if self.enabled else self._off_reason, self.checkpoint_replicas,
+                                                   "sas_max" in estimate, start, self.probe_every))
         estimate.update(
             {
                 "replicas": self.replicas,
@@ -804,18 +452,13 @@ class SASReplicas(StreamCallback):
         other ranks' replicas are zero here)."""
         return self.metric.filled_states() if self.metric is not None else []
 
-    def _swaps_json(self) -> list[list[list[int]]]:
-        """Each replica's swaps as ``[[i, z'], ...]`` (primitives: checkpoints and meta.json)."""
-        return [[[int(i), int(z)] for i, z in pairs] for pairs in self._swaps]
-
     # -- state ----------------------------------------------------------------------------
     def state_dict(self, reduced: list[torch.Tensor] | None = None) -> dict[str, Any]:
         """Tensors and primitives only. Under DDP a collective (call on every rank, as Lightning
         does): rank 0's state holds every replica and the time averages summed over ranks
         (``reduced``: that sum, when :class:`~lightning_sas.SASMonitor` made it already in its
         packed all-reduce; then one ``gather_object`` is this method's only collective)."""
-        distributed = self._world > 1 and distributed_ready()
-        state: dict[str, Any] = {
+        header: dict[str, Any] = {
             "config": self.config(),
             "batches_seen": self._batches_seen,
             "steps_taken": self._steps_taken,
@@ -824,78 +467,19 @@ class SASReplicas(StreamCallback):
             "rng": self._rng.state_dict(),
             "sampler": None if self._sampler is None else self._sampler.state_dict(),
             "engine": None,
-            "swaps": self._swaps_json() if self._swaps else None,
+            "swaps": self._swaps_json() or None,
         }
-        if self.metric is not None:
-            if distributed and reduced:
-                with self.metric.summed_states(reduced):
-                    state["metric"] = self.metric.checkpoint_state()
-            elif distributed:
-                with self.metric.synced():
-                    state["metric"] = self.metric.checkpoint_state()
-            else:
-                state["metric"] = self.metric.checkpoint_state()
-        local = self.engine.state_dict() if self.engine is not None and self.checkpoint_replicas else None
-        if self._world > 1:
-            state["world_size"] = self._world
-            if not distributed:  # outside the process group only this rank's replicas are here
-                local = None
-        if distributed:
-            gathered: list[Any] | None = [None] * self._world if self._rank == 0 else None
-            dist.gather_object((list(self._rows), to_cpu(local), self._rng.state_dict()), gathered, dst=0)
-            local = None
-            if gathered is not None:
-                state["rng_ranks"] = [g[2] for g in gathered]
-                if self.engine is not None and self.checkpoint_replicas:
-                    local = merge_engine_states([(g[0], g[1]) for g in gathered], self.replicas + 1)
-        if local is not None:
-            state["engine"] = local
-            self._checkpoint_bytes = _tensor_bytes(local)
+        state, engine_bytes = pack_state(header, self._placement(), self.metric, self.engine, self._rng,
+                                         self.checkpoint_replicas, reduced)
+        if engine_bytes is not None:
+            self._checkpoint_bytes = engine_bytes
         return state
+
+    def _placement(self) -> ReplicaPlacement:
+        return ReplicaPlacement(self._world, self._rank, self._rows, self.replicas + 1)
 
     def _apply_restored(self, state: dict[str, Any]) -> None:
         """Restore a checkpoint: every rank reads the full state (all replicas, summed time
         averages) and keeps its own replicas."""
-        self._steps_taken = int(state.get("steps_taken", 0))
-        self.enabled = bool(state.get("enabled", True))
-        saved_world = int(state.get("world_size", 1))
-        rng_ranks = state.get("rng_ranks")
-        if saved_world == self._world and rng_ranks is not None and self._rank < len(rng_ranks):
-            self._rng.load_state_dict(rng_ranks[self._rank])
-        elif self._rank == 0:
-            self._rng.load_state_dict(state["rng"])
-        if saved_world != self._world and state.get("engine") is not None:
-            warn_once(self, "world", f"SASReplicas: the checkpoint was saved on {saved_world} rank(s) and resumes on "
-                      f"{self._world}; the replicas, their optimizers and the time averages resume exactly, the "
-                      "replicas' private random streams (dropout) restart per rank.")
-        if state.get("sampler") is not None and self._sampler is not None:
-            self._sampler.load_state_dict(state["sampler"])
-        if self.metric is not None and "metric" in state:
-            if not self.metric.load_checkpoint_state(state["metric"]):
-                warn_once(self, "shape", "SASReplicas: the checkpoint's probe set differs in size; the estimate restarts.")
-            elif self._world > 1:
-                self.metric.keep_rows(self._rows)
-        if state.get("engine") is not None and self.engine is not None:
-            if self._world == 1:
-                self.engine.load_state_dict(state["engine"])
-            else:
-                self.engine.load_state_dict(select_engine_state(state["engine"], self._rows))
-
-
-def _is_index_list(value: Any) -> bool:
-    """A 1-D sequence of integers (list, tuple, numpy array or tensor)?"""
-    if isinstance(value, torch.Tensor):
-        return value.ndim == 1 and not value.is_floating_point() and not value.is_complex()
-    if isinstance(value, np.ndarray):
-        return value.ndim == 1 and np.issubdtype(value.dtype, np.integer)
-    return isinstance(value, (list, tuple)) and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in value)
-
-
-def _tensor_bytes(obj: Any) -> int:
-    if isinstance(obj, torch.Tensor):
-        return obj.numel() * obj.element_size()
-    if isinstance(obj, dict):
-        return sum(_tensor_bytes(v) for v in obj.values())
-    if isinstance(obj, (list, tuple)):
-        return sum(_tensor_bytes(v) for v in obj)
-    return 0
+        self._steps_taken, self.enabled = restore_state(self, state, self._placement(), self.metric, self.engine,
+                                                        self._rng, self._sampler)

@@ -11,7 +11,7 @@ from torch import Tensor
 
 from lightning_sas import _compat as pl  # pl.Trainer, pl.LightningModule: of either namespace
 from lightning_sas._private import module_trainer
-from lightning_sas.callbacks._common import device_float_dtype, entry_completed, warn_once
+from lightning_sas.callbacks._common import device_float_dtype, entry_completed, is_due, next_due, warn_once
 from lightning_sas.validation import check_bool, check_int, check_regex, check_seed
 from lightning_sas.callbacks.base import FlushContext, StreamCallback
 from lightning_sas.stats.sharded import ShardedParameters, is_flat_parameter
@@ -205,11 +205,11 @@ class WeightSnapshots(StreamCallback):
     # -- cadence --------------------------------------------------------------------------
     def should_snapshot(self, index: int) -> bool:
         """Snapshot the weights at stream entry ``index``? Default: every ``snapshot_every``."""
-        return index % self.snapshot_every == 0
+        return is_due(index, self.snapshot_every)
 
     def should_sketch(self, index: int) -> bool:
         """Sketch the weights at stream entry ``index``? Default: every ``sketch_every``."""
-        return self._projection is not None and index % self.sketch_every == 0
+        return self._projection is not None and is_due(index, self.sketch_every)
 
     # -- setup ----------------------------------------------------------------------------
     def on_train_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
@@ -289,7 +289,7 @@ class WeightSnapshots(StreamCallback):
             return None
         if type(self).should_snapshot is not WeightSnapshots.should_snapshot:
             return index
-        return -(-index // self.snapshot_every) * self.snapshot_every
+        return next_due(index, self.snapshot_every)
 
     # -- hot path (only at snapshot steps) ------------------------------------------------
     def begin_batch(self, index: int) -> None:

@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import torch
 from torch import Tensor
 
 from lightning_sas.metrics.time_average import TimeAverage
-from lightning_sas.stats.batch_means import batch_means_se_from_blocks, gap_standard_error
-from lightning_sas.stats.sas import detrend
+from lightning_sas.stats.sas import heldout_gap
 
 __all__ = ["ErgodicGap"]
 
@@ -24,11 +24,13 @@ class ErgodicGap(TimeAverage):
     .. math:: \mathrm{gap} = \frac{1}{|P_\mathrm{test}|}\sum_{z \in P_\mathrm{test}} \langle l(z)\rangle
               - \frac{1}{|P_\mathrm{train}|}\sum_{z \in P_\mathrm{train}} \langle l(z)\rangle .
 
-    Its standard error (:func:`~lightning_sas.stats.batch_means.gap_standard_error`) adds the
-    temporal part, batch means of the per-block gap series after removing its least-squares line
-    in time (:func:`~lightning_sas.stats.sas.detrend`; blocks of the time average, merged into
-    batches longer than ``min_batch_len`` evaluations when given), and the sampling of the probe
-    points, ``s^2/n`` of the per-point averages of each set, in quadrature.
+    A point without a finite value in the window is left out of its set's mean. Its standard error
+    (:func:`~lightning_sas.stats.batch_means.gap_standard_error`) adds the temporal part, batch
+    means of the per-block gap series after removing its least-squares line in time
+    (:func:`~lightning_sas.stats.sas.detrend`; blocks of the time average, merged into batches
+    longer than ``min_batch_len`` evaluations when given), and the sampling of the probe points,
+    ``s^2/n`` of the per-point averages of each set, in quadrature. Both are
+    :func:`~lightning_sas.stats.sas.heldout_gap`, which also gives the control replica's gap.
     """
 
     def __init__(self, num_train: int, num_test: int, max_blocks: int = 128, num_extra: int = 0, **kwargs: Any) -> None:
@@ -39,38 +41,20 @@ class ErgodicGap(TimeAverage):
         self.num_test = num_test
         self.num_extra = num_extra
 
-    @property
-    def _test(self) -> slice:
-        return slice(self.num_train, self.num_train + self.num_test)
-
     def compute(self) -> Tensor:  # type: ignore[override]
-        """``<l>`` over ``P_test`` minus ``<l>`` over ``P_train`` (a 0-d float64 tensor)."""
-        per_point = self.per_point_average()
-        return per_point[self._test].mean() - per_point[: self.num_train].mean()
+        """``<l>`` over ``P_test`` minus ``<l>`` over ``P_train``, points without a finite value left
+        out (:meth:`gap_with_se`; a 0-d float64 tensor, NaN without a finite point on a side)."""
+        gap = self.gap_with_se()["gap"]
+        return torch.tensor(float("nan") if gap is None else gap, dtype=torch.float64, device=self.sums.device)
 
     def gap_with_se(self, min_batch_len: float | None = None) -> dict[str, float | None]:
-        """Host dict ``gap``, ``gap_se``, ``train_loss``, ``test_loss`` over the late phase.
+        """Host dict ``gap``, ``gap_se``, ``train_loss``, ``test_loss`` over the blocks from
+        :attr:`start_step` on (:func:`~lightning_sas.stats.sas.heldout_gap`, the one
+        implementation of the gap).
 
         Reads device memory: call at flush time (after :meth:`synced` under DDP).
         """
         arrays = self.block_arrays(self.start_step)
-        counts, sums = arrays["counts"], arrays["sums"]
-        if counts.shape[0] == 0 or counts.sum() == 0:
-            return {"gap": None, "gap_se": None, "train_loss": None, "test_loss": None}
-        with np.errstate(invalid="ignore", divide="ignore"):
-            per_point = sums.sum(0) / np.maximum(counts.sum(0), 1.0)
-        seen = counts.sum(0) > 0
-        train_ok, test_ok = seen[: self.num_train], seen[self._test]
-        if not train_ok.any() or not test_ok.any():
-            return {"gap": None, "gap_se": None, "train_loss": None, "test_loss": None}
-        train = float(per_point[: self.num_train][train_ok].mean())
-        test = float(per_point[self._test][test_ok].mean())
-        means = arrays["means"]
-        with np.errstate(invalid="ignore"):
-            block_gap = np.nanmean(means[:, self._test], axis=1) - np.nanmean(means[:, : self.num_train], axis=1)
-        ok = np.isfinite(block_gap)
-        rows = counts.max(axis=1)[ok]
-        drift_free = detrend(block_gap[ok][None, :], rows)[0]  # a drift of the window is no noise
-        temporal = batch_means_se_from_blocks(rows, drift_free * rows, min_batch_len=min_batch_len)
-        se = gap_standard_error(temporal, per_point[: self.num_train][train_ok], per_point[self._test][test_ok])
-        return {"gap": test - train, "gap_se": se, "train_loss": train, "test_loss": test}
+        train = np.arange(self.num_train)
+        test = np.arange(self.num_train, self.num_train + self.num_test)
+        return heldout_gap(arrays["means"], arrays["counts"], train, test, min_batch_len=min_batch_len)

@@ -7,6 +7,8 @@ from typing import Any
 
 import torch
 
+from lightning_sas.callbacks._common import is_due
+
 __all__ = ["OptimizerSet", "parse_optimizers", "ELEMENTWISE_OPTIMIZERS"]
 
 #: optimizers whose update of each element depends only on that element's history, so one
@@ -42,12 +44,12 @@ class OptimizerSet:
     def step_schedulers(self, step_index: int) -> None:
         """The step-interval schedulers due after optimizer step ``step_index`` (0-based)."""
         for sched, interval, frequency in self.schedulers:
-            if interval == "step" and (step_index + 1) % frequency == 0:
+            if interval == "step" and is_due(step_index, frequency, offset=1):
                 sched.step()
 
     def epoch_end(self, epoch: int) -> None:
         for sched, interval, frequency in self.schedulers:
-            if interval == "epoch" and (epoch + 1) % frequency == 0:
+            if interval == "epoch" and is_due(epoch, frequency, offset=1):
                 sched.step()
 
     def state_dict(self) -> dict[str, Any]:

@@ -27,7 +27,7 @@ import numpy as np
 
 from lightning_sas.stats.autocorr import _as_float64, _finite, _is_constant
 
-__all__ = ["batch_means_se", "batch_means_se_from_blocks", "gap_standard_error"]
+__all__ = ["batch_means_se", "batch_means_se_along", "batch_means_se_from_blocks", "gap_standard_error"]
 
 
 def _batch_index(cum_excl: np.ndarray, total: float, n_batches: int) -> np.ndarray:
@@ -43,51 +43,112 @@ def _batch_index(cum_excl: np.ndarray, total: float, n_batches: int) -> np.ndarr
     return np.clip(j, 0, n_batches - 1).astype(np.int64)
 
 
-def _se_from_batches(c: np.ndarray, s: np.ndarray) -> float | None:
-    """``sqrt(sum c_b (m_b - m)^2 / ((B-1) N))`` over batches with positive counts."""
-    keep = c > 0
-    c, s = c[keep], s[keep]
-    b = c.size
-    if b < 2:
+def _batch_count(k: int, total: float, min_batches: int, min_batch_len: float | None) -> int:
+    """``B = max(floor(sqrt(K)), min_batches)`` for ``K`` blocks of ``N = total`` evaluations,
+    capped at ``K`` and, when ``min_batch_len`` is given (callers pass about twice the IAT, so
+    batches outlast the correlation), at ``floor(N / min_batch_len)``: the batch length wins over
+    ``min_batches``."""
+    b = min(max(math.isqrt(k), int(min_batches)), k)
+    if min_batch_len is not None and min_batch_len > 0:
+        b = min(b, math.floor(total / float(min_batch_len)))
+    return b
+
+
+def _batch_plan(c: np.ndarray, n_batches: int, min_batch_len: float | None) -> tuple[np.ndarray, list[tuple[int, int]]] | None:
+    """How contiguous blocks of positive counts ``c`` (``N = sum c``) become ``n_batches`` batches.
+
+    Batch ``j`` takes the blocks that start in ``[j N/B, (j+1) N/B)`` (nearly equal counts; blocks
+    are indivisible, so a batch may stay empty and is dropped); then, with ``min_batch_len``, the
+    shortest batch is merged into its smaller neighbour until none is shorter. Returns ``(batch
+    of each block, merges)``, ``merges`` the ``(lo, hi)`` batch pairs in the order they were
+    merged, or None for ``n_batches < 2``."""
+    if n_batches < 2:
         return None
-    m_b = s / c
-    if _is_constant(m_b):
-        return None
-    n = float(c.sum())
-    m = float(s.sum() / n)
-    ss = float((c * (m_b - m) ** 2).sum())
-    return math.sqrt(ss / ((b - 1) * n))
-
-
-def _merge_short(c: np.ndarray, s: np.ndarray, min_len: float) -> tuple[np.ndarray, np.ndarray]:
-    """Merge batches shorter than ``min_len`` into their smaller neighbour until none is left."""
-    c, s = list(c), list(s)
-    while len(c) > 1:
-        i = int(np.argmin(c))
-        if c[i] >= min_len:
-            break
-        if i == 0:
-            j = 1
-        elif i == len(c) - 1:
-            j = i - 1
-        else:
-            j = i - 1 if c[i - 1] <= c[i + 1] else i + 1
-        lo, hi = min(i, j), max(i, j)
-        c[lo] += c[hi]
-        s[lo] += s[hi]
-        del c[hi], s[hi]
-    return np.asarray(c, dtype=np.float64), np.asarray(s, dtype=np.float64)
-
-
-def _batch(c: np.ndarray, s: np.ndarray, n_batches: int) -> tuple[np.ndarray, np.ndarray]:
-    """Merge contiguous blocks into ``n_batches`` batches of nearly equal count."""
     total = float(c.sum())
     cum_excl = np.concatenate([[0.0], np.cumsum(c)[:-1]])
-    idx = _batch_index(cum_excl, total, n_batches)
-    bc = np.bincount(idx, weights=c, minlength=n_batches)
-    bs = np.bincount(idx, weights=s, minlength=n_batches)
-    keep = bc > 0
-    return bc[keep], bs[keep]
+    _, batch = np.unique(_batch_index(cum_excl, total, n_batches), return_inverse=True)  # empty batches dropped
+    merges: list[tuple[int, int]] = []
+    if min_batch_len is not None and min_batch_len > 0:
+        lengths = list(np.bincount(batch, weights=c))
+        while len(lengths) > 1:
+            i = int(np.argmin(lengths))
+            if lengths[i] >= min_batch_len:
+                break
+            if i == 0:
+                j = 1
+            elif i == len(lengths) - 1:
+                j = i - 1
+            else:
+                j = i - 1 if lengths[i - 1] <= lengths[i + 1] else i + 1
+            lo, hi = min(i, j), max(i, j)
+            lengths[lo] += lengths[hi]
+            del lengths[hi]
+            merges.append((lo, hi))
+    return batch, merges
+
+
+def _batch_sums(values: np.ndarray, batch: np.ndarray, merges: list[tuple[int, int]]) -> np.ndarray:
+    """``values`` (blocks on axis 0) summed over each batch, then the merges applied in order:
+    ``(batches, ...)``. Block order is kept within a batch (as ``np.bincount`` adds)."""
+    n_batches = int(batch.max()) + 1
+    flat = values.reshape(values.shape[0], -1)
+    width = flat.shape[1]
+    bins = (batch[:, None] * width + np.arange(width)[None, :]).ravel()
+    sums = np.bincount(bins, weights=flat.ravel(), minlength=n_batches * width).reshape(n_batches, width)
+    rows = list(sums)
+    for lo, hi in merges:
+        rows[lo] = rows[lo] + rows[hi]
+        del rows[hi]
+    return np.stack(rows).reshape((len(rows),) + values.shape[1:])
+
+
+def batch_means_se_along(
+    counts: Any,
+    values: Any,
+    axis: int = 1,
+    min_batches: int = 8,
+    min_batch_len: float | None = None,
+) -> np.ndarray | None:
+    r"""Batch-means standard errors of many count-weighted time averages at once.
+
+    ``values[..., b, ...]`` (blocks on ``axis``) are block means with ``counts[b]`` evaluations
+    each: series ``s`` has the time average :math:`\sum_b c_b v_{s,b} / \sum_b c_b`. The blocks
+    are batched once, from ``counts``, by the rule of :func:`batch_means_se_from_blocks` (blocks
+    with a zero or non-finite count are dropped), and every series gets
+
+    .. math:: \mathrm{SE}_s = \sqrt{\frac{\sum_j C_{s,j} (M_{s,j} - M_s)^2}{(J_s - 1)\, N_s}}
+
+    over its batches ``j`` of :math:`C_{s,j}` evaluations with means :math:`M_{s,j}` (``N_s`` and
+    ``M_s`` their total and mean). A series' non-finite block means are left out of their batch
+    (with their counts), and a batch left empty is left out of that series (``J_s`` counts the
+    rest); NaN for a series with fewer than 2 batches, 0 for a constant one. Returns the array of
+    ``values`` without ``axis``, or None when the counts give fewer than 2 batches."""
+    c = _as_float64(counts)
+    v = np.moveaxis(np.asarray(values, dtype=np.float64), axis, 0)
+    if v.shape[0] != c.size:
+        raise ValueError(f"values have {v.shape[0]} blocks on axis {axis}, counts {c.size}")
+    keep = np.isfinite(c) & (c > 0)
+    c, v = c[keep], v[keep]
+    if c.size < 2:
+        return None
+    plan = _batch_plan(c, _batch_count(c.size, float(c.sum()), min_batches, min_batch_len), min_batch_len)
+    if plan is None:
+        return None
+    finite = np.isfinite(v)
+    weights = np.where(finite, c.reshape((-1,) + (1,) * (v.ndim - 1)), 0.0)
+    bc = _batch_sums(weights, *plan)
+    bs = _batch_sums(np.where(finite, v, 0.0) * weights, *plan)
+    used = bc > 0
+    n_used = used.sum(axis=0)
+    if bc.shape[0] < 2:
+        return None
+    with np.errstate(invalid="ignore", divide="ignore"):
+        m_b = np.where(used, bs / np.where(used, bc, 1.0), 0.0)
+        n = bc.sum(axis=0)
+        m = bs.sum(axis=0) / n
+        ss = np.where(used, bc * (m_b - m) ** 2, 0.0).sum(axis=0)
+        se = np.sqrt(ss / ((n_used - 1) * n))
+    return np.where(n_used >= 2, se, np.nan)
 
 
 def batch_means_se(x: Any, n_batches: int | None = None) -> float | None:
@@ -106,8 +167,10 @@ def batch_means_se(x: Any, n_batches: int | None = None) -> float | None:
     b = min(b, n)
     if b < 2:
         return None
-    bc, bs = _batch(np.ones(n), a, b)
-    return _se_from_batches(bc, bs)
+    ones = np.ones(n)
+    plan = _batch_plan(ones, b, None)
+    assert plan is not None  # b >= 2
+    return _se_from_batches(_batch_sums(ones, *plan), _batch_sums(a, *plan))
 
 
 def batch_means_se_from_blocks(
@@ -126,6 +189,7 @@ def batch_means_se_from_blocks(
     smaller neighbour. ``SE = sqrt( sum_b c_b (m_b - m)^2 / ((B-1) N) )`` (module docstring; equal
     counts give ``sd(batch means)/sqrt(B)``). Blocks with a zero or non-finite count or sum are
     dropped. ``None`` with fewer than 2 batches or when all block means are equal.
+    :func:`batch_means_se_along` is the same rule for many series at once.
     """
     c = _as_float64(counts)
     s = _as_float64(sums)
@@ -136,16 +200,25 @@ def batch_means_se_from_blocks(
     k = c.size
     if k < 2 or _is_constant(s / c):
         return None
-    total = float(c.sum())
-    b = min(max(math.isqrt(k), int(min_batches)), k)
-    if min_batch_len is not None and min_batch_len > 0:
-        b = min(b, math.floor(total / float(min_batch_len)))
+    plan = _batch_plan(c, _batch_count(k, float(c.sum()), min_batches, min_batch_len), min_batch_len)
+    if plan is None:
+        return None
+    return _se_from_batches(_batch_sums(c, *plan), _batch_sums(s, *plan))
+
+
+def _se_from_batches(c: np.ndarray, s: np.ndarray) -> float | None:
+    """``sqrt(sum c_b (m_b - m)^2 / ((B-1) N))`` over batches of counts ``c`` and sums ``s``;
+    None with fewer than 2 batches or equal batch means."""
+    b = c.size
     if b < 2:
         return None
-    bc, bs = _batch(c, s, b)
-    if min_batch_len is not None and min_batch_len > 0:
-        bc, bs = _merge_short(bc, bs, float(min_batch_len))
-    return _se_from_batches(bc, bs)
+    m_b = s / c
+    if _is_constant(m_b):
+        return None
+    n = float(c.sum())
+    m = float(s.sum() / n)
+    ss = float((c * (m_b - m) ** 2).sum())
+    return math.sqrt(ss / ((b - 1) * n))
 
 
 def gap_standard_error(temporal_se: float | None, train_values: Any, test_values: Any) -> float | None:

@@ -22,6 +22,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from lightning_sas.stats.batch_means import batch_means_se_along, batch_means_se_from_blocks, gap_standard_error
+
 __all__ = [
     "sas_statistics",
     "heldout_gap",
@@ -61,30 +63,15 @@ def student_t_975(dof: int | float) -> float:
 
 
 def time_average(means: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    """Count-weighted average over axis 1 (blocks), ignoring NaN blocks: ``(R, B, P) -> (R, P)``."""
-    w = np.where(np.isfinite(means), counts[None, :, None], 0.0)
+    """Count-weighted average over axis 1 (blocks), ignoring NaN blocks: ``(R, B, P) -> (R, P)``;
+    ``counts`` per block ``(B,)`` or per block and point ``(B, P)``. NaN for a point without a
+    finite block."""
+    c = np.asarray(counts, dtype=np.float64)
+    w = np.where(np.isfinite(means), c[None, :, None] if c.ndim == 1 else c[None], 0.0)
     total = w.sum(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
         avg = np.where(total > 0, np.nansum(means * w, axis=1) / np.where(total > 0, total, 1.0), np.nan)
     return avg
-
-
-def _batch_edges(counts: np.ndarray, min_batch_len: float | None) -> list[tuple[int, int]]:
-    """Contiguous groups of blocks, about ``sqrt(B)`` of them (at least 2 when possible), each
-    holding at least ``min_batch_len`` evaluations when given."""
-    n_blocks = len(counts)
-    if n_blocks < 2:
-        return []
-    n_batches = max(2, int(math.isqrt(n_blocks)))
-    total = float(counts.sum())
-    if min_batch_len:
-        n_batches = max(2, min(n_batches, int(total // max(min_batch_len, 1e-12))))
-    n_batches = min(n_batches, n_blocks)
-    cum = np.concatenate([[0.0], np.cumsum(counts)])
-    targets = np.linspace(0.0, total, n_batches + 1)
-    cuts = sorted(set(int(np.searchsorted(cum, t, side="left")) for t in targets[1:-1]) - {0, n_blocks})
-    edges = [0, *cuts, n_blocks]
-    return [(a, b) for a, b in zip(edges[:-1], edges[1:]) if b > a]
 
 
 def detrend(series: np.ndarray, counts: np.ndarray) -> np.ndarray:
@@ -110,25 +97,10 @@ def detrend(series: np.ndarray, counts: np.ndarray) -> np.ndarray:
 
 
 def _temporal_se(series: np.ndarray, counts: np.ndarray, min_batch_len: float | None) -> np.ndarray | None:
-    """Batch-means SE of the count-weighted time average of ``series[..., b, ...]`` along axis 1.
-
-    ``SE^2 = sum_j C_j (M_j - M)^2 / ((J - 1) N)`` over batches ``j`` of ``C_j`` evaluations with
-    means ``M_j`` (reduces to ``sd(batch means)/sqrt(J)`` for equal batches). None if ``J < 2``.
-    """
-    edges = _batch_edges(counts, min_batch_len)
-    if len(edges) < 2:
-        return None
-    batch_means, batch_counts = [], []
-    for a, b in edges:
-        c = counts[a:b]
-        batch_counts.append(c.sum())
-        batch_means.append(np.nansum(series[:, a:b] * c[None, :, None], axis=1) / max(c.sum(), 1e-300))
-    means = np.stack(batch_means, axis=1)
-    cj = np.asarray(batch_counts)[None, :, None]
-    n = cj.sum()
-    overall = (means * cj).sum(axis=1, keepdims=True) / n
-    var = ((means - overall) ** 2 * cj).sum(axis=1) / ((len(edges) - 1) * n)
-    return np.sqrt(var)
+    """Batch-means SE of the count-weighted time average of ``series[:, b, ...]`` along axis 1
+    (blocks with ``counts[b]`` evaluations): :func:`~lightning_sas.stats.batch_means.batch_means_se_along`,
+    the batch rule of every batch-means SE in the package. None with fewer than 2 batches."""
+    return batch_means_se_along(counts, series, axis=1, min_batch_len=min_batch_len)
 
 
 def replica_standard_error(values: np.ndarray, temporal: np.ndarray | None = None) -> float | None:
@@ -366,35 +338,47 @@ def sas_statistics(
 
 
 def heldout_gap(
-    control_full: np.ndarray, block_counts: np.ndarray, train_cols: np.ndarray, test_cols: np.ndarray
+    block_means: np.ndarray,
+    block_counts: np.ndarray,
+    train_cols: np.ndarray,
+    test_cols: np.ndarray,
+    min_batch_len: float | None = None,
 ) -> dict[str, float | None]:
-    r"""The control replica's ergodic gap on the held-out split, the gap ``stability_gap`` estimates:
+    r"""The ergodic generalization gap of per-point time averages, the one implementation behind
+    the main model's ``ergodic_gap`` (:class:`~lightning_sas.metrics.ErgodicGap`) and the control
+    replica's ``control_heldout_gap`` (the gap ``stability_gap`` estimates):
 
-    .. math:: \mathrm{gap} = \frac{1}{|P_\mathrm{test}|}\sum_{z \in P_\mathrm{test}} \langle l_0(z)\rangle
-              - \frac{1}{|T|}\sum_{z \in T} \langle l_0(z)\rangle ,
+    .. math:: \mathrm{gap} = \frac{1}{|P_\mathrm{test}|}\sum_{z \in P_\mathrm{test}} \langle l(z)\rangle
+              - \frac{1}{|T|}\sum_{z \in T} \langle l(z)\rangle ,
 
-    ``T`` = ``P_train`` and every removed sample (``train_cols``), ``P_test`` = ``test_cols``, from
-    the control's block means ``control_full[b, c]`` with ``c_b`` evaluations per block. SE:
+    ``T`` = ``train_cols``, ``P_test`` = ``test_cols``, from the block means ``block_means[b, c]``
+    (NaN where block ``b`` has no finite value of point ``c``) with ``block_counts`` evaluations
+    per block ``(B,)`` or per block and point ``(B, P)`` (:func:`time_average`). A point without a
+    finite value is left out of its mean (``|T|`` and ``|P_test|`` count the others). SE:
     :func:`~lightning_sas.stats.batch_means.gap_standard_error` (batch means of the per-block gap,
-    :func:`detrend`-ed, and the sampling of the probe points, in quadrature). Keys ``gap``, ``gap_se``,
-    ``train_loss``, ``test_loss``; None without a finite block."""
-    from lightning_sas.stats.batch_means import batch_means_se_from_blocks, gap_standard_error
-
-    full = np.asarray(control_full, dtype=np.float64)
+    :func:`detrend`-ed, on blocks of the largest count of the block, merged into batches longer
+    than ``min_batch_len`` evaluations when given; and the sampling of the probe points, in
+    quadrature). Keys ``gap``, ``gap_se``, ``train_loss``, ``test_loss``; None without a finite
+    point on either side."""
+    full = np.asarray(block_means, dtype=np.float64)
     counts = np.asarray(block_counts, dtype=np.float64)
     train_cols, test_cols = np.asarray(train_cols, dtype=np.int64), np.asarray(test_cols, dtype=np.int64)
     empty: dict[str, float | None] = {"gap": None, "gap_se": None, "train_loss": None, "test_loss": None}
     if full.ndim != 2 or full.shape[0] == 0 or counts.sum() <= 0:
         return empty
     avg = time_average(full[None], counts)[0]
-    train, test = float(np.nanmean(avg[train_cols])), float(np.nanmean(avg[test_cols]))
-    if not (math.isfinite(train) and math.isfinite(test)):
+    train_avg, test_avg = avg[train_cols], avg[test_cols]
+    train_avg, test_avg = train_avg[np.isfinite(train_avg)], test_avg[np.isfinite(test_avg)]
+    if not (train_avg.size and test_avg.size):
         return empty
+    train, test = float(train_avg.mean()), float(test_avg.mean())
     with np.errstate(invalid="ignore"):
         block_gap = np.nanmean(full[:, test_cols], axis=1) - np.nanmean(full[:, train_cols], axis=1)
-    ok = np.isfinite(block_gap) & (counts > 0)
-    temporal = batch_means_se_from_blocks(counts[ok], detrend(block_gap[ok][None, :], counts[ok])[0] * counts[ok])
-    se = gap_standard_error(temporal, avg[train_cols], avg[test_cols])
+    rows = counts if counts.ndim == 1 else counts.max(axis=1)
+    ok = np.isfinite(block_gap) & (rows > 0)
+    drift_free = detrend(block_gap[ok][None, :], rows[ok])[0]  # a drift of the window is no noise
+    temporal = batch_means_se_from_blocks(rows[ok], drift_free * rows[ok], min_batch_len=min_batch_len)
+    se = gap_standard_error(temporal, train_avg, test_avg)
     return {"gap": test - train, "gap_se": se, "train_loss": train, "test_loss": test}
 
 

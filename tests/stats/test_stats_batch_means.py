@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from lightning_sas.stats.batch_means import batch_means_se, batch_means_se_from_blocks
+from lightning_sas.stats.batch_means import batch_means_se, batch_means_se_along, batch_means_se_from_blocks
 
 
 def ar1(n: int, phi: float, seed: int) -> np.ndarray:
@@ -141,6 +141,45 @@ def test_too_few_batches():
     se = batch_means_se_from_blocks([5.0, 5.0], [1.0, 3.0])
     assert se == pytest.approx(math.sqrt(5 * (0.2 - 0.4) ** 2 * 2 / (1 * 10)))
     assert batch_means_se(np.arange(4.0), n_batches=100) is not None  # capped at n
+
+
+@pytest.mark.parametrize("min_batch_len", [None, 90.0, 300.0])
+def test_along_axis_equals_one_series_at_a_time(min_batch_len):
+    """``batch_means_se_along`` batches like ``batch_means_se_from_blocks`` (the one rule): the
+    SE of every series of a (replicas, blocks, points) array equals the one-series SE, with
+    unequal counts, merges of short batches and a min_batch_len that allows fewer batches."""
+    rng = np.random.default_rng(7)
+    c = rng.integers(1, 40, size=37).astype(float)
+    v = rng.normal(size=(3, 37, 5)) + np.linspace(0.0, 2.0, 37)[None, :, None]
+    se = batch_means_se_along(c, v, axis=1, min_batch_len=min_batch_len)
+    assert se is not None and se.shape == (3, 5)
+    for k in range(3):
+        for p in range(5):
+            assert se[k, p] == pytest.approx(batch_means_se_from_blocks(c, c * v[k, :, p], min_batch_len=min_batch_len),
+                                             rel=1e-12)
+
+
+def test_along_axis_leaves_a_non_finite_block_out_of_its_batch():
+    """A NaN block mean drops that block (and its count) from its batch for that series only;
+    the other series keep it. Brute force: 16 equal blocks, 8 batches of 2."""
+    rng = np.random.default_rng(8)
+    c = np.full(16, 3.0)
+    v = rng.normal(size=(16, 2))
+    v[5, 1] = np.nan  # batch 2 of series 1 keeps block 4 alone
+    se = batch_means_se_along(c, v, axis=0)
+    blocks = [[2 * j, 2 * j + 1] for j in range(8)]
+    for series, drop in ((0, None), (1, 5)):
+        kept = [[b for b in pair if b != drop] for pair in blocks]
+        bc = np.array([3.0 * len(pair) for pair in kept])
+        bm = np.array([v[pair, series].mean() for pair in kept])
+        m = (bc * bm).sum() / bc.sum()
+        assert se[series] == pytest.approx(math.sqrt((bc * (bm - m) ** 2).sum() / (7 * bc.sum())), rel=1e-12)
+    # fewer than 2 batches with data for a series: NaN for it; too few blocks: None
+    v[:, 1] = np.nan
+    v[0, 1] = 1.0
+    assert np.isnan(batch_means_se_along(c, v, axis=0)[1])
+    assert batch_means_se_along(c[:1], v[:1], axis=0) is None
+    assert batch_means_se_along(c, v, axis=0, min_batch_len=30.0) is None  # 48 evaluations: 1 batch
 
 
 def test_gap_standard_error_adds_the_sampling_of_probe_points() -> None:

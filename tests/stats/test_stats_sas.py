@@ -35,9 +35,10 @@ def _series(rng: np.random.Generator, effect: np.ndarray | None = None, noise: f
 
 
 def _batch_se(series: np.ndarray) -> np.ndarray:
-    """Batch-means SE over axis 1 with 4 batches of 4 equal blocks (what B = 16 gives)."""
-    batch = series.reshape(series.shape[0], 4, 4, *series.shape[2:]).mean(axis=2)
-    return batch.std(axis=1, ddof=1) / 2.0
+    """Batch-means SE over axis 1 with 8 batches of 2 equal blocks (what B = 16 gives: the rule
+    of every batch-means SE, max(floor(sqrt(16)), 8) batches)."""
+    batch = series.reshape(series.shape[0], 8, 2, *series.shape[2:]).mean(axis=2)
+    return batch.std(axis=1, ddof=1) / math.sqrt(8)
 
 
 def _drift_free(series: np.ndarray) -> np.ndarray:
@@ -330,3 +331,45 @@ def test_crossed_standard_error_refuses_what_it_cannot_estimate() -> None:
     assert crossed_mean_standard_error(np.ones((3, 1))) is None
     assert crossed_mean_standard_error(np.ones((3, 4))) is None  # no variation at all
     assert crossed_mean_standard_error(np.array([[1.0, np.nan], [0.0, 1.0]])) is None
+
+
+def test_ergodic_gap_leaves_out_points_without_a_finite_value() -> None:
+    """The one implementation of the ergodic gap (``heldout_gap``, behind the main model's
+    ``ErgodicGap`` and the control's ``control_heldout_gap``) against numpy brute force, with a
+    training point whose every loss is infinite (it has no time average and must not count as 0)
+    and a test point with some NaN losses (its average is over its finite ones)."""
+    import torch
+
+    from lightning_sas.metrics import ErgodicGap
+    from lightning_sas.stats.sas import heldout_gap
+
+    rng = np.random.default_rng(10)
+    steps, n_train, n_test = 32, 5, 4
+    losses = rng.uniform(0.2, 1.0, size=(steps, n_train + n_test)) + 0.02 * np.arange(steps)[:, None]
+    losses[:, n_train:] += 0.5
+    losses[:, 1] = np.inf
+    losses[::3, n_train + 2] = np.nan
+    finite = np.where(np.isfinite(losses), losses, np.nan)
+    per_point = np.nanmean(finite, axis=0)  # every step is one evaluation of every point
+    train_avg, test_avg = np.delete(per_point[:n_train], 1), per_point[n_train:]
+    gap = test_avg.mean() - train_avg.mean()
+    block_gap = np.nanmean(finite[:, n_train:], axis=1) - np.nanmean(finite[:, :n_train], axis=1)
+    drift_free = _drift_free(block_gap)
+    temporal = drift_free.reshape(8, 4).mean(axis=1).std(ddof=1) / math.sqrt(8)  # max(sqrt(32), 8) batches
+    se = math.sqrt(temporal**2 + train_avg.var(ddof=1) / 4 + test_avg.var(ddof=1) / n_test)
+
+    metric = ErgodicGap(n_train, n_test, max_blocks=64)
+    for step, row in enumerate(losses):
+        metric.update(torch.from_numpy(row), step)
+    assert metric.cursor.n_blocks == steps  # one block per step: the brute force's blocks
+    out = metric.gap_with_se()
+    assert out["gap"] == pytest.approx(gap, rel=1e-12)
+    assert out["train_loss"] == pytest.approx(train_avg.mean(), rel=1e-12)
+    assert out["test_loss"] == pytest.approx(test_avg.mean(), rel=1e-12)
+    assert out["gap_se"] == pytest.approx(se, rel=1e-10)
+    assert float(metric.compute()) == pytest.approx(gap, rel=1e-12)
+    # the control's gap: the same function on block means with one count per block
+    control = heldout_gap(finite, np.ones(steps), np.arange(n_train), np.arange(n_train, n_train + n_test))
+    assert control["gap"] == pytest.approx(gap, rel=1e-12) and control["gap_se"] == pytest.approx(se, rel=1e-10)
+    # a side without any finite point has no gap
+    assert heldout_gap(finite, np.ones(steps), [1], np.arange(n_train, n_train + n_test))["gap"] is None
