@@ -204,7 +204,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--replicas", type=int, default=4, help="K perturbed replicas")
     parser.add_argument("--swaps", default="auto", help="m swaps per replica ('auto': the default)")
-    parser.add_argument("--holdout-fraction", type=float, default=0.1)
+    parser.add_argument("--holdout-fraction", type=float, default=None)
     parser.add_argument("--probe-every", type=int, default=20)
     parser.add_argument("--probes", type=int, default=200, help="training and held-out probe points each")
     parser.add_argument("--batch-size", type=int, default=64)

@@ -136,7 +136,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4000)
     parser.add_argument("--replicas", type=int, default=4, help="K perturbed replicas")
     parser.add_argument("--swaps", default="auto", help="m samples swapped per replica ('auto': SASReplicas' default)")
-    parser.add_argument("--holdout-fraction", type=float, default=0.1)
+    parser.add_argument("--holdout-fraction", type=float, default=None)
     parser.add_argument("--probe-every", type=int, default=20)
     parser.add_argument("--sampler", default="common", choices=["common", "independent"])
     parser.add_argument("--optimizer", default="sgd", choices=["sgd", "momentum", "adam"])

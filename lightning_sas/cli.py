@@ -367,8 +367,9 @@ def _build_parser() -> argparse.ArgumentParser:
     per.add_argument("--runs", type=int, default=4, help="number of perturbed runs (plus one control)")
     per.add_argument("--swaps", default="auto",
                      help="samples each run swaps for held-out ones: m, or 'auto' (the default of SASReplicas: at most "
-                          "about 1 %% of S and what the held-out split allows)")
-    per.add_argument("--holdout-fraction", type=float, default=0.1)
+                          "4 %% of S, keeping 128 P_test points)")
+    per.add_argument("--holdout-fraction", type=float, default=None,
+                     help="share of --n held out (default: 10 %%, or room for the swaps and 128 P_test points, at most half)")
     per.add_argument("--seed", type=int, default=0)
     per.add_argument("--out", help="write the plan JSON here (default: stdout)")
     per.set_defaults(func=_perturb)

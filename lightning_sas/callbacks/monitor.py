@@ -109,7 +109,7 @@ class SASMonitor(Callback):
         swaps, fork_at, replica_sampler, holdout_fraction, replica_path: passed to
             :class:`SASReplicas` (``replica_sampler`` is its ``sampler``, ``replica_path`` its
             ``path``); ``swaps`` is ``m``, the samples each replica swaps (``"auto"``: the
-            default from the bias study, about 1 % of the data at most).
+            default of the bias and calibration studies, at most 4 % of ``S``).
 
         *What is written where*:
         figure_every: flushes between live figure sets (0: never); every fit ends with one final
@@ -166,7 +166,7 @@ class SASMonitor(Callback):
         replicas: "int | SASReplicas" = 0,
         fork_at: str | int = "start",
         replica_sampler: str = "common",
-        holdout_fraction: float = 0.1,
+        holdout_fraction: float | None = None,
         replica_path: str = "auto",
         progress_bar: bool = False,
         seed: int = 0,

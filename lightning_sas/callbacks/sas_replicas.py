@@ -97,13 +97,15 @@ class SASReplicas(StreamCallback):
     Args:
         replicas: ``K >= 1`` perturbed replicas.
         swaps: ``m``, the samples each replica swaps (``"auto"``: the default of the bias study,
-            at most about 1 % of ``S`` and what the held-out split allows; see
+            at most 4 % of ``S`` and what the held-out split allows after 128 ``P_test`` points; see
             :meth:`resolve_swaps`). ``swaps=1`` is v0.1's one-replacement estimator.
         fork_at: ``"start"``, ``"late_phase"`` (first stable late-phase start) or a step (late
             forks need ``holdout``).
         sampler: ``"common"`` or ``"independent"``.
         holdout_fraction: share of the training data held out for replacements and ``P_test``
-            (without ``holdout``).
+            (without ``holdout``). Default ``None``: 10 % of the data, or room for ``K`` x 32
+            replacements and 128 ``P_test`` points when that is more, at most half
+            (:func:`~lightning_sas.data.auto_holdout_size`).
         num_train_probes, num_heldout_probes: sizes of ``P_train`` (plus every ``i_k``) and ``P_test``.
         probe_every: steps between probe evaluations of all replicas.
         loss_fn: per-sample loss ``(module, batch) -> Tensor[B]`` or its import path.
@@ -144,7 +146,7 @@ class SASReplicas(StreamCallback):
         swaps: int | str = "auto",
         fork_at: str | int = "start",
         sampler: str = "common",
-        holdout_fraction: float = 0.1,
+        holdout_fraction: float | None = None,
         num_train_probes: int = 200,
         num_heldout_probes: int = 200,
         probe_every: int = 10,
@@ -229,7 +231,8 @@ class SASReplicas(StreamCallback):
     def resolve_swaps(self, n: int) -> tuple[int, int]:
         """``(m, held-out size)`` for a training set of ``n`` samples
         (:func:`~lightning_sas.data.resolve_swaps`: ``swaps="auto"`` takes the default m from the
-        bias study, at most about 1 % of ``S`` and what the held-out pool allows; an explicit
+        bias and calibration studies, at most 4 % of ``S`` and what the held-out pool allows
+        after 128 ``P_test`` points; an explicit
         ``swaps`` that does not fit is an error naming ``swaps`` and ``holdout_fraction``). With
         ``holdout=`` the held-out pool is that data, and ``S`` is all ``n`` training samples."""
         return self._plan().resolve_swaps(n)

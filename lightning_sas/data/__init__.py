@@ -4,6 +4,7 @@ from lightning_sas.data.indexed import IndexedDataset
 from lightning_sas.data.neighbouring import (
     DEFAULT_SWAPS,
     NeighbouringDataset,
+    auto_holdout_size,
     auto_swaps,
     choose_replacements,
     choose_swaps,
@@ -12,5 +13,5 @@ from lightning_sas.data.neighbouring import (
 )
 from lightning_sas.data.probes import ProbeSet, SwapLayout, make_probe_set
 
-__all__ = ["DEFAULT_SWAPS", "IndexedDataset", "NeighbouringDataset", "ProbeSet", "SwapLayout", "auto_swaps", "choose_replacements",
+__all__ = ["DEFAULT_SWAPS", "IndexedDataset", "auto_holdout_size", "NeighbouringDataset", "ProbeSet", "SwapLayout", "auto_swaps", "choose_replacements",
            "choose_swaps", "make_probe_set", "resolve_swaps", "split_holdout"]

@@ -8,12 +8,19 @@ from typing import Any
 import numpy as np
 from torch.utils.data import Dataset
 
-__all__ = ["NeighbouringDataset", "split_holdout", "choose_replacements", "choose_swaps", "auto_swaps"]
+__all__ = ["NeighbouringDataset", "split_holdout", "choose_replacements", "choose_swaps", "auto_swaps",
+           "auto_holdout_size"]
 
-#: the default number of swaps per replica, from the bias study in the docs (m = 1, 8, 32, 128)
+#: the default number of swaps per replica, from the bias study (m = 1, 8, 32, 128) and the
+#: calibration study (m = 11 against 32 on scikit-learn's digits) in the docs
 DEFAULT_SWAPS = 32
-#: the share of ``S`` that ``swaps="auto"`` swaps per replica at most (m / n about 1 %)
-AUTO_SWAP_SHARE = 0.01
+#: the share of ``S`` that ``swaps="auto"`` swaps per replica at most (both studies ran m / |S|
+#: up to 3.6 % without a measurable bias)
+AUTO_SWAP_SHARE = 0.04
+#: the ``P_test`` points ``swaps="auto"`` keeps (at most half the held-out split)
+MIN_HELDOUT_PROBES = 128
+#: the share of the data held out by default, when that is larger than what the swaps need
+DEFAULT_HOLDOUT_FRACTION = 0.1
 
 
 class NeighbouringDataset(Dataset):
@@ -72,15 +79,16 @@ class NeighbouringDataset(Dataset):
         return self.dataset[index]
 
 
-def split_holdout(n: int, holdout_fraction: float, seed: int, min_holdout: int = 1) -> tuple[np.ndarray, np.ndarray]:
+def split_holdout(n: int, holdout_fraction: float | None, seed: int, min_holdout: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """Seeded split of ``range(n)`` into sorted, disjoint (train ``S``, held-out) index arrays.
 
     The held-out side has ``round(n * holdout_fraction)`` samples, but at least ``min_holdout``
-    (a small dataset still gets the held-out samples an estimate needs); ``S`` keeps at least 2.
+    (a small dataset still gets the held-out samples an estimate needs; with
+    ``holdout_fraction=None`` exactly ``min_holdout``); ``S`` keeps at least 2.
     The split depends on ``(n, seed)`` and the held-out size only."""
-    if not 0.0 < holdout_fraction < 1.0:
+    if holdout_fraction is not None and not 0.0 < holdout_fraction < 1.0:
         raise ValueError(f"holdout_fraction must be in (0, 1), got {holdout_fraction!r}")
-    n_hold = max(int(round(n * holdout_fraction)), int(min_holdout))
+    n_hold = max(0 if holdout_fraction is None else int(round(n * holdout_fraction)), int(min_holdout))
     if n_hold < 1 or n - n_hold < 2:
         raise ValueError(
             f"a training set of {n} samples is too small: the held-out split needs {n_hold} samples "
@@ -92,31 +100,50 @@ def split_holdout(n: int, holdout_fraction: float, seed: int, min_holdout: int =
 
 
 def auto_swaps(n_train: int, n_holdout: int, k: int, default: int = DEFAULT_SWAPS) -> int:
-    """``swaps="auto"``: ``m = min(default, round(1 % of |S|), what the held-out pool allows)``,
-    at least 1; the pool must keep one ``P_test`` point after the ``k * m`` replacements."""
-    return max(1, min(default, int(round(AUTO_SWAP_SHARE * n_train)), (n_holdout - 1) // max(k, 1)))
+    """``swaps="auto"``: ``m = min(default, round(4 % of |S|), (n_holdout - p) // k)``, at least 1,
+    with ``p = min(128, n_holdout // 2)`` held-out points kept for ``P_test`` after the ``k * m``
+    replacements (one at least)."""
+    keep = max(1, min(MIN_HELDOUT_PROBES, n_holdout // 2))
+    return max(1, min(default, int(round(AUTO_SWAP_SHARE * n_train)), (n_holdout - keep) // max(k, 1)))
 
 
-def resolve_swaps(n: int, holdout_fraction: float, k: int, swaps: int | str,
+def auto_holdout_size(n: int, k: int, m: int | None = None) -> int:
+    """The held-out split of ``n`` samples when ``holdout_fraction`` is not given: 10 % of the
+    data, or room for ``k`` replicas of ``m`` swaps (``DEFAULT_SWAPS`` for ``swaps="auto"``) and
+    128 ``P_test`` points when that is more, at most half the data; at least ``k + 1``.
+
+    ``max(round(0.1 n), min(k m + 128, n // 2), k + 1)``: 400 of 4000 samples at K = 4, 256 of
+    1200 (where 10 % would leave m = 11 swaps and 76 ``P_test`` points)."""
+    need = k * (DEFAULT_SWAPS if m is None else m) + MIN_HELDOUT_PROBES
+    return max(int(round(DEFAULT_HOLDOUT_FRACTION * n)), min(need, n // 2), k + 1)
+
+
+def resolve_swaps(n: int, holdout_fraction: float | None, k: int, swaps: int | str,
                   names: tuple[str, str, str] = ("swaps", "replicas", "holdout_fraction")) -> tuple[int, int]:
     """``(m, held-out size)`` for ``n`` samples, ``k`` perturbed replicas (or runs) and ``swaps``
     (an integer m or ``"auto"``: :func:`auto_swaps`).
 
     The held-out split has ``round(n * holdout_fraction)`` samples, at least ``k + 1`` (a small
-    data set still gets one replacement per replica and a ``P_test`` point); m swaps need
+    data set still gets one replacement per replica and a ``P_test`` point); with
+    ``holdout_fraction=None`` (the default) :func:`auto_holdout_size`. m swaps need
     ``k * m + 1`` of them. An m that does not fit is a ``ValueError`` naming the arguments as the
     caller spells them (``names``: swaps, replicas, holdout fraction)."""
-    n_hold = max(int(round(n * holdout_fraction)), k + 1)
-    if str(swaps) == "auto":
-        return auto_swaps(n - n_hold, n_hold, k), n_hold
-    if isinstance(swaps, bool) or not str(swaps).isdigit() or int(swaps) < 1:
+    auto = str(swaps) == "auto"
+    if not auto and (isinstance(swaps, bool) or not str(swaps).isdigit() or int(swaps) < 1):
         raise ValueError(f"{names[0]} must be 'auto' or a positive integer, got {swaps!r}")
+    if holdout_fraction is None:
+        n_hold = auto_holdout_size(n, k, None if auto else int(swaps))
+    else:
+        n_hold = max(int(round(n * holdout_fraction)), k + 1)
+    if auto:
+        return auto_swaps(n - n_hold, n_hold, k), n_hold
     m = int(swaps)
+    held_from = (f"the default held-out split (at most half) of {n} samples" if holdout_fraction is None
+                 else f"{names[2]}={holdout_fraction} of {n} samples")
     if k * m + 1 > n_hold:
         raise ValueError(
             f"{names[0]}={m} with {names[1]}={k} needs {k * m + 1} held-out samples (K * m replacements and one "
-            f"P_test point), but {names[2]}={holdout_fraction} of {n} samples gives {n_hold}: lower {names[0]} "
-            f"(or use 'auto'), or raise {names[2]}."
+            f"P_test point), but {held_from} gives {n_hold}: lower {names[0]} (or use 'auto'), or raise {names[2]}."
         )
     return m, n_hold
 

@@ -34,7 +34,8 @@ def check_arguments(replicas: Any, swaps: Any, fork_at: Any, sampler: Any, holdo
         raise ValueError(f"fork_at must be 'start', 'late_phase' or a non-negative step, got {fork_at!r}")
     sampler = check_choice("sampler", sampler, ("common", "independent"))
     path = check_choice("path", path, ("auto", "fast", "generic"))
-    holdout_fraction = check_float("holdout_fraction", holdout_fraction, 0.0, 1.0, low_open=True, high_open=True)
+    if holdout_fraction is not None:  # None: auto_holdout_size
+        holdout_fraction = check_float("holdout_fraction", holdout_fraction, 0.0, 1.0, low_open=True, high_open=True)
     probe_every = check_int("probe_every", probe_every, 1)
     num_heldout_probes = check_int("num_heldout_probes", num_heldout_probes, 1)
     num_train_probes = check_int("num_train_probes", num_train_probes, 0)

@@ -102,7 +102,7 @@ class HoldoutPlan:
 
     replicas: int
     swaps: int | str
-    holdout_fraction: float
+    holdout_fraction: float | None
     holdout: Any
     seed: int
     external: int = 0
