@@ -108,10 +108,11 @@ def test_two_processes_spread_replicas_and_equal_one_process(tmp_path: Path, pat
     # K = 3: four replicas, two per rank, round-robin (the control on rank 0)
     assert [r["n"] for r in two["_ranks"]] == [2, 2]
     assert [r["rows"] for r in two["_ranks"]] == [[0, 2], [1, 3]]
-    # every rank sees the same swaps (m = 3 each from swaps="auto" on 320 samples), as one process does
-    assert two["swaps"] == one["swaps"] == 3
+    # every rank sees the same swaps (m = 6 each from swaps="auto" on 320 samples: 4 % of the 160 in S),
+    # as one process does
+    assert two["swaps"] == one["swaps"] == 6
     assert two["_ranks"][0]["swaps"] == two["_ranks"][1]["swaps"] == one["_ranks"][0]["swaps"]
-    assert all(len(pairs) == 3 for pairs in one["_ranks"][0]["swaps"])
+    assert all(len(pairs) == 6 for pairs in one["_ranks"][0]["swaps"])
     _assert_same(two, one)
 
 
