@@ -51,13 +51,13 @@ KEY_EXPLANATIONS: dict[str, str] = {
     # weights
     "weight_norm": "Norm of all trainable parameters, ‖θ_t‖, at the latest snapshot.",
     "update_size": "‖θ_t − θ_{t−1}‖: the size of the optimizer update at a snapshot step (exact, or from a sketch: "
-                   "`exact_distances`).",
+                   "`WeightSnapshots(exact_distances=...)`).",
     "distance_from_init": "‖θ_t − θ_0‖: the distance of the weights from their initial values (exact, or from a "
-                          "sketch: `exact_distances`).",
+                          "sketch: `WeightSnapshots(exact_distances=...)`).",
     "distance_to_ergodic_mean": "‖θ_t − θ̄‖, θ̄ the running mean of the snapshots since `ergodic_mean_start`: weights "
                                 "that oscillate keep it flat and non-zero.",
     "ergodic_mean_start": "Entry from which the ergodic mean of the weights is accumulated: the late-phase start once "
-                          "the late phase is stable (or `ergodic_start`), then fixed.",
+                          "the late phase is stable (or `WeightSnapshots(ergodic_start=...)`), then fixed.",
     "grad_norm": "Gradient norm at the latest snapshot step, before the optimizer step (after AMP unscaling).",
     "layers": "Norm of each chosen parameter by its `named_parameters()` name (at most `max_layers`, filtered by "
               "`layer_filter`).",
