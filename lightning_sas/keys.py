@@ -44,7 +44,8 @@ KEY_EXPLANATIONS: dict[str, str] = {
            "steps the loss takes to forget itself.",
     "ess": "Effective sample size: loss values in the statistics window divided by `iat`.",
     "dominant_period": "Period, in entries, at the peak of the periodogram of the loss (mean removed).",
-    "power_fraction": "Share of the loss variance in that frequency bin (near 0: no dominant oscillation).",
+    "power_fraction": "Share of the loss variance in the frequency bin of `dominant_period` (near 0: no dominant "
+                      "oscillation).",
     "geweke_z": "Geweke's z of the first 10 % against the last 50 % of the loss in the statistics window, with "
                 "spectral variances.",
     "stationary": "Whether |`geweke_z`| < 2 (consistent with stationarity).",
