@@ -14,6 +14,7 @@ from conftest import TinyClassifier, make_classification, trainer_kwargs
 from lightning_sas import SASMonitor
 from lightning_sas.cli import main as cli_main
 from lightning_sas.data import NeighbouringDataset
+from lightning_sas.keys import explanation, explanation_html
 from lightning_sas.store import read_run
 
 
@@ -43,6 +44,9 @@ def test_perturb_then_compare(tmp_path: Any, capsys: pytest.CaptureFixture) -> N
     html = tmp_path / "compare.html"
     assert cli_main(["compare", *dirs, "--json", "--out", str(tmp_path / "cmp"), "--html", str(html), "--from-step", "50"]) == 0
     result = json.loads(capsys.readouterr().out)
+    unexplained = [key for key in result if explanation(key) is None]
+    assert not unexplained, f"compare keys without a text in lightning_sas/keys.py: {unexplained}"
+    assert explanation_html("heldout_max_abs_difference") in html.read_text()
     # brute force from the stored streams
     rows = []
     for d in dirs:

@@ -568,7 +568,8 @@ class SASMonitor(Callback):
         ``_null`` and ``_resolved``; ``sas_resolved``, ``sas_converged``, ``paper_coefficient``,
         ...; see :class:`SASReplicas`) and ``control_heldout_gap`` (with ``_se``): the control
         replica's gap on the held-out split, the gap ``stability_gap`` estimates. ``ergodic_gap``
-        is always the main model's (validation probes).
+        is always the main model's (validation probes). What each key means:
+        :func:`lightning_sas.keys.explanation` (the texts of the Tags page).
         """
         return dict(self._summary)
 

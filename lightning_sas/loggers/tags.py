@@ -79,7 +79,8 @@ SCALAR_TAGS: dict[str, tuple[str, str]] = {
 }
 
 #: margin charts: (group, title, value key, standard-error key) drawn as value +- 2 SE, or
-#: +- t SE for the replica statistics (``sas_critical_t``, Student's t with K - 1 dof)
+#: +- t SE for the replica statistics (``sas_critical_t``, Student's t with K - 1 dof; for
+#: ``sas_mean``, ``sas_mean_critical_t``, Satterthwaite's dof of its crossed SE)
 MARGIN_CHARTS: list[tuple[str, str, str, str]] = [
     ("Loss dynamics", "time-averaged loss ± 2 SE", "loss_mean", "loss_se"),
     ("SAS", "ergodic generalization gap (main model) ± 2 SE", "ergodic_gap", "ergodic_gap_se"),
@@ -92,6 +93,7 @@ MARGIN_CHARTS: list[tuple[str, str, str, str]] = [
 ]
 
 #: statistics averaged over the K replicas, whose margins use Student's t with K - 1 dof
+#: (``sas_critical_t``), but ``sas_mean``'s ``sas_mean_critical_t``
 REPLICA_STATISTICS = frozenset({"sas_max", "sas_mean", "sas_replaced", "stability_gap", "stability_gap_removed",
                                 "stability_gap_added"})
 
