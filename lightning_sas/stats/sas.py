@@ -312,7 +312,7 @@ def sas_statistics(
     if crossed is not None and out["sas_mean"] is not None:
         crossed_se, crossed_dof = crossed
         out["sas_mean_se"] = math.hypot(crossed_se, common["sas_mean"])
-        crit_mean = student_t_975(math.floor(crossed_dof)) if math.isfinite(crossed_dof) else student_t_975(math.inf)
+        crit_mean = student_t_975(math.floor(crossed_dof) if math.isfinite(crossed_dof) else math.inf)
     out["sas_mean_critical_t"] = crit_mean
     if se is not None:
         out["sas_max_null"] = float(_rms(se[:, candidates]) * (_HALF_NORMAL_MEAN + math.sqrt(2.0 * math.log(max(len(candidates), 2)))))
