@@ -14,12 +14,17 @@ and ``sas_max`` it prints:
   (a calibrated SE gives about 0.92 at K = 4: the mean of a standard deviation from 4 values);
 * ``coverage``: the share of runs whose reported 95 % interval (``value ± t SE``, ``t`` the
   statistic's critical value) holds the seed-averaged value;
-* ``bias``: ``stability_gap - control_heldout_gap`` averaged over seeds, ± its standard error.
+* ``bias``: ``stability_gap - control_heldout_gap`` averaged over seeds, ± its standard error;
+* the sampling error of the study itself: a 95 % bootstrap interval of the ratio (seeds resampled)
+  and the Wilson 95 % interval of the coverage (with 30 seeds a calibrated 95 % interval covers
+  between 83 % and 99 % of the time), and ``goal``: ``met`` when the ratio is in [0.8, 1.25] and
+  the coverage in [90 %, 98 %], ``within noise`` when both intervals reach those ranges, else
+  ``missed``.
 
-    # the study in docs/sas-estimate.md (30 seeds, two processes, one per data set):
-    python benchmarks/calibration.py --settings mnist1d-sgd-0 mnist1d-sgd-40 --seeds 30 --steps 1500 --probe-every 25 --out runs/calibration
-    python benchmarks/calibration.py --settings digits-adam-0 digits-adam-40 --seeds 30 --steps 1500 --probe-every 25 --out runs/calibration
-    python benchmarks/calibration.py --table-only --variants --seeds 30 --steps 1500 --out runs/calibration  # the table
+    # the study in docs/sas-estimate.md (60 seeds, two processes, one per data set):
+    python benchmarks/calibration.py --settings mnist1d-sgd-0 mnist1d-sgd-40 --seeds 60 --steps 1500 --probe-every 25 --out runs/calibration
+    python benchmarks/calibration.py --settings digits-adam-0 digits-adam-40 --seeds 60 --steps 1500 --probe-every 25 --out runs/calibration
+    python benchmarks/calibration.py --table-only --variants --seeds 60 --steps 1500 --out runs/calibration  # the table
     python benchmarks/calibration.py --settings mnist1d-sgd-0 --seeds 4 --steps 300   # a smoke run
 """
 
@@ -51,7 +56,12 @@ STATISTICS = ("stability_gap", "control_heldout_gap", "sas_mean", "sas_max")
 #: ``--variants``: other standard errors of stability_gap, for comparison (samples: the 2mK
 #: per-swap values taken as independent; max: the larger of that and the replicas' spread;
 #: previous: the spread and the temporal batch-means SE in quadrature, before the calibration)
-VARIANTS = ("stability_gap [SE: samples]", "stability_gap [SE: max]", "stability_gap [SE: previous]")
+#: ``[log interval]``: the same estimate and SE, the interval taken on the log scale,
+#: ``value * exp(± t SE / value)`` (the delta method for ``log value``), for a positive estimate
+#: whose SE grows with it)
+LOG_INTERVAL = " [log interval]"
+VARIANTS = ("stability_gap [SE: samples]", "stability_gap [SE: max]", "stability_gap [SE: previous]") + tuple(
+    name + LOG_INTERVAL for name in STATISTICS)
 
 
 def load_arrays(dataset: str) -> dict[str, np.ndarray]:
@@ -143,17 +153,70 @@ def statistics_of(run: dict[str, np.ndarray]) -> dict[str, Any]:
     if temporal is not None and out["stability_gap_se"] is not None:
         out["stability_gap [SE: previous]"] = out["stability_gap"]
         out["stability_gap [SE: previous]_se"] = math.sqrt(out["stability_gap_se"] ** 2 + float(np.mean(temporal**2)) / len(temporal))
+    for name in STATISTICS:
+        out[name + LOG_INTERVAL], out[name + LOG_INTERVAL + "_se"] = out.get(name), out.get(f"{name}_se")
     return out
+
+
+def covers(values: np.ndarray, ses: np.ndarray, crit: np.ndarray, centre: float, log: bool = False) -> np.ndarray:
+    """Whether each run's 95 % interval holds ``centre``: ``value ± crit SE``, or with ``log``
+    ``[value exp(-crit SE / value), value exp(crit SE / value)]`` for a positive value (the
+    linear interval otherwise)."""
+    linear = np.abs(values - centre) <= crit * ses
+    if not log:
+        return linear
+    positive = values > 0
+    scale = np.exp(crit * ses / np.where(positive, values, 1.0))
+    on_log = (values / scale <= centre) & (centre <= values * scale)
+    return np.where(positive, on_log, linear)
 
 
 def _critical(stats: dict[str, Any], name: str) -> float:
     """1.96 for the measured gap and the per-sample SE, ``sas_mean_critical_t`` for ``sas_mean``,
     Student's t with K - 1 dof for the rest."""
+    name = name.removesuffix(LOG_INTERVAL)
     if name == "control_heldout_gap" or "samples" in name:
         return 1.959963984540054
     if name == "sas_mean" and stats.get("sas_mean_critical_t") is not None:
         return float(stats["sas_mean_critical_t"])  # Satterthwaite dof of its crossed SE
     return float(stats["sas_critical_t"])
+
+
+#: the calibration goal: ratio SE / spread and coverage of the 95 % interval
+RATIO_GOAL, COVERAGE_GOAL = (0.8, 1.25), (0.90, 0.98)
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
+    """Wilson's score interval of a binomial proportion [E. B. Wilson, JASA 22(158), 1927]:
+    ``(p + z²/2n ± z sqrt(p(1-p)/n + z²/4n²)) / (1 + z²/n)`` with ``p = successes / n``."""
+    p, zz = successes / n, z * z
+    centre, half = p + zz / (2 * n), z * math.sqrt(p * (1 - p) / n + zz / (4 * n * n))
+    return min(p, (centre - half) / (1 + zz / n)), max(p, (centre + half) / (1 + zz / n))
+
+
+def ratio_interval(values: np.ndarray, ses: np.ndarray, resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """95 % percentile-bootstrap interval of ``mean(ses) / std(values)``, the seeds resampled."""
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(values), size=(resamples, len(values)))
+    spread = values[idx].std(axis=1, ddof=1)
+    ratios = ses[idx].mean(axis=1)[spread > 0] / spread[spread > 0]
+    low, high = np.percentile(ratios, [2.5, 97.5])
+    return float(low), float(high)
+
+
+def goal_verdict(ratio: float | None, ratio_ci: tuple[float, float], coverage: float, coverage_ci: tuple[float, float]) -> str:
+    """``met`` (both point values in the goal), ``within noise`` (both intervals reach the goal) or ``missed``."""
+    def inside(x: float, goal: tuple[float, float]) -> bool:
+        return goal[0] <= x <= goal[1]
+
+    def reaches(ci: tuple[float, float], goal: tuple[float, float]) -> bool:
+        return ci[0] <= goal[1] and ci[1] >= goal[0]
+
+    if ratio is not None and inside(ratio, RATIO_GOAL) and inside(coverage, COVERAGE_GOAL):
+        return "met"
+    if ratio is not None and reaches(ratio_ci, RATIO_GOAL) and reaches(coverage_ci, COVERAGE_GOAL):
+        return "within noise"
+    return "missed"
 
 
 def calibration_rows(results: dict[str, list[dict[str, Any]]], variants: bool = False) -> list[dict[str, Any]]:
@@ -169,10 +232,15 @@ def calibration_rows(results: dict[str, list[dict[str, Any]]], variants: bool = 
             crit = np.asarray([_critical(r, name) for r in ok])
             centre = values.mean()
             spread = float(values.std(ddof=1))
-            coverage = float(np.mean(np.abs(values - centre) <= crit * ses))
+            covered = int(np.sum(covers(values, ses, crit, centre, log=name.endswith(LOG_INTERVAL))))
+            coverage = covered / len(ok)
+            ratio = float(ses.mean() / spread) if spread > 0 else None
+            ratio_ci = ratio_interval(values, ses)
+            coverage_ci = wilson_interval(covered, len(ok))
             row = {"setting": setting, "statistic": name, "runs": len(ok), "mean": float(centre), "spread": spread,
-                   "mean_se": float(ses.mean()), "ratio": float(ses.mean() / spread) if spread > 0 else None,
-                   "coverage": coverage, "z_sd": float(np.std((values - centre) / ses, ddof=1))}
+                   "mean_se": float(ses.mean()), "ratio": ratio, "ratio_ci": ratio_ci, "coverage": coverage,
+                   "coverage_ci": coverage_ci, "goal": goal_verdict(ratio, ratio_ci, coverage, coverage_ci),
+                   "z_sd": float(np.std((values - centre) / ses, ddof=1))}
             if name == "stability_gap":
                 pairs = [(r["stability_gap"], r["control_heldout_gap"]) for r in ok if r.get("control_heldout_gap") is not None]
                 diff = np.asarray([a - b for a, b in pairs])
@@ -184,15 +252,17 @@ def calibration_rows(results: dict[str, list[dict[str, Any]]], variants: bool = 
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    lines = ["| setting | statistic | runs | mean | spread over seeds | mean SE | ratio | coverage of 95 % | "
-             "bias of `stability_gap` |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| setting | statistic | runs | mean | spread over seeds | mean SE | ratio (95 % interval) | "
+             "coverage of 95 % (Wilson) | goal | bias of `stability_gap` |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         bias = ""
         if "bias" in r:
             bias = f"{r['bias']:+.3f} ± {r['bias_se']:.3f} (gap {r['gap']:.3f})" if r["bias_se"] is not None else ""
-        ratio = "n/a" if r["ratio"] is None else f"{r['ratio']:.2f}"
+        low, high = r["ratio_ci"]
+        ratio = "n/a" if r["ratio"] is None else f"{r['ratio']:.2f} ({low:.2f}–{high:.2f})"
+        c_low, c_high = r["coverage_ci"]
         lines.append(f"| {r['setting']} | `{r['statistic']}` | {r['runs']} | {r['mean']:.3f} | {r['spread']:.3f} | "
-                     f"{r['mean_se']:.3f} | {ratio} | {r['coverage']:.0%} | {bias} |")
+                     f"{r['mean_se']:.3f} | {ratio} | {r['coverage']:.0%} ({c_low:.0%}–{c_high:.0%}) | {r['goal']} | {bias} |")
     return "\n".join(lines)
 
 
