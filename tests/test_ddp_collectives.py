@@ -300,6 +300,11 @@ FSDP2_SCRIPT = textwrap.dedent(
             results[name] = {{"error": str(err)}}
     with open(os.path.join(out, f"fsdp2_{{rank}}.json"), "w") as f:
         json.dump(results, f)
+    # end the process group before the interpreter exits: a gloo group left to the exit-time
+    # destructors can abort the process ("terminate called without an active exception")
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
     """
 )
 
