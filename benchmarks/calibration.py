@@ -200,6 +200,8 @@ def ratio_interval(values: np.ndarray, ses: np.ndarray, resamples: int = 2000, s
     idx = rng.integers(0, len(values), size=(resamples, len(values)))
     spread = values[idx].std(axis=1, ddof=1)
     ratios = ses[idx].mean(axis=1)[spread > 0] / spread[spread > 0]
+    if ratios.size == 0:  # every resample without spread: no ratio to bound
+        return math.nan, math.nan
     low, high = np.percentile(ratios, [2.5, 97.5])
     return float(low), float(high)
 
