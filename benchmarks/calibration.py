@@ -12,9 +12,13 @@ and ``sas_max`` it prints:
 * ``spread``: the standard deviation of the estimates over seeds;
 * ``mean SE``: the mean of the standard errors the runs reported, and ``ratio`` = mean SE / spread
   (a calibrated SE gives about 0.92 at K = 4: the mean of a standard deviation from 4 values);
-* ``coverage``: the share of runs whose reported 95 % interval (``value ± t SE``, ``t`` the
-  statistic's critical value) holds the seed-averaged value;
+* ``coverage``: the share of runs whose reported 95 % interval (``<name>_lower`` to
+  ``<name>_upper``: on the log scale for ``sas_*``, skewness-corrected for the gaps) holds the
+  seed-averaged value;
 * ``bias``: ``stability_gap - control_heldout_gap`` averaged over seeds, ± its standard error;
+* with ``--json``, per row also ``value_se_correlation`` (the correlation of the estimates and
+  their SEs over seeds) and ``mean_shift_se`` (how far the reported interval's midpoint sits above
+  the estimate, in SEs);
 * the sampling error of the study itself: a 95 % bootstrap interval of the ratio (seeds resampled)
   and the Wilson 95 % interval of the coverage (with 30 seeds a calibrated 95 % interval covers
   between 83 % and 99 % of the time), and ``goal``: ``met`` when the ratio is in [0.8, 1.25] and
@@ -56,12 +60,14 @@ STATISTICS = ("stability_gap", "control_heldout_gap", "sas_mean", "sas_max")
 #: ``--variants``: other standard errors of stability_gap, for comparison (samples: the 2mK
 #: per-swap values taken as independent; max: the larger of that and the replicas' spread;
 #: previous: the spread and the temporal batch-means SE in quadrature, before the calibration)
-#: ``[log interval]``: the same estimate and SE, the interval taken on the log scale,
-#: ``value * exp(± t SE / value)`` (the delta method for ``log value``), for a positive estimate
-#: whose SE grows with it)
-LOG_INTERVAL = " [log interval]"
-VARIANTS = ("stability_gap [SE: samples]", "stability_gap [SE: max]", "stability_gap [SE: previous]") + tuple(
-    name + LOG_INTERVAL for name in STATISTICS)
+#: ``[± t SE]``: the same estimate and SE with the symmetric interval ``value ± t SE`` that the
+#: product reported before its intervals followed the skew of per-sample losses;
+#: ``[skew: per swap]``: the same SE with the skewness-corrected interval, its skew taken from the
+#: ``2mK`` per-swap values as if independent instead of from the K per-replica values)
+LINEAR = " [± t SE]"
+PER_SWAP_SKEW = "stability_gap [skew: per swap]"
+VARIANTS = ("stability_gap [SE: samples]", "stability_gap [SE: max]", "stability_gap [SE: previous]",
+            PER_SWAP_SKEW) + tuple(name + LINEAR for name in STATISTICS)
 
 
 def load_arrays(dataset: str) -> dict[str, np.ndarray]:
@@ -126,6 +132,7 @@ def train_once(setting: str, seed: int, args: argparse.Namespace, data: dict[str
 def statistics_of(run: dict[str, np.ndarray]) -> dict[str, Any]:
     """The estimate of a stored run over its statistics window, with the current code."""
     from lightning_sas.diagnostics import probe_window_start
+    from lightning_sas.stats.intervals import skew_corrected_interval, third_cumulant_of_mean
     from lightning_sas.stats.sas import _temporal_se, heldout_gap, sas_statistics, time_average
 
     window = None if int(run["window_start"]) < 0 else int(run["window_start"])
@@ -136,6 +143,7 @@ def statistics_of(run: dict[str, np.ndarray]) -> dict[str, Any]:
                          run["heldout"])
     gap = heldout_gap(run["control_full"][keep], counts, run["train"], run["heldout"])
     out["control_heldout_gap"], out["control_heldout_gap_se"] = gap["gap"], gap["gap_se"]
+    out["control_heldout_gap_lower"], out["control_heldout_gap_upper"] = gap["gap_lower"], gap["gap_upper"]
     out["window_blocks"] = int(keep.sum())
     # candidate SEs for stability_gap, compared by the study (the estimate is the same)
     d = time_average(run["perturbed"][:, keep], counts) - time_average(run["control"][:, keep], counts)
@@ -145,6 +153,9 @@ def statistics_of(run: dict[str, np.ndarray]) -> dict[str, Any]:
     out["stability_gap [SE: samples]_se"] = pooled
     out["stability_gap [SE: max]"] = out["stability_gap"]
     out["stability_gap [SE: max]_se"] = max(pooled, out["stability_gap_se"] or 0.0)
+    out[PER_SWAP_SKEW], out[PER_SWAP_SKEW + "_se"] = out["stability_gap"], out["stability_gap_se"]
+    out[PER_SWAP_SKEW + "_lower"], out[PER_SWAP_SKEW + "_upper"] = skew_corrected_interval(
+        out["stability_gap"], out["stability_gap_se"], out["sas_critical_t"], third_cumulant_of_mean(values))
     # the SE before the calibration: the spread between replicas and the temporal batch-means SE in
     # quadrature (the temporal noise counted twice)
     diff = run["perturbed"][:, keep] - run["control"][:, keep]
@@ -154,28 +165,32 @@ def statistics_of(run: dict[str, np.ndarray]) -> dict[str, Any]:
         out["stability_gap [SE: previous]"] = out["stability_gap"]
         out["stability_gap [SE: previous]_se"] = math.sqrt(out["stability_gap_se"] ** 2 + float(np.mean(temporal**2)) / len(temporal))
     for name in STATISTICS:
-        out[name + LOG_INTERVAL], out[name + LOG_INTERVAL + "_se"] = out.get(name), out.get(f"{name}_se")
+        out[name + LINEAR], out[name + LINEAR + "_se"] = out.get(name), out.get(f"{name}_se")
     return out
 
 
-def covers(values: np.ndarray, ses: np.ndarray, crit: np.ndarray, centre: float, log: bool = False) -> np.ndarray:
-    """Whether each run's 95 % interval holds ``centre``: ``value ± crit SE``, or with ``log``
-    ``[value exp(-crit SE / value), value exp(crit SE / value)]`` for a positive value (the
-    linear interval otherwise)."""
-    linear = np.abs(values - centre) <= crit * ses
-    if not log:
-        return linear
-    positive = values > 0
-    scale = np.exp(crit * ses / np.where(positive, values, 1.0))
-    on_log = (values / scale <= centre) & (centre <= values * scale)
-    return np.where(positive, on_log, linear)
+def covers(values: np.ndarray, ses: np.ndarray, crit: np.ndarray, centre: float) -> np.ndarray:
+    """Whether each run's symmetric interval ``value ± crit SE`` holds ``centre``."""
+    return np.abs(values - centre) <= crit * ses
+
+
+def covers_reported(runs: list[dict[str, Any]], name: str, centre: float) -> np.ndarray | None:
+    """Whether each run's reported interval ``[<name>_lower, <name>_upper]`` holds ``centre``;
+    None when a run reports none (a variant, or runs stored before the product had intervals)."""
+    ends = [(r.get(f"{name}_lower"), r.get(f"{name}_upper")) for r in runs]
+    if any(low is None or high is None for low, high in ends):
+        return None
+    return np.asarray([low <= centre <= high for low, high in ends])
 
 
 def _critical(stats: dict[str, Any], name: str) -> float:
-    """1.96 for the measured gap and the per-sample SE, ``sas_mean_critical_t`` for ``sas_mean``,
-    Student's t with K - 1 dof for the rest."""
-    name = name.removesuffix(LOG_INTERVAL)
-    if name == "control_heldout_gap" or "samples" in name:
+    """The critical value of a symmetric interval: 2 for the measured gap (the product's), 1.96
+    for the per-sample SE, ``sas_mean_critical_t`` for ``sas_mean``, Student's t with K - 1 dof
+    for the rest."""
+    name = name.removesuffix(LINEAR)
+    if name == "control_heldout_gap":
+        return 2.0
+    if "samples" in name:
         return 1.959963984540054
     if name == "sas_mean" and stats.get("sas_mean_critical_t") is not None:
         return float(stats["sas_mean_critical_t"])  # Satterthwaite dof of its crossed SE
@@ -234,7 +249,8 @@ def calibration_rows(results: dict[str, list[dict[str, Any]]], variants: bool = 
             crit = np.asarray([_critical(r, name) for r in ok])
             centre = values.mean()
             spread = float(values.std(ddof=1))
-            covered = int(np.sum(covers(values, ses, crit, centre, log=name.endswith(LOG_INTERVAL))))
+            reported = covers_reported(ok, name, centre)
+            covered = int(np.sum(covers(values, ses, crit, centre) if reported is None else reported))
             coverage = covered / len(ok)
             ratio = float(ses.mean() / spread) if spread > 0 else None
             ratio_ci = ratio_interval(values, ses)
@@ -242,7 +258,11 @@ def calibration_rows(results: dict[str, list[dict[str, Any]]], variants: bool = 
             row = {"setting": setting, "statistic": name, "runs": len(ok), "mean": float(centre), "spread": spread,
                    "mean_se": float(ses.mean()), "ratio": ratio, "ratio_ci": ratio_ci, "coverage": coverage,
                    "coverage_ci": coverage_ci, "goal": goal_verdict(ratio, ratio_ci, coverage, coverage_ci),
-                   "z_sd": float(np.std((values - centre) / ses, ddof=1))}
+                   "z_sd": float(np.std((values - centre) / ses, ddof=1)),
+                   "value_se_correlation": float(np.corrcoef(values, ses)[0, 1]) if np.std(ses) > 0 else None}
+            if reported is not None:  # where the reported interval sits: its midpoint above the value, in SEs
+                mids = np.asarray([(r[f"{name}_lower"] + r[f"{name}_upper"]) / 2 for r in ok])
+                row["mean_shift_se"] = float(np.mean((mids - values) / np.where(ses > 0, ses, np.nan)))
             if name == "stability_gap":
                 pairs = [(r["stability_gap"], r["control_heldout_gap"]) for r in ok if r.get("control_heldout_gap") is not None]
                 diff = np.asarray([a - b for a, b in pairs])

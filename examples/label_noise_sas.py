@@ -73,6 +73,8 @@ def table(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
             f"{_agreement(s)} SE | {'yes' if s.get('stability_gap_resolved') else 'no'} | {s['test_accuracy']:.3f} | "
             f"{s['seconds']:.0f} s |"
         )
+    windows = [f"{s['label_noise']:.0%}: {s.get('window') or 'none'} from step {s.get('window_start')}" for s in results]
+    lines += ["", "statistics window: " + "; ".join(windows)]
     return "\n".join(lines)
 
 

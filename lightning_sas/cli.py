@@ -288,7 +288,8 @@ def _swap_statistics(runs: Sequence[Any], probes: Sequence[dict[str, np.ndarray]
     keys = ("swaps", "sas_max", "sas_max_se", "sas_max_resolved", "sas_replaced", "sas_replaced_se", "stability_gap",
             "stability_gap_se", "stability_gap_resolved", "stability_gap_removed", "stability_gap_removed_se",
             "stability_gap_added", "stability_gap_added_se", "sas_critical_t")
-    return {key: stats[key] for key in keys}
+    bounds = tuple(f"{key[:-3]}_{end}" for key in keys if key.endswith("_se") for end in ("lower", "upper"))
+    return {key: stats[key] for key in keys + bounds}
 
 
 def _compare(args: argparse.Namespace) -> int:

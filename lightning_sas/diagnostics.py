@@ -64,7 +64,8 @@ WEIGHT_KEYS = (
     "grad_norm",
 )
 #: keys produced by the probe losses
-PROBE_KEYS = ("ergodic_gap", "ergodic_gap_se", "probe_train_loss", "probe_test_loss", "nonfinite_probe_losses")
+PROBE_KEYS = ("ergodic_gap", "ergodic_gap_se", "ergodic_gap_lower", "ergodic_gap_upper", "probe_train_loss",
+              "probe_test_loss", "nonfinite_probe_losses")
 
 #: why a summary key is None when its part gave no more specific reason (``summary["unavailable"]``)
 GENERIC_REASONS: dict[str, str] = {
@@ -92,6 +93,8 @@ GENERIC_REASONS: dict[str, str] = {
     "grad_norm": "no gradients at a snapshot step yet (on_before_optimizer_step not reached)",
     "ergodic_gap": "no held-out probe data",
     "ergodic_gap_se": "no ergodic gap, or too few probe evaluations for a standard error",
+    "ergodic_gap_lower": "no ergodic gap, or too few probe evaluations for a standard error",
+    "ergodic_gap_upper": "no ergodic gap, or too few probe evaluations for a standard error",
     "probe_train_loss": "no probe evaluation yet (probe_every)",
     "probe_test_loss": "no held-out probe data",
     "nonfinite_probe_losses": "probe losses are off",
@@ -294,6 +297,7 @@ def summarize_run(run: Any) -> dict[str, Any]:
         gap = metric.gap_with_se(min_batch_len=None)
         summary["ergodic_gap"] = gap["gap"]
         summary["ergodic_gap_se"] = gap["gap_se"]
+        summary["ergodic_gap_lower"], summary["ergodic_gap_upper"] = gap["gap_lower"], gap["gap_upper"]
         summary["probe_train_loss"] = gap["train_loss"]
         summary["probe_test_loss"] = gap["test_loss"]
         summary["nonfinite_probe_losses"] = int(metric.nonfinite.sum())

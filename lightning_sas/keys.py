@@ -108,29 +108,30 @@ KEY_EXPLANATIONS: dict[str, str] = {
     "sas_replaced_null": "The level `sas_replaced` reaches from noise alone: sqrt(2/π) times the root mean square of "
                          "the per-point temporal SEs on the removed samples.",
     "sas_replaced_resolved": "Whether `sas_replaced` > `sas_replaced_null` + t · `sas_replaced_se`, t = `sas_critical_t`.",
-    "sas_critical_t": "Student's t (97.5 %) with K − 1 degrees of freedom (2 with K = 1): the t of the `*_resolved` "
-                      "flags and TensorBoard bands of the replica statistics but `sas_mean`, whose t is "
-                      "`sas_mean_critical_t`.",
+    "sas_critical_t": "Student's t (97.5 %) with K − 1 degrees of freedom (2 with K = 1): the t of the 95 % "
+                      "intervals (`*_lower`, `*_upper`, the TensorBoard bands) and `*_resolved` flags of the replica "
+                      "statistics but `sas_mean`, whose t is `sas_mean_critical_t`.",
     "stability_gap": "The replace-one estimate of the generalization gap from both sides of every swap: the mean over "
                      "k of `g_k`, replica k's mean over its `2m` values, `r_k(i) = d_k(i)` on the removed samples and "
                      "`a_k(z') = −d_k(z')` on the added ones; it estimates `control_heldout_gap`.",
     "stability_gap_se": "Standard error of `stability_gap`: the spread of the K per-replica values `g_k`, sd / sqrt(K), "
                         "which already holds each replica's temporal noise (K = 1: the replica's temporal batch-means SE).",
     "stability_gap_null": "0: a signed gap is compared with 0.",
-    "stability_gap_resolved": "Whether |`stability_gap`| > t · `stability_gap_se`, t = `sas_critical_t`.",
+    "stability_gap_resolved": "Whether the 95 % interval [`stability_gap_lower`, `stability_gap_upper`] excludes 0.",
     "stability_gap_removed": "The removed side alone: mean over k and `i ∈ I_k` of `d_k(i)`, the loss a replica has on "
                              "samples it never saw minus the control's, which trained on them (v0.1's `stability_gap`).",
     "stability_gap_removed_se": "Standard error of `stability_gap_removed`: the spread of the K per-replica values, "
                                 "sd / sqrt(K) (K = 1: the replica's temporal batch-means SE).",
     "stability_gap_removed_null": "0: a signed gap is compared with 0.",
-    "stability_gap_removed_resolved": "Whether |`stability_gap_removed`| > t · `stability_gap_removed_se`, "
-                                      "t = `sas_critical_t`.",
+    "stability_gap_removed_resolved": "Whether the 95 % interval [`stability_gap_removed_lower`, "
+                                      "`stability_gap_removed_upper`] excludes 0.",
     "stability_gap_added": "The added side alone: mean over k and `z' ∈ Z'_k` of `−d_k(z')`, the control's loss on "
                            "samples it never saw minus the replica's, which trained on them.",
     "stability_gap_added_se": "Standard error of `stability_gap_added`: the spread of the K per-replica values, "
                               "sd / sqrt(K) (K = 1: the replica's temporal batch-means SE).",
     "stability_gap_added_null": "0: a signed gap is compared with 0.",
-    "stability_gap_added_resolved": "Whether |`stability_gap_added`| > t · `stability_gap_added_se`, t = `sas_critical_t`.",
+    "stability_gap_added_resolved": "Whether the 95 % interval [`stability_gap_added_lower`, "
+                                    "`stability_gap_added_upper`] excludes 0.",
     "stability_gap_max_share": "Largest replica's share of Σ_k |g_k|, g_k replica k's gap: near 1 when one replica "
                                "carries `stability_gap`, whose SE from K values is then not to be trusted (raise K or "
                                "`swaps`).",
@@ -167,6 +168,19 @@ KEY_EXPLANATIONS: dict[str, str] = {
 KEY_PATTERN_EXPLANATIONS: tuple[tuple[str, str, str], ...] = (
     (r"run\d+", "run<r>", "The directory of run r (its position among the runs compared)."),
     (r"run\d+_test_loss", "run<r>_test_loss", "Run r's time-averaged loss over `P_test`."),
+    (r"(sas_max|sas_mean|sas_replaced)_lower", "<sas statistic>_lower",
+     "Lower end of the statistic's 95 % interval, taken on the log scale (the statistic is positive and its SE grows "
+     "with it): value · exp(−t · SE / value), t its critical value (`sas_mean_critical_t` for `sas_mean`, else "
+     "`sas_critical_t`)."),
+    (r"(sas_max|sas_mean|sas_replaced)_upper", "<sas statistic>_upper",
+     "Upper end of the statistic's 95 % interval, taken on the log scale: value · exp(t · SE / value)."),
+    (r"(stability_gap|stability_gap_removed|stability_gap_added|control_heldout_gap|ergodic_gap)_lower", "<gap>_lower",
+     "Lower end of the gap's 95 % interval, skewness-corrected (Hall's transformation of the studentized gap, the skew "
+     "from the units of its SE: the K per-replica values, or the probe points of a measured gap): about value + SE · γ "
+     "(2z² + 1) / 6 − t · SE, γ the gap's skewness, z = 1.96, t = `sas_critical_t` for the stability gaps, 2 for the "
+     "measured gaps."),
+    (r"(stability_gap|stability_gap_removed|stability_gap_added|control_heldout_gap|ergodic_gap)_upper", "<gap>_upper",
+     "Upper end of the gap's 95 % interval, skewness-corrected: about value + SE · γ (2z² + 1) / 6 + t · SE."),
 )
 
 

@@ -73,18 +73,16 @@ def test_goal_verdict(calibration):
     assert calibration.goal_verdict(None, (0.0, 0.0), 0.95, (0.9, 0.99)) == "missed"
 
 
-def test_covers_linear_and_log_intervals(calibration):
-    """The log interval of a positive value v is [v e^(-tSE/v), v e^(tSE/v)]: wider above v than
-    below; a value <= 0 falls back to v ± t SE."""
-    values, ses, crit = np.array([1.0, 1.0, 1.0, -0.5]), np.array([0.2, 0.2, 0.2, 1.0]), np.full(4, 2.0)
-    # v = 1, t SE = 0.4: linear [0.6, 1.4], log [0.670, 1.492]; v = -0.5: linear [-2.5, 1.5]
-    for centre, linear, log in [(1.45, [False] * 3 + [True], [True] * 3 + [True]),
-                                (1.6, [False] * 4, [False] * 4),
-                                (0.62, [True] * 4, [False] * 3 + [True]),
-                                (1.2, [True] * 4, [True] * 4)]:
-        assert calibration.covers(values, ses, crit, centre).tolist() == linear
-        assert calibration.covers(values, ses, crit, centre, log=True).tolist() == log
-    # brute force on the log scale: |log v - log c| <= t SE / v
-    v, se, c = 0.3, 0.1, 0.55
-    assert calibration.covers(np.array([v]), np.array([se]), np.array([2.0]), c, log=True)[0] == (
-        abs(math.log(v) - math.log(c)) <= 2.0 * se / v)
+def test_coverage_reads_the_reported_interval(calibration):
+    """With ``<name>_lower``/``<name>_upper`` in every run the coverage is theirs, not ± t SE; a
+    run without them (a variant) gets the symmetric interval."""
+    values, ses, crit = np.array([1.0, 1.0, -0.5]), np.array([0.2, 0.2, 1.0]), np.full(3, 2.0)
+    assert calibration.covers(values, ses, crit, 1.45).tolist() == [False, False, True]
+    runs = [{"stability_gap": 1.0, "stability_gap_lower": 0.9, "stability_gap_upper": 1.6}] * 2
+    assert calibration.covers_reported(runs, "stability_gap", 1.45).tolist() == [True, True]
+    assert calibration.covers_reported(runs, "stability_gap", 0.8).tolist() == [False, False]
+    assert calibration.covers_reported(runs + [{"stability_gap": 1.0}], "stability_gap", 1.0) is None
+    shifted = [{**r, "stability_gap_se": 0.1, "sas_critical_t": 2.0, "stability_gap": 1.0 + 0.01 * i,
+                "stability_gap_lower": 5.0, "stability_gap_upper": 6.0} for i, r in enumerate(runs * 3)]
+    row = next(r for r in calibration.calibration_rows({"s": shifted}) if r["statistic"] == "stability_gap")
+    assert row["coverage"] == 0.0  # ± t SE would cover every run

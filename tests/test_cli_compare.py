@@ -67,6 +67,8 @@ def test_perturb_then_compare(tmp_path: Any, capsys: pytest.CaptureFixture) -> N
     assert result["swaps"] == 2
     assert result["stability_gap"] == pytest.approx(np.mean(g), rel=1e-9)
     assert np.isfinite(result["stability_gap_se"]) and result["stability_gap_se"] > 0
+    for name in ("stability_gap", "stability_gap_removed", "stability_gap_added", "sas_replaced", "sas_max"):
+        assert result[f"{name}_lower"] < result[f"{name}_upper"], name  # the 95 % intervals come along
     sup = [np.abs(avg[k, np.concatenate([np.arange(32, 64), removed[k - 1], added[k - 1]])]
                   - avg[0, np.concatenate([np.arange(32, 64), removed[k - 1], added[k - 1]])]).max() for k in (1, 2, 3)]
     assert result["sas_max"] == pytest.approx(np.mean(sup), rel=1e-9)

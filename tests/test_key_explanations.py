@@ -130,6 +130,8 @@ def test_every_key_of_a_real_run_with_replicas_has_a_text(tmp_path: Any) -> None
         trainer.fit(TinyClassifier(), train, val)
     summary = monitor.summary()
     assert summary["sas_max"] is not None and summary["sas_mean_critical_t"] is not None
+    for name in ("sas_max", "stability_gap", "control_heldout_gap", "ergodic_gap"):  # a real run reports intervals
+        assert summary[f"{name}_lower"] < summary[f"{name}_upper"], name
     missing = sorted(key for key in summary if explanation(key) is None)
     assert not missing, f"summary() keys without a text in lightning_sas/keys.py: {missing}"
 

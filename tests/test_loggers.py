@@ -91,6 +91,22 @@ def test_summary_layer_names_that_sanitize_alike_get_distinct_tags() -> None:
     assert {scalars[t] for t in ODD_TAGS.values()} == {1.0, 2.0, 3.0}
 
 
+def test_margin_bands_are_the_summary_intervals() -> None:
+    """A key with ``<key>_lower``/``<key>_upper`` in the summary gets them as its band (under the
+    value's tag, never ``sas/other/``); without them the band is value ± t SE."""
+    summary = {"stability_gap": 0.4, "stability_gap_se": 0.1, "stability_gap_lower": 0.15, "stability_gap_upper": 0.9,
+               "sas_critical_t": 3.18, "sas_max": 2.0, "sas_max_se": 0.5, "sas_replaced": 1.0, "sas_replaced_se": 0.1,
+               "sas_replaced_lower": 0.7, "sas_replaced_upper": 1.4}
+    scalars = scalars_from_summary(summary)
+    assert scalars["sas/sas/stability_gap_lower"] == 0.15 and scalars["sas/sas/stability_gap_upper"] == 0.9
+    assert scalars["sas/sas/sas_max_lower"] == pytest.approx(2.0 - 3.18 * 0.5)  # no interval: ± t SE
+    assert scalars["sas/sas/sas_replaced_lower"] == 0.7 and scalars["sas/sas/sas_replaced_upper"] == 1.4
+    assert not [tag for tag in scalars if tag.startswith("sas/other/") and tag.endswith(("_lower", "_upper"))]
+    # a damaged end (None, NaN) falls back to ± t SE
+    scalars = scalars_from_summary({**summary, "stability_gap_lower": float("nan")})
+    assert scalars["sas/sas/stability_gap_lower"] == pytest.approx(0.4 - 3.18 * 0.1)
+
+
 # -- MLflow ---------------------------------------------------------------------------------------
 class CountingHparams:
     """Logger mixin: records every ``log_hyperparams`` call."""

@@ -41,12 +41,20 @@ def summary_of(name: str, tmp_path: Any) -> dict[str, Any]:
 
 @pytest.mark.parametrize("name", ["plain", "accumulate", "manual"])
 def test_summaries_equal_the_recorded_ones(name: str, tmp_path: Any) -> None:
-    """Recorded by ``python tests/data/make_goldens.py``; float32 training, so 1e-9 relative (not
-    bit identity) survives dependency versions that reorder a float32 sum."""
+    """Recorded by ``python tests/data/make_goldens.py``. Float32 training is not bit-identical
+    across CPUs (their SIMD kernels sum in other orders) or dependency versions: on an AMD EPYC
+    machine every value differed from the recording by up to 6e-7 relative, so floats (also inside
+    the per-layer norms) compare at 1e-5 relative, far below any change of a statistic's
+    definition. Keys added since the recording are not compared; a recorded reason in
+    ``unavailable`` must still be given."""
     summary = summary_of(name, tmp_path)
     for key, before in BEFORE[name].items():
         if isinstance(before, float):
-            assert summary[key] == pytest.approx(before, rel=1e-9, abs=1e-12), key
+            assert summary[key] == pytest.approx(before, rel=1e-5, abs=1e-12), key
+        elif key == "unavailable":
+            assert {k: summary[key].get(k) for k in before} == before, key
+        elif isinstance(before, dict):
+            assert summary[key] == pytest.approx(before, rel=1e-5, abs=1e-12), key
         else:
             assert summary[key] == before, key
 

@@ -65,6 +65,9 @@ def test_sas_resolved_with_the_gaps_side_by_side() -> None:
     assert "`sas_max` 0.5 ± 0.05: resolved: above null + t·SE = 0.1 + 3.18 × 0.05 = 0.259" in sas
     assert "`stability_gap` 0.41 ± 0.05: resolved: |gap| above t·SE = 3.18 × 0.05 = 0.159" in sas
     assert "converged" in sas and "raise K" not in sas
+    # with the summary's skewness-corrected interval, the verdict names it
+    bounded = _line({**summary, "stability_gap_lower": 0.3, "stability_gap_upper": 0.6}, "SAS estimate")
+    assert "`stability_gap` 0.41 ± 0.05: resolved: its 95 % interval [0.3, 0.6] excludes 0." in bounded
     gaps = _line(summary, "Generalization gap")
     assert ("`stability_gap` 0.41 ± 0.05 (replace-one estimate) vs `control_heldout_gap` 0.4 ± 0.02 (the gap it "
             "estimates: the control replica on the held-out split, measured over the late phase)") in gaps
@@ -83,6 +86,8 @@ def test_sas_not_resolved_says_why() -> None:
     assert "not resolved: below null + t·SE = 0.1 + 3.18 × 0.05 = 0.259" in sas
     assert "`stability_gap` 0.41 ± 0.3: not resolved: |gap| below t·SE = 3.18 × 0.3 = 0.955" in sas
     assert "one replica carries 90% of `stability_gap`" in sas and "raise K" in sas
+    bounded = _line({**summary, "stability_gap_lower": -0.4, "stability_gap_upper": 1.5}, "SAS estimate")
+    assert "`stability_gap` 0.41 ± 0.3: not resolved: its 95 % interval [-0.4, 1.5] holds 0." in bounded
     assert "not converged" in sas
     assert "differ by more than 2 combined SE" in _line(summary, "Generalization gap")
     # no SE yet: not resolved, and why

@@ -185,8 +185,14 @@ def _sas(s: Mapping[str, Any], unavailable: Mapping[str, str], used: set[str]) -
         if gap_se is None:
             details.append(f"{head}: not resolved: no standard error yet.")
         else:
-            verdict = "resolved: |gap| above" if s.get("stability_gap_resolved") else "not resolved: |gap| below"
-            details.append(f"{head}: {verdict} t·SE = {_f(t)} × {_f(gap_se)} = {_f(t * gap_se)}.")
+            lower, upper = _num(s, "stability_gap_lower"), _num(s, "stability_gap_upper")
+            resolved = s.get("stability_gap_resolved")
+            if lower is not None and upper is not None:  # the skewness-corrected 95 % interval
+                verdict = "resolved: its 95 % interval" if resolved else "not resolved: its 95 % interval"
+                details.append(f"{head}: {verdict} [{_f(lower)}, {_f(upper)}] {'excludes' if resolved else 'holds'} 0.")
+            else:
+                verdict = "resolved: |gap| above" if resolved else "not resolved: |gap| below"
+                details.append(f"{head}: {verdict} t·SE = {_f(t)} × {_f(gap_se)} = {_f(t * gap_se)}.")
     removed, added = _num(s, "stability_gap_removed"), _num(s, "stability_gap_added")
     if removed is not None and added is not None:
         details.append(f"its two sides: removed samples {_pm(s, 'stability_gap_removed')}, added samples "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any
 
@@ -78,18 +79,20 @@ SCALAR_TAGS: dict[str, tuple[str, str]] = {
     "mean_pairwise_abs_difference": ("SAS", "sas/sas/mean_pairwise_abs_difference"),
 }
 
-#: margin charts: (group, title, value key, standard-error key) drawn as value +- 2 SE, or
-#: +- t SE for the replica statistics (``sas_critical_t``, Student's t with K - 1 dof; for
-#: ``sas_mean``, ``sas_mean_critical_t``, Satterthwaite's dof of its crossed SE)
+#: margin charts: (group, title, value key, standard-error key). The band is the summary's 95 %
+#: interval ``<key>_lower``/``<key>_upper`` where it has one (the gaps and the replica
+#: statistics: skewness-corrected or on the log scale), else value ± 2 SE, or ± t SE for a replica
+#: statistic (``sas_critical_t``, Student's t with K - 1 dof; for ``sas_mean``,
+#: ``sas_mean_critical_t``, Satterthwaite's dof of its crossed SE)
 MARGIN_CHARTS: list[tuple[str, str, str, str]] = [
     ("Loss dynamics", "time-averaged loss ± 2 SE", "loss_mean", "loss_se"),
-    ("SAS", "ergodic generalization gap (main model) ± 2 SE", "ergodic_gap", "ergodic_gap_se"),
-    ("SAS", "control replica's held-out gap ± 2 SE", "control_heldout_gap", "control_heldout_gap_se"),
-    ("SAS", "SAS (sup over probes) ± t SE", "sas_max", "sas_max_se"),
-    ("SAS", "SAS on held-out points ± t SE", "sas_mean", "sas_mean_se"),
-    ("SAS", "stability gap (replace-one, both sides of m swaps) ± t SE", "stability_gap", "stability_gap_se"),
-    ("SAS", "stability gap, removed side ± t SE", "stability_gap_removed", "stability_gap_removed_se"),
-    ("SAS", "stability gap, added side ± t SE", "stability_gap_added", "stability_gap_added_se"),
+    ("SAS", "ergodic generalization gap (main model), 95 % interval", "ergodic_gap", "ergodic_gap_se"),
+    ("SAS", "control replica's held-out gap, 95 % interval", "control_heldout_gap", "control_heldout_gap_se"),
+    ("SAS", "SAS (sup over probes), 95 % interval", "sas_max", "sas_max_se"),
+    ("SAS", "SAS on held-out points, 95 % interval", "sas_mean", "sas_mean_se"),
+    ("SAS", "stability gap (replace-one, both sides of m swaps), 95 % interval", "stability_gap", "stability_gap_se"),
+    ("SAS", "stability gap, removed side, 95 % interval", "stability_gap_removed", "stability_gap_removed_se"),
+    ("SAS", "stability gap, added side, 95 % interval", "stability_gap_added", "stability_gap_added_se"),
 ]
 
 #: statistics averaged over the K replicas, whose margins use Student's t with K - 1 dof
@@ -106,8 +109,8 @@ SHARED_CHARTS: list[tuple[str, str, tuple[str, ...]]] = [
 OVERVIEW = "Overview"
 
 #: the Overview charts as they show on the page: (title, keys). Each is a margin chart with one
-#: series per key, a line with a shaded band: value ± 2 SE (± t SE for the replica statistics)
-#: for the keys of :data:`MARGIN_CHARTS`, a zero-width band (a plain, unsmoothed line) for a key
+#: series per key, a line with a shaded band: the 95 % interval (value ± 2 SE for the loss) for the
+#: keys of :data:`MARGIN_CHARTS`, a zero-width band (a plain, unsmoothed line) for a key
 #: without an SE (IAT, ESS, distances, the null level).
 #:
 #: Why margin charts with several series: ``MarginChartContent.series`` is repeated in
@@ -125,9 +128,9 @@ OVERVIEW = "Overview"
 #: reverse so that the page shows them in this order.
 OVERVIEW_CHARTS: list[tuple[str, tuple[str, ...]]] = [
     ("time-averaged loss ± 2 SE", ("loss_mean",)),
-    ("generalization gap: stability gap (± t SE) vs control's held-out gap, main model's gap (± 2 SE)",
+    ("generalization gap: stability gap vs control's held-out gap, main model's gap (95 % intervals)",
      ("stability_gap", "control_heldout_gap", "ergodic_gap")),
-    ("SAS (sup over probes) ± t SE vs its null level", ("sas_max", "sas_max_null")),
+    ("SAS (sup over probes), 95 % interval, vs its null level", ("sas_max", "sas_max_null")),
     ("integrated autocorrelation time (steps)", ("iat",)),
     ("effective sample size", ("ess",)),
     ("distance to the ergodic mean of the weights vs update size", ("distance_to_ergodic_mean", "update_size")),
@@ -151,9 +154,19 @@ def is_flag(key: str, value: Any = None) -> bool:
     return key in FLAG_KEYS or key.endswith("_resolved") or isinstance(value, bool)
 
 
+#: the ends of a summary's 95 % intervals: ``<key>_lower``, ``<key>_upper``
+INTERVAL_ENDS = ("_lower", "_upper")
+
+
 def tag_for(key: str) -> str:
-    """The tag of a summary key (unknown keys go under ``sas/other/``)."""
-    return SCALAR_TAGS[key][1] if key in SCALAR_TAGS else f"sas/other/{key}"
+    """The tag of a summary key (unknown keys go under ``sas/other/``); an interval end
+    ``<key>_lower``/``<key>_upper`` is ``<key>``'s tag with that suffix (a margin chart's band)."""
+    if key in SCALAR_TAGS:
+        return SCALAR_TAGS[key][1]
+    for end in INTERVAL_ENDS:
+        if key.endswith(end) and key.removesuffix(end) in SCALAR_TAGS:
+            return SCALAR_TAGS[key.removesuffix(end)][1] + end
+    return f"sas/other/{key}"
 
 
 def margin_series(key: str) -> tuple[str, str, str]:
@@ -203,7 +216,8 @@ def layer_tags(names: Any) -> dict[str, str]:
 
 
 def scalars_from_summary(summary: dict[str, Any], flags: bool = True) -> dict[str, float]:
-    """Numeric entries of a summary as ``{tag: float}``, with ``_lower``/``_upper`` margin tags;
+    """Numeric entries of a summary as ``{tag: float}``, with ``_lower``/``_upper`` margin tags (the
+    summary's interval where it has one, else value ± t SE);
     None and non-numbers are left out. Flags (:func:`is_flag`) become 0/1 with ``flags=True``
     (loggers without text) and are left out with ``flags=False`` (TensorBoard, which gets them as
     the status text)."""
@@ -220,7 +234,10 @@ def scalars_from_summary(summary: dict[str, Any], flags: bool = True) -> dict[st
     mean_t = float(mean_t) if isinstance(mean_t, (int, float)) and not isinstance(mean_t, bool) else replica_t
     for _group, _title, key, se_key in MARGIN_CHARTS:
         value, se = summary.get(key), summary.get(se_key)
-        if isinstance(value, (int, float)) and isinstance(se, (int, float)):
+        ends = [summary.get(key + end) for end in INTERVAL_ENDS]
+        if all(isinstance(e, (int, float)) and not isinstance(e, bool) and math.isfinite(e) for e in ends):
+            out[tag_for(key) + "_lower"], out[tag_for(key) + "_upper"] = float(ends[0]), float(ends[1])
+        elif isinstance(value, (int, float)) and isinstance(se, (int, float)):
             t = mean_t if key == "sas_mean" else replica_t if key in REPLICA_STATISTICS else 2.0
             width = t * float(se)
             out[tag_for(key) + "_lower"] = float(value) - width

@@ -141,6 +141,7 @@ class SASEstimate(TimeAverage):
         gap = heldout_gap(data["control_full"], counts, layout.control_train_columns(), heldout)
         out["control_heldout_gap"] = gap["gap"]
         out["control_heldout_gap_se"] = gap["gap_se"]
+        out["control_heldout_gap_lower"], out["control_heldout_gap_upper"] = gap["gap_lower"], gap["gap_upper"]
         out["control_train_loss"] = gap["train_loss"]
         out["control_heldout_loss"] = gap["test_loss"]
         return out

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-__all__ = ["RUN_KEYS", "SAS_KEYS", "unavailable_reasons"]
+__all__ = ["INTERVAL_STATISTICS", "RUN_KEYS", "SAS_KEYS", "unavailable_reasons"]
+
+#: statistics of the replicas reported with a 95 % interval (``<name>_lower``, ``<name>_upper``)
+INTERVAL_STATISTICS = ("sas_max", "sas_mean", "sas_replaced", "stability_gap", "stability_gap_removed",
+                       "stability_gap_added", "control_heldout_gap")
 
 #: summary keys added by the replicas
 SAS_KEYS = (
@@ -16,7 +20,7 @@ SAS_KEYS = (
     "replica_sampler", "fork_step", "steps_since_fork", "replica_checkpoint_bytes",
     "sas_critical_t", "sas_mean_critical_t", "stability_gap_max_share", "control_heldout_gap", "control_heldout_gap_se",
     "control_train_loss", "control_heldout_loss",
-)
+) + tuple(f"{name}_{end}" for name in INTERVAL_STATISTICS for end in ("lower", "upper"))
 
 #: keys that describe the run (set once the replicas are forked), not the estimate
 RUN_KEYS = ("replicas", "swaps", "replica_path", "replica_sampler", "fork_step", "steps_since_fork",

@@ -232,7 +232,7 @@ def _summary_key_ok(key: str, value: Any, numeric_keys: Any) -> bool:
     if not _summary_value_ok(value):
         return False
     if isinstance(value, (bool, str)):
-        return isinstance(value, bool) or not (key in numeric_keys or key.endswith(("_se", "_null", "_loss")))
+        return isinstance(value, bool) or not (key in numeric_keys or key.endswith(("_se", "_null", "_loss", "_lower", "_upper")))
     return not isinstance(value, dict)
 
 

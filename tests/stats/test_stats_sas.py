@@ -148,8 +148,8 @@ def test_one_swap_reproduces_the_one_replacement_estimator() -> None:
 
 
 def test_no_effect_is_resolved_at_the_nominal_rate() -> None:
-    """Under the null (all replicas alike) the signed gaps' flags (``|gap| > t_{K-1} SE``) fire
-    at their nominal 5 %: not more (a false alarm) and not far less (an SE that double counts the
+    """Under the null (all replicas alike) the signed gaps' flags (their skewness-corrected interval
+    excludes 0; about ``|gap| > t_{K-1} SE`` for symmetric noise) fire at their nominal 5 %: not more (a false alarm) and not far less (an SE that double counts the
     temporal noise fired 0.15 % of the time, with sd(gap / SE) = 0.77). The flags of the means
     of ``|d|`` are read against approximate null levels (the max's is a conservative bound): they
     must not fire more than nominal."""
@@ -165,7 +165,7 @@ def test_no_effect_is_resolved_at_the_nominal_rate() -> None:
             hits[key] += out[key]
         ratios.append(out["stability_gap"] / out["stability_gap_se"])
     rates = {key: count / trials for key, count in hits.items()}
-    for key in keys[:3]:  # exact t test: 5 % +- 3 binomial sd (0.5 %)
+    for key in keys[:3]:  # 5 % +- 3 binomial sd (0.5 %)
         assert 0.035 <= rates[key] <= 0.065, rates
     for key in keys[3:]:
         assert rates[key] <= 0.08, rates
