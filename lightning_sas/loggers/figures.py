@@ -158,7 +158,8 @@ def histogram_figure(values: Any, title: str, xlabel: str) -> Figure:
 
 def sas_window_figure(windows: dict[str, Any] | None, ergodic_gap: float | None = None) -> Figure:
     """SAS estimates against the length of the averaging window (time since the fork), with
-    ± t SE bars (``t`` = ``windows["t"]``, Student's t with K - 1 dof, as the flags use); the
+    symmetric ± t SE bars (``t`` = ``windows["t"]``, Student's t with K - 1 dof; the summary's
+    skew-following intervals are for the whole window only); the
     ergodic gap as a reference line next to the stability gap."""
     fig, ax = _new("SAS estimate vs averaging window", "window start (steps since fork)", "loss difference")
     if not windows or not windows.get("steps_since_fork"):
