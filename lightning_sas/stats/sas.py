@@ -315,7 +315,7 @@ def sas_statistics(
     # sas_mean averages over replicas AND over the held-out points P_test, both random samples:
     # every replica sees the same points, so the spread between replicas misses which points were
     # drawn (the crossed two-way SE; benchmarks/calibration.py: the ratio SE / spread over seeds
-    # went from 0.34-0.81 to 0.89-1.16). Its interval uses the Satterthwaite dof of that SE.
+    # went from 0.34-0.81 to 0.89-1.21). Its interval uses the Satterthwaite dof of that SE.
     crit_mean = crit
     crossed = crossed_mean_standard_error(np.abs(d[:, heldout])) if k >= 2 else None
     if crossed is not None and out["sas_mean"] is not None:
