@@ -24,6 +24,7 @@ __all__ = [
     "LOSS_KEYS",
     "WEIGHT_KEYS",
     "PROBE_KEYS",
+    "ERGODIC_GAP_KEYS",
     "late_phase_from_blocks",
     "statistics_window_start",
     "probe_window_start",
@@ -64,8 +65,9 @@ WEIGHT_KEYS = (
     "grad_norm",
 )
 #: keys produced by the probe losses
-PROBE_KEYS = ("ergodic_gap", "ergodic_gap_se", "ergodic_gap_lower", "ergodic_gap_upper", "probe_train_loss",
-              "probe_test_loss", "nonfinite_probe_losses")
+#: the main model's ergodic gap with its SE and 95 % interval
+ERGODIC_GAP_KEYS = ("ergodic_gap", "ergodic_gap_se", "ergodic_gap_lower", "ergodic_gap_upper")
+PROBE_KEYS = ERGODIC_GAP_KEYS + ("probe_train_loss", "probe_test_loss", "nonfinite_probe_losses")
 
 #: why a summary key is None when its part gave no more specific reason (``summary["unavailable"]``)
 GENERIC_REASONS: dict[str, str] = {

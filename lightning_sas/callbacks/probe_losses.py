@@ -12,7 +12,7 @@ from lightning_sas import _compat as pl  # pl.Trainer, pl.LightningModule: of ei
 from lightning_sas.callbacks._common import device_float_dtype, entry_completed, is_due, next_due, prepare_batch, resolve_callable, sharded_parameters, warn_once
 from lightning_sas.validation import check_int, check_seed
 from lightning_sas.callbacks.base import FlushContext, StreamCallback, exchange
-from lightning_sas.diagnostics import PROBE_KEYS, probe_window_start
+from lightning_sas.diagnostics import ERGODIC_GAP_KEYS, PROBE_KEYS, probe_window_start
 from lightning_sas.data.loaders import SampleSource, first_loader, is_map_style, training_source, validation_source
 from lightning_sas.isolation import observed
 from lightning_sas.losses import PerSampleLoss, per_sample_loss
@@ -222,7 +222,7 @@ class ProbeLosses(StreamCallback):
             if self.heldout_elsewhere:
                 no_heldout += ("; the control replica's gap on the held-out split of the training data is "
                                "control_heldout_gap")
-            for key in ("ergodic_gap", "ergodic_gap_se", "ergodic_gap_lower", "ergodic_gap_upper", "probe_test_loss"):
+            for key in ERGODIC_GAP_KEYS + ("probe_test_loss",):
                 self.unavailable[key] = no_heldout
             if not self.heldout_elsewhere and self.num_test_probes > 0:
                 warn_once(self, "noheldout", f"ProbeLosses: {no_heldout}; ergodic_gap is left out. Give the Trainer "
@@ -383,8 +383,7 @@ class ProbeLosses(StreamCallback):
         if metric.cursor.first_block_from(metric.start_step) >= metric.cursor.n_blocks:  # nothing in the window
             reason = (f"no probe evaluation inside the statistics window yet (it starts at step {metric.start_step}; "
                       f"probe_every={self.probe_every}); the probe of the untrained model at step 0 never counts")
-            for key in ("ergodic_gap", "ergodic_gap_se", "ergodic_gap_lower", "ergodic_gap_upper", "probe_train_loss",
-                        "probe_test_loss"):
+            for key in ERGODIC_GAP_KEYS + ("probe_train_loss", "probe_test_loss"):
                 self._last[key] = None
                 ctx.unavailable.setdefault(key, reason)
         ctx.summary.update(self._last)

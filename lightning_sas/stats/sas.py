@@ -23,7 +23,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from lightning_sas.stats.batch_means import batch_means_se_along, batch_means_se_from_blocks, gap_standard_error
-from lightning_sas.stats.intervals import log_interval, skew_corrected_interval, third_cumulant_of_mean
+from lightning_sas.stats.intervals import Z_975, log_interval, skew_corrected_interval, third_cumulant_of_mean
 
 __all__ = [
     "sas_statistics",
@@ -55,7 +55,7 @@ def student_t_975(dof: int | float) -> float:
     of freedom: a table for :math:`\nu \le 30`, above it the Cornish-Fisher expansion
     :math:`z + (z^3 + z)/(4\nu) + (5z^5 + 16z^3 + 3z)/(96\nu^2)` with :math:`z = 1.95996`
     (error below 1e-4). ``dof < 1`` or infinite gives the normal value ``z``."""
-    z = 1.959963984540054
+    z = Z_975
     if not math.isfinite(dof) or dof < 1:
         return z
     if dof <= 30 and float(dof).is_integer():
